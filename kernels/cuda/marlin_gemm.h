@@ -1,0 +1,58 @@
+// The FP16 x INT4 GPU matrix product of marlin-serve: y = x . dequant(W) on the caller's stream.
+//
+// x is M x K FP16 (row-major), W a packed INT4 weight (kernels/format, docs/weight-format.md) in
+// device memory, y M x N FP16; accumulation in FP32. Each call needs a GemmWorkspace that no other
+// call uses at the same time: one per stream. Calls are safe under CUDA-graph capture.
+//
+//   ASSIGN_OR_RETURN(auto ws, marlin::cuda::GemmWorkspace::Create(device));
+//   marlin::cuda::DeviceWeight w{qweight_dev, scales_dev, shape};
+//   RETURN_IF_ERROR(marlin::cuda::Gemm(x_dev, m, w, y_dev, ws, stream));
+#ifndef MARLIN_KERNELS_CUDA_MARLIN_GEMM_H_
+#define MARLIN_KERNELS_CUDA_MARLIN_GEMM_H_
+
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/cuda/cuda_resources.h"
+#include "kernels/format/weight_format.h"
+
+namespace marlin::cuda {
+
+// A packed weight in device memory: PackedWeight::qweight and PackedWeight::scales copied as is.
+struct DeviceWeight {
+  const void* qweight = nullptr;  // K*N/2 bytes, 16-byte aligned
+  const __half* scales = nullptr;  // num_groups()*N halves, 16-byte aligned
+  WeightShape shape;
+};
+
+// Scratch memory for the cross-block reduction, sized for one device. It must not be shared by
+// calls that may run concurrently; every call leaves it ready for the next.
+class GemmWorkspace {
+ public:
+  static absl::StatusOr<GemmWorkspace> Create(int device);
+  // Bytes a workspace for `device` needs (what Create allocates).
+  static absl::StatusOr<size_t> BytesFor(int device);
+
+  void* get() const { return buffer_.get(); }
+  size_t size() const { return buffer_.size(); }
+  int sm_count() const { return sm_count_; }
+
+ private:
+  GemmWorkspace(DeviceBuffer buffer, int sm_count)
+      : buffer_(std::move(buffer)), sm_count_(sm_count) {}
+  DeviceBuffer buffer_;
+  int sm_count_ = 0;  // the blocks one launch spreads over
+};
+
+// Enqueues y = x . dequant(w) on `stream`. Fails (without launching) with InvalidArgument when the
+// shape is not one the format accepts or m < 1, and with an InternalError on a launch failure.
+absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
+                  const GemmWorkspace& workspace, cudaStream_t stream);
+
+}  // namespace marlin::cuda
+
+#endif  // MARLIN_KERNELS_CUDA_MARLIN_GEMM_H_
