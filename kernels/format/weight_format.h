@@ -79,6 +79,17 @@ struct PackedWeight {
 absl::StatusOr<PackedWeight> Pack(const QuantizedWeight& weight);
 absl::StatusOr<QuantizedWeight> Unpack(const PackedWeight& packed);
 
+// Where the packed layout keeps logical element (k, n) of a valid `shape`: the nibble
+// (qweight[byte] >> shift) & 0xF holds q + 8. shift is 0 (low nibble) or 4 (high nibble).
+struct NibblePosition {
+  uint64_t byte = 0;
+  int shift = 0;
+  friend bool operator==(const NibblePosition&, const NibblePosition&) = default;
+};
+NibblePosition PackedNibblePosition(const WeightShape& shape, int64_t k, int64_t n);
+// Index in PackedWeight::scales of logical scale (group g, column n) of a valid `shape`.
+uint64_t PackedScaleIndex(const WeightShape& shape, int64_t g, int64_t n);
+
 // The wire form of a PackedWeight (WEIGHT_SOURCE_PACKED): qweight bytes, then scale bytes (LE).
 std::vector<uint8_t> SerializePacked(const PackedWeight& packed);
 absl::StatusOr<PackedWeight> DeserializePacked(const WeightShape& shape,
