@@ -1,0 +1,249 @@
+#include "server/batcher/batcher.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace marlin::batcher {
+namespace {
+
+class RealClock : public Clock {
+ public:
+  absl::Time Now() const override { return absl::Now(); }
+};
+
+using Aborted = std::vector<std::pair<std::shared_ptr<Item>, absl::Status>>;
+
+void RunAborts(Aborted& aborted) {
+  for (auto& [item, status] : aborted) item->Abort(status);
+  aborted.clear();
+}
+
+}  // namespace
+
+const Clock* Clock::Real() {
+  static const RealClock* clock = new RealClock();
+  return clock;
+}
+
+absl::Time FakeClock::Now() const {
+  absl::MutexLock lock(&mu_);
+  return now_;
+}
+
+void FakeClock::Advance(absl::Duration d) {
+  absl::MutexLock lock(&mu_);
+  now_ += d;
+}
+
+absl::StatusOr<std::unique_ptr<Batcher>> Batcher::Create(const Options& options,
+                                                         const Clock* clock) {
+  if (options.max_batch_rows < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_batch_rows must be >= 1, got ", options.max_batch_rows));
+  }
+  if (options.max_queue_delay < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("max_queue_delay must not be negative");
+  }
+  if (options.max_queue_rows < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_queue_rows must be >= 1, got ", options.max_queue_rows));
+  }
+  if (clock == nullptr) return absl::InvalidArgumentError("clock must not be null");
+  return std::unique_ptr<Batcher>(new Batcher(options, clock));
+}
+
+Batcher::~Batcher() { Stop(); }
+
+absl::Status Batcher::Enqueue(const std::string& key, std::shared_ptr<Item> item) {
+  const int64_t rows = item->rows();
+  if (rows < 1) return absl::InvalidArgumentError(absl::StrCat("rows must be >= 1, got ", rows));
+  const absl::Time now = clock_->Now();
+  if (item->deadline() <= now) {
+    return absl::DeadlineExceededError("deadline passed before the request was queued");
+  }
+  absl::MutexLock lock(&mu_);
+  if (closed_ || stopped_) return absl::UnavailableError("server is shutting down");
+  if (queued_rows_ + rows > options_.max_queue_rows) {
+    return absl::ResourceExhaustedError(absl::StrCat("batch queue full: ", queued_rows_,
+                                                     " rows waiting, ", rows, " more would pass ",
+                                                     "--max-queue-rows=", options_.max_queue_rows));
+  }
+  item->enqueued_ = now;
+  Queue& q = queues_[key];
+  q.items.push_back(std::move(item));
+  q.rows += rows;
+  queued_rows_ += rows;
+  ++queued_requests_;
+  cv_.SignalAll();
+  return absl::OkStatus();
+}
+
+void Batcher::SweepLocked(absl::Time now, Aborted* aborted) {
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    Queue& q = it->second;
+    for (auto item_it = q.items.begin(); item_it != q.items.end();) {
+      Item& item = **item_it;
+      absl::Status status;
+      if (item.cancelled()) {
+        status = absl::CancelledError("request cancelled while queued");
+      } else if (item.deadline() <= now) {
+        status = absl::DeadlineExceededError(
+            absl::StrCat("deadline passed after ", absl::ToInt64Microseconds(now - item.enqueued()),
+                         " us in the batch queue; not computed"));
+      } else {
+        ++item_it;
+        continue;
+      }
+      q.rows -= item.rows();
+      queued_rows_ -= item.rows();
+      --queued_requests_;
+      aborted->emplace_back(std::move(*item_it), std::move(status));
+      item_it = q.items.erase(item_it);
+    }
+    it = q.items.empty() ? queues_.erase(it) : std::next(it);
+  }
+}
+
+std::optional<Batch> Batcher::FormLocked(absl::Time now) {
+  if (queues_.empty()) return std::nullopt;
+  // Round-robin: start after the key served last, wrap around.
+  auto start = queues_.upper_bound(last_served_);
+  for (size_t visited = 0; visited < queues_.size(); ++visited) {
+    if (start == queues_.end()) start = queues_.begin();
+    Queue& q = start->second;
+    CloseReason reason;
+    if (closed_) {
+      reason = CloseReason::kDrain;
+    } else if (q.rows >= options_.max_batch_rows) {
+      reason = CloseReason::kSize;
+    } else if (now - q.items.front()->enqueued() >= options_.max_queue_delay) {
+      reason = CloseReason::kDelay;
+    } else {
+      ++start;
+      continue;
+    }
+    Batch batch;
+    batch.key = start->first;
+    batch.closed = now;
+    batch.reason = reason;
+    while (!q.items.empty()) {
+      const int64_t rows = q.items.front()->rows();
+      if (batch.rows > 0 && batch.rows + rows > options_.max_batch_rows) break;
+      batch.rows += rows;
+      batch.items.push_back(std::move(q.items.front()));
+      q.items.pop_front();
+    }
+    q.rows -= batch.rows;
+    queued_rows_ -= batch.rows;
+    queued_requests_ -= static_cast<int64_t>(batch.items.size());
+    last_served_ = start->first;
+    if (q.items.empty()) queues_.erase(start);
+    return batch;
+  }
+  return std::nullopt;
+}
+
+absl::Time Batcher::NextEventLocked() const {
+  absl::Time next = absl::InfiniteFuture();
+  for (const auto& [key, q] : queues_) {
+    if (closed_ || q.rows >= options_.max_batch_rows) return absl::InfinitePast();
+    next = std::min(next, q.items.front()->enqueued() + options_.max_queue_delay);
+    for (const auto& item : q.items) next = std::min(next, item->deadline());
+  }
+  return next;
+}
+
+std::optional<Batch> Batcher::TryNextLocked(Aborted* aborted) {
+  const absl::Time now = clock_->Now();
+  SweepLocked(now, aborted);
+  return FormLocked(now);
+}
+
+std::optional<Batch> Batcher::TryNext() {
+  Aborted aborted;
+  std::optional<Batch> batch;
+  {
+    absl::MutexLock lock(&mu_);
+    batch = TryNextLocked(&aborted);
+  }
+  RunAborts(aborted);
+  return batch;
+}
+
+std::optional<Batch> Batcher::Next() {
+  Aborted aborted;
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    if (stopped_) break;
+    std::optional<Batch> batch = TryNextLocked(&aborted);
+    if (!aborted.empty()) {
+      mu_.Unlock();
+      RunAborts(aborted);
+      mu_.Lock();
+    }
+    if (batch.has_value()) return batch;
+    if (stopped_ || (closed_ && queues_.empty())) break;
+    const absl::Time wake = NextEventLocked();
+    if (wake == absl::InfiniteFuture()) {
+      cv_.Wait(&mu_);
+    } else {
+      // The clock may be a fake one; wait for the same span of real time (at least 20 us).
+      cv_.WaitWithTimeout(&mu_, std::max(wake - clock_->Now(), absl::Microseconds(20)));
+    }
+  }
+  return std::nullopt;
+}
+
+void Batcher::Close() {
+  absl::MutexLock lock(&mu_);
+  closed_ = true;
+  cv_.SignalAll();
+}
+
+int64_t Batcher::AbortAll(const absl::Status& status) {
+  Aborted aborted;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [key, q] : queues_) {
+      for (auto& item : q.items) aborted.emplace_back(std::move(item), status);
+    }
+    queues_.clear();
+    queued_rows_ = 0;
+    queued_requests_ = 0;
+    cv_.SignalAll();
+  }
+  const int64_t n = static_cast<int64_t>(aborted.size());
+  RunAborts(aborted);
+  return n;
+}
+
+void Batcher::Stop() {
+  absl::MutexLock lock(&mu_);
+  stopped_ = true;
+  cv_.SignalAll();
+}
+
+absl::Time Batcher::NextEvent() const {
+  absl::MutexLock lock(&mu_);
+  return NextEventLocked();
+}
+
+int64_t Batcher::queued_rows() const {
+  absl::MutexLock lock(&mu_);
+  return queued_rows_;
+}
+
+int64_t Batcher::queued_requests() const {
+  absl::MutexLock lock(&mu_);
+  return queued_requests_;
+}
+
+bool Batcher::closed() const {
+  absl::MutexLock lock(&mu_);
+  return closed_;
+}
+
+}  // namespace marlin::batcher
