@@ -1,0 +1,290 @@
+// marlin-bench: times the FP16 x INT4 kernel against cuBLAS FP16 on the layers of
+// shared/reference/h100-baseline.md, by that file's method: weights rotate over enough copies to
+// exceed 4x L2, each timing is a CUDA-graph replay of many back-to-back calls, median of the
+// replays divided by the call count, cuBLAS measured in the same run.
+//
+//   marlin-bench [--m 1,4,16,32,64,128,256] [--layers L8B,L70B,big] [--json FILE]
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "kernels/bench/random_fill.h"
+#include "kernels/cuda/cuda_resources.h"
+#include "kernels/cuda/marlin_gemm.h"
+#include "nlohmann/json.hpp"
+
+namespace marlin::bench {
+namespace {
+
+using cuda::DeviceBuffer;
+using cuda::GraphExec;
+using cuda::Stream;
+
+struct Layer {
+  std::string model;
+  std::string name;
+  int64_t k, n;
+};
+const std::vector<Layer> kLayers = {
+    {"L8B", "L8B.qkv", 4096, 6144},      {"L8B", "L8B.o", 4096, 4096},
+    {"L8B", "L8B.gateup", 4096, 28672},  {"L8B", "L8B.down", 14336, 4096},
+    {"L70B", "L70B.qkv", 8192, 10240},   {"L70B", "L70B.o", 8192, 8192},
+    {"L70B", "L70B.gateup", 8192, 57344}, {"L70B", "L70B.down", 28672, 8192},
+    {"big", "big", 16384, 16384},
+};
+
+#define BENCH_CHECK(expr)                                                         \
+  do {                                                                            \
+    if (absl::Status s_ = (expr); !s_.ok()) {                                     \
+      std::fprintf(stderr, "marlin-bench: %s\n", std::string(s_.message()).c_str()); \
+      std::exit(1);                                                               \
+    }                                                                             \
+  } while (0)
+
+template <typename T>
+T Check(absl::StatusOr<T> v) {
+  BENCH_CHECK(v.status());
+  return *std::move(v);
+}
+
+absl::Status CublasStatus(cublasStatus_t s, const char* what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": cuBLAS status ", static_cast<int>(s)));
+}
+
+// A cuBLAS handle bound to one stream with a fixed workspace (so it can be graph-captured).
+class Cublas {
+ public:
+  static absl::StatusOr<std::unique_ptr<Cublas>> Create(cudaStream_t stream) {
+    cublasHandle_t h = nullptr;
+    if (auto s = CublasStatus(cublasCreate(&h), "cublasCreate"); !s.ok()) return s;
+    auto c = std::unique_ptr<Cublas>(new Cublas(h));
+    absl::StatusOr<DeviceBuffer> ws = DeviceBuffer::Create(size_t{64} << 20);
+    if (!ws.ok()) return ws.status();
+    c->workspace_ = *std::move(ws);
+    if (auto s = CublasStatus(cublasSetStream(h, stream), "cublasSetStream"); !s.ok()) return s;
+    if (auto s = CublasStatus(cublasSetWorkspace(h, c->workspace_.get(), c->workspace_.size()),
+                              "cublasSetWorkspace");
+        !s.ok()) {
+      return s;
+    }
+    return c;
+  }
+  ~Cublas() { cublasDestroy(handle_); }
+
+  // y (m x n) = x (m x k) . w (k x n), all row-major FP16, FP32 accumulation, tensor cores.
+  absl::Status Gemm(const __half* x, const __half* w, __half* y, int64_t m, int64_t k,
+                    int64_t n) const {
+    const float alpha = 1.f, beta = 0.f;
+    return CublasStatus(
+        cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16F, n, x,
+                     CUDA_R_16F, k, &beta, y, CUDA_R_16F, n, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT_TENSOR_OP),
+        "cublasGemmEx");
+  }
+
+ private:
+  explicit Cublas(cublasHandle_t h) : handle_(h) {}
+  cublasHandle_t handle_;
+  DeviceBuffer workspace_;  // fixed cuBLAS workspace, required for graph capture
+};
+
+// Median over `replays` of a graph of `calls` back-to-back calls of `record(i)`, per call, in us.
+double TimePerCallUs(cudaStream_t stream, int calls, int replays,
+                     const std::function<absl::Status(int)>& record) {
+  GraphExec graph = Check(GraphExec::Capture(stream, [&]() -> absl::Status {
+    for (int i = 0; i < calls; ++i) {
+      if (absl::Status s = record(i); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }));
+  cuda::Event start = Check(cuda::Event::Create());
+  cuda::Event stop = Check(cuda::Event::Create());
+  BENCH_CHECK(graph.Launch(stream));  // warm-up
+  std::vector<float> ms(replays);
+  for (int r = 0; r < replays; ++r) {
+    BENCH_CHECK(cuda::CudaStatus(cudaEventRecord(start.get(), stream), "cudaEventRecord"));
+    BENCH_CHECK(graph.Launch(stream));
+    BENCH_CHECK(cuda::CudaStatus(cudaEventRecord(stop.get(), stream), "cudaEventRecord"));
+    BENCH_CHECK(cuda::CudaStatus(cudaEventSynchronize(stop.get()), "cudaEventSynchronize"));
+    BENCH_CHECK(cuda::CudaStatus(cudaEventElapsedTime(&ms[r], start.get(), stop.get()),
+                                 "cudaEventElapsedTime"));
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[replays / 2] * 1000.0 / calls;
+}
+
+struct Row {
+  std::string model, layer;
+  int64_t k, n, m;
+  double cublas_us, marlin_us, ideal_us, compute_floor_us;
+};
+
+int Main(int argc, char** argv) {
+  CLI::App app{"marlin-bench: FP16 x INT4 kernel vs cuBLAS FP16"};
+  std::string m_list = "1,4,16,32,64,128,256";
+  std::string models = "L8B,L70B,big";
+  std::string json_path;
+  int replays = 7;
+  int min_calls = 20;
+  app.add_option("--m", m_list, "comma-separated row counts");
+  app.add_option("--layers", models, "comma-separated models: L8B, L70B, big");
+  app.add_option("--json", json_path, "also write every figure to this JSON file");
+  app.add_option("--replays", replays, "graph replays per timing (median taken)");
+  app.add_option("--calls", min_calls, "minimum calls per graph");
+  CLI11_PARSE(app, argc, argv);
+  std::vector<int64_t> ms;
+  for (absl::string_view s : absl::StrSplit(m_list, ',')) ms.push_back(std::stoll(std::string(s)));
+  std::vector<std::string> wanted = absl::StrSplit(models, ',');
+
+  cudaDeviceProp prop{};
+  BENCH_CHECK(cuda::CudaStatus(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties"));
+  Stream stream = Check(Stream::Create());
+  auto cublas = Check(Cublas::Create(stream.get()));
+  cuda::GemmWorkspace workspace = Check(cuda::GemmWorkspace::Create(0));
+  const size_t rotate_bytes = size_t{4} * prop.l2CacheSize;
+
+  // Ceilings measured here: device-to-device copy bandwidth (read + write) and FP16 GEMM rate.
+  const size_t copy_bytes = size_t{1} << 30;
+  DeviceBuffer copy_a = Check(DeviceBuffer::Create(copy_bytes));
+  DeviceBuffer copy_b = Check(DeviceBuffer::Create(copy_bytes));
+  BENCH_CHECK(FillRandomBytes(copy_a.get(), copy_bytes, 1, stream.get()));
+  const double copy_us = TimePerCallUs(stream.get(), 5, replays, [&](int) {
+    return cuda::CudaStatus(cudaMemcpyAsync(copy_b.get(), copy_a.get(), copy_bytes,
+                                            cudaMemcpyDeviceToDevice, stream.get()),
+                            "cudaMemcpyAsync");
+  });
+  const double bandwidth = 2.0 * copy_bytes / (copy_us * 1e-6);  // bytes/s
+  double tflops = 0;
+  {
+    const int64_t s = 8192;
+    __half* a = copy_a.as<__half>();
+    __half* b = copy_a.as<__half>() + s * s;
+    __half* c = copy_b.as<__half>();
+    BENCH_CHECK(FillRandomNormal(a, 2 * s * s, 1.f, 2, stream.get()));
+    const double us = TimePerCallUs(stream.get(), 5, replays,
+                                    [&](int) { return cublas->Gemm(a, b, c, s, s, s); });
+    tflops = 2.0 * s * s * s / (us * 1e-6) / 1e12;
+  }
+  copy_a = DeviceBuffer();
+  copy_b = DeviceBuffer();
+  std::printf("# marlin-bench on %s (%d SMs, %d MiB L2)\n", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize >> 20);
+  std::printf("copy bandwidth (read + write): %.2f TB/s; cuBLAS FP16 GEMM 8192^3: %.0f TFLOP/s\n\n",
+              bandwidth / 1e12, tflops);
+
+  std::vector<Row> rows;
+  const int64_t max_m = *std::max_element(ms.begin(), ms.end());
+  uint64_t seed = 100;
+  for (const Layer& layer : kLayers) {
+    if (std::find(wanted.begin(), wanted.end(), layer.model) == wanted.end()) continue;
+    const WeightShape shape{layer.k, layer.n, kDefaultGroupSize};
+    const size_t q_bytes = layer.k * layer.n / 2;
+    const size_t s_bytes = shape.num_groups() * layer.n * 2;
+    const size_t f_bytes = layer.k * layer.n * 2;
+    const int int4_copies = static_cast<int>(std::max<size_t>(1, rotate_bytes / (q_bytes + s_bytes) + 1));
+    const int fp16_copies = static_cast<int>(std::max<size_t>(1, rotate_bytes / f_bytes + 1));
+    std::vector<DeviceBuffer> qweights, scales, fweights;
+    std::vector<cuda::DeviceWeight> weights;
+    for (int i = 0; i < int4_copies; ++i) {
+      qweights.push_back(Check(DeviceBuffer::Create(q_bytes)));
+      scales.push_back(Check(DeviceBuffer::Create(s_bytes)));
+      BENCH_CHECK(FillRandomBytes(qweights.back().get(), q_bytes, ++seed, stream.get()));
+      const float scale = 1.f / std::sqrt(static_cast<float>(layer.k));
+      BENCH_CHECK(FillRandomUniform(scales.back().as<__half>(), s_bytes / 2, 0.5f * scale,
+                                    2.f * scale, ++seed, stream.get()));
+      weights.push_back({qweights.back().get(), scales.back().as<__half>(), shape});
+    }
+    for (int i = 0; i < fp16_copies; ++i) {
+      fweights.push_back(Check(DeviceBuffer::Create(f_bytes)));
+      BENCH_CHECK(FillRandomNormal(fweights.back().as<__half>(), f_bytes / 2,
+                                   1.f / std::sqrt(static_cast<float>(layer.k)), ++seed,
+                                   stream.get()));
+    }
+    DeviceBuffer x = Check(DeviceBuffer::Create(max_m * layer.k * 2));
+    DeviceBuffer y = Check(DeviceBuffer::Create(max_m * layer.n * 2));
+    BENCH_CHECK(FillRandomNormal(x.as<__half>(), max_m * layer.k, 1.f, ++seed, stream.get()));
+    BENCH_CHECK(stream.Synchronize());
+
+    for (int64_t m : ms) {
+      const int marlin_calls = std::max(min_calls, int4_copies);
+      const double marlin_us = TimePerCallUs(stream.get(), marlin_calls, replays, [&](int i) {
+        return cuda::Gemm(x.as<__half>(), m, weights[i % int4_copies], y.as<__half>(), workspace,
+                          stream.get());
+      });
+      const int cublas_calls = std::max(min_calls, fp16_copies);
+      const double cublas_us = TimePerCallUs(stream.get(), cublas_calls, replays, [&](int i) {
+        return cublas->Gemm(x.as<__half>(), fweights[i % fp16_copies].as<__half>(), y.as<__half>(),
+                            m, layer.k, layer.n);
+      });
+      const double bytes = q_bytes + s_bytes + m * layer.k * 2.0 + m * layer.n * 2.0;
+      const double ideal_us = bytes / bandwidth * 1e6;
+      const double compute_us = 2.0 * m * layer.k * layer.n / (tflops * 1e12) * 1e6;
+      rows.push_back({layer.model, layer.name, layer.k, layer.n, m, cublas_us, marlin_us,
+                      ideal_us, compute_us});
+    }
+  }
+
+  std::printf("## Every layer\n\n");
+  std::printf("| layer | K | N | M | cuBLAS FP16 us | ideal INT4 us | marlin-serve us | speedup | "
+              "%% of memory floor |\n|---|---|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows) {
+    std::printf("| %s | %ld | %ld | %ld | %.1f | %.1f | %.1f | %.2f | %.0f%% |\n", r.layer.c_str(),
+                r.k, r.n, r.m, r.cublas_us, r.ideal_us, r.marlin_us, r.cublas_us / r.marlin_us,
+                100.0 * r.ideal_us / r.marlin_us);
+  }
+  std::printf("\n## Per model (sum over the layers of one block)\n\n");
+  std::printf("| model | M | cuBLAS FP16 us | marlin-serve us | speedup | ideal speedup |\n"
+              "|---|---|---|---|---|---|\n");
+  nlohmann::json json;
+  json["device"] = prop.name;
+  json["copy_bandwidth_tbps"] = bandwidth / 1e12;
+  json["cublas_fp16_tflops"] = tflops;
+  for (const std::string model : {"L8B", "L70B", "big"}) {
+    for (int64_t m : ms) {
+      double cub = 0, mar = 0, floor = 0;
+      bool any = false;
+      for (const Row& r : rows) {
+        if (r.model != model || r.m != m) continue;
+        any = true;
+        cub += r.cublas_us;
+        mar += r.marlin_us;
+        floor += std::max(r.ideal_us, r.compute_floor_us);
+      }
+      if (!any) continue;
+      std::printf("| %s | %ld | %.0f | %.0f | %.2f | %.2f |\n", model.c_str(), m, cub, mar,
+                  cub / mar, cub / floor);
+      json["models"].push_back({{"model", model}, {"m", m}, {"cublas_us", cub},
+                                {"marlin_us", mar}, {"speedup", cub / mar},
+                                {"ideal_speedup", cub / floor}});
+    }
+  }
+  for (const Row& r : rows) {
+    json["layers"].push_back({{"layer", r.layer}, {"k", r.k}, {"n", r.n}, {"m", r.m},
+                              {"cublas_us", r.cublas_us}, {"marlin_us", r.marlin_us},
+                              {"ideal_us", r.ideal_us}, {"compute_floor_us", r.compute_floor_us},
+                              {"speedup", r.cublas_us / r.marlin_us},
+                              {"memory_floor_fraction", r.ideal_us / r.marlin_us}});
+  }
+  if (!json_path.empty()) std::ofstream(json_path) << json.dump(2) << "\n";
+  return 0;
+}
+
+}  // namespace
+}  // namespace marlin::bench
+
+int main(int argc, char** argv) { return marlin::bench::Main(argc, argv); }

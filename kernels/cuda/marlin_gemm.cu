@@ -1,0 +1,131 @@
+// Host side of the FP16 x INT4 kernel: validation, tile-configuration dispatch, workspace.
+#include "kernels/cuda/marlin_gemm.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/marlin_kernel.cuh"
+
+namespace marlin::cuda {
+namespace {
+
+// Up to 32 rows: narrow slices (128 columns) and deep stages (128 k-rows), 4 warps per tile.
+template <int kMTiles>
+using SmallBatchConfig = TileConfig<kMTiles, /*kBlockNTiles=*/2, /*kWarpSubtiles=*/8,
+                                    /*kWarpsK=*/4, /*kStageKTiles=*/8, /*kStages=*/6>;
+// 33 to 64 rows: wide slices (256 columns) and shallower stages (64 k-rows), 2 warps per tile.
+template <int kMTiles>
+using MediumBatchConfig = TileConfig<kMTiles, /*kBlockNTiles=*/4, /*kWarpSubtiles=*/8,
+                                     /*kWarpsK=*/2, /*kStageKTiles=*/4, /*kStages=*/5>;
+// 65 to 128 rows: each warp takes half a tile for all rows, so accumulators stay in registers.
+template <int kMTiles>
+using LargeBatchConfig = TileConfig<kMTiles, /*kBlockNTiles=*/4, /*kWarpSubtiles=*/4,
+                                    /*kWarpsK=*/1, /*kStageKTiles=*/4, /*kStages=*/4>;
+
+// Rows one kernel pass multiplies; larger batches run as several passes.
+constexpr int64_t kMaxPassRows = 128;
+// Counters live at the head of the workspace, partial slots after them.
+constexpr size_t kCounterBytes = 4096;
+
+size_t WorkspaceBytes(int sm_count) {
+  return kCounterBytes + size_t{2} * sm_count * kMaxSlotFloats * sizeof(float);
+}
+
+template <typename C>
+absl::Status LaunchPass(GemmParams p, int sm_count, cudaStream_t stream) {
+  const int slices = static_cast<int>((p.n_tiles + C::kBlockNTiles - 1) / C::kBlockNTiles);
+  p.stages_per_slice = (p.k_tiles + C::kStageKTiles - 1) / C::kStageKTiles;
+  p.total_iters = slices * p.stages_per_slice;
+  p.grid = std::min(sm_count, p.total_iters);
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+      MarlinGemmKernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+  MarlinGemmKernel<C><<<p.grid, kThreads, C::kSmemBytes, stream>>>(p);
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+absl::Status LaunchRows(const GemmParams& p, int sm_count, cudaStream_t stream) {
+  switch ((p.m_rows + 15) / 16) {
+    case 1:
+      return LaunchPass<SmallBatchConfig<1>>(p, sm_count, stream);
+    case 2:
+      return LaunchPass<SmallBatchConfig<2>>(p, sm_count, stream);
+    case 3:
+      return LaunchPass<MediumBatchConfig<3>>(p, sm_count, stream);
+    case 4:
+      return LaunchPass<MediumBatchConfig<4>>(p, sm_count, stream);
+    case 5:
+    case 6:
+      return LaunchPass<LargeBatchConfig<6>>(p, sm_count, stream);
+    case 7:
+    case 8:
+      return LaunchPass<LargeBatchConfig<8>>(p, sm_count, stream);
+  }
+  return absl::InternalError(absl::StrCat("no tile configuration for ", p.m_rows, " rows"));
+}
+
+bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+}  // namespace
+
+absl::StatusOr<size_t> GemmWorkspace::BytesFor(int device) {
+  int sm_count = 0;
+  MARLIN_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  return WorkspaceBytes(sm_count);
+}
+
+absl::StatusOr<GemmWorkspace> GemmWorkspace::Create(int device) {
+  int sm_count = 0;
+  MARLIN_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  if (sm_count * sizeof(int) > kCounterBytes) {
+    return absl::InternalError(absl::StrCat("device has ", sm_count, " SMs; workspace holds ",
+                                            kCounterBytes / sizeof(int), " counters"));
+  }
+  absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Create(WorkspaceBytes(sm_count));
+  if (!buffer.ok()) return buffer.status();
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaMemset(buffer->get(), 0, kCounterBytes));
+  return GemmWorkspace(*std::move(buffer), sm_count);
+}
+
+absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
+                  const GemmWorkspace& workspace, cudaStream_t stream) {
+  if (absl::Status valid = ValidateShape(w.shape); !valid.ok()) return valid;
+  const int64_t k = w.shape.k;
+  const int64_t n = w.shape.n;
+  if (m < 1) return absl::InvalidArgumentError(absl::StrCat("Gemm: M=", m, " must be >= 1"));
+  if (k > INT32_MAX / 2 || n > INT32_MAX / 2 || k / kTileK * (n / kTileN) > INT32_MAX / 32) {
+    return absl::InvalidArgumentError(absl::StrCat("Gemm: K=", k, " N=", n, " too large"));
+  }
+  if (x == nullptr || y == nullptr || w.qweight == nullptr || w.scales == nullptr) {
+    return absl::InvalidArgumentError("Gemm: null pointer argument");
+  }
+  if (!Aligned16(x) || !Aligned16(y) || !Aligned16(w.qweight) || !Aligned16(w.scales)) {
+    return absl::InvalidArgumentError("Gemm: x, y, qweight and scales must be 16-byte aligned");
+  }
+  if (workspace.get() == nullptr || workspace.size() < WorkspaceBytes(workspace.sm_count())) {
+    return absl::InvalidArgumentError("Gemm: workspace not created by GemmWorkspace::Create");
+  }
+
+  GemmParams p{};
+  p.qweight = static_cast<const uint4*>(w.qweight);
+  p.scales = w.scales;
+  p.k = static_cast<int>(k);
+  p.n = static_cast<int>(n);
+  p.group_rows = static_cast<int>(w.shape.group_rows());
+  p.k_tiles = static_cast<int>(k / kTileK);
+  p.n_tiles = static_cast<int>(n / kTileN);
+  p.counters = static_cast<int*>(workspace.get());
+  p.partials = reinterpret_cast<float*>(static_cast<char*>(workspace.get()) + kCounterBytes);
+  for (int64_t row0 = 0; row0 < m; row0 += kMaxPassRows) {
+    p.x = x + row0 * k;
+    p.y = y + row0 * n;
+    p.m_rows = static_cast<int>(std::min(kMaxPassRows, m - row0));
+    if (absl::Status s = LaunchRows(p, workspace.sm_count(), stream); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace marlin::cuda

@@ -1,0 +1,319 @@
+// GPU tests of the FP16 x INT4 kernel against the CPU float64 reference (ctest label `gpu`).
+// Without a CUDA device every test skips. Fresh random data each run; the seed is printed on
+// failure. Tolerance: the kernel rounds each dequantized weight to FP16 exactly as the reference
+// does, accumulates in FP32 (error ~ sqrt(K) * 2^-24 relative, negligible) and rounds the output to
+// FP16 (at most 2^-11 relative per element, about 2^-11 / sqrt(3) in RMS), so a relative Frobenius
+// error of 1e-3 leaves a margin of ~3x over the output rounding alone.
+#include "kernels/cuda/marlin_gemm.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_gemm.h"
+#include "kernels/cuda/cuda_resources.h"
+#include "kernels/format/weight_format.h"
+
+namespace marlin::cuda {
+namespace {
+
+constexpr double kMaxRelativeError = 1e-3;
+constexpr uint16_t kPoison = 0x7e00;  // FP16 NaN: any output the kernel fails to write shows up
+
+#define ASSERT_OK(expr)                              \
+  do {                                               \
+    const absl::Status s_ = (expr);                  \
+    ASSERT_TRUE(s_.ok()) << #expr << ": " << s_;     \
+  } while (0)
+
+template <typename T>
+T ValueOrDie(absl::StatusOr<T> v) {
+  if (!v.ok()) {
+    ADD_FAILURE() << v.status();
+    std::abort();
+  }
+  return *std::move(v);
+}
+
+// A random quantized weight: q uniform in [-8, 7], scales in [0.5, 2) / sqrt(K).
+QuantizedWeight RandomWeight(const WeightShape& shape, std::mt19937_64& rng) {
+  QuantizedWeight w;
+  w.shape = shape;
+  w.q.resize(shape.k * shape.n);
+  for (size_t i = 0; i < w.q.size(); i += 16) {  // 16 nibbles per draw: layers hold ~10^9
+    uint64_t bits = rng();
+    for (size_t j = i; j < std::min(i + 16, w.q.size()); ++j, bits >>= 4) {
+      w.q[j] = static_cast<int8_t>(static_cast<int>(bits & 15) - 8);
+    }
+  }
+  w.scales.resize(shape.num_groups() * shape.n);
+  std::uniform_real_distribution<float> sdist(0.5f, 2.0f);
+  const float norm = 1.0f / std::sqrt(static_cast<float>(shape.k));
+  for (auto& s : w.scales) s = FloatToHalf(sdist(rng) * norm);
+  return w;
+}
+
+std::vector<uint16_t> RandomActivations(int64_t count, std::mt19937_64& rng) {
+  std::normal_distribution<float> dist(0.f, 1.f);
+  std::vector<uint16_t> x(count);
+  for (auto& v : x) v = FloatToHalf(dist(rng));
+  return x;
+}
+
+// One packed weight resident on the device.
+struct DeviceWeightCopy {
+  DeviceBuffer qweight;
+  DeviceBuffer scales;
+  DeviceWeight view;
+};
+
+DeviceWeightCopy Upload(const PackedWeight& packed) {
+  DeviceWeightCopy d;
+  d.qweight = ValueOrDie(DeviceBuffer::Create(packed.qweight.size()));
+  d.scales = ValueOrDie(DeviceBuffer::Create(packed.scales.size() * 2));
+  EXPECT_EQ(cudaMemcpy(d.qweight.get(), packed.qweight.data(), packed.qweight.size(),
+                       cudaMemcpyHostToDevice),
+            cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(d.scales.get(), packed.scales.data(), packed.scales.size() * 2,
+                       cudaMemcpyHostToDevice),
+            cudaSuccess);
+  d.view = DeviceWeight{d.qweight.get(), d.scales.as<__half>(), packed.shape};
+  return d;
+}
+
+class MarlinGemmTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+    seed_ = std::random_device{}();
+    rng_.seed(seed_);
+    workspace_ = std::make_unique<GemmWorkspace>(ValueOrDie(GemmWorkspace::Create(0)));
+    stream_ = ValueOrDie(Stream::Create());
+  }
+
+  // Runs the kernel on fresh x (m rows) and returns the FP16 output bits (poisoned beforehand).
+  std::vector<uint16_t> RunOnDevice(const DeviceWeight& w, const std::vector<uint16_t>& x,
+                                    int64_t m, const GemmWorkspace& ws, cudaStream_t stream) {
+    const int64_t n = w.shape.n;
+    DeviceBuffer dx = ValueOrDie(DeviceBuffer::Create(x.size() * 2));
+    DeviceBuffer dy = ValueOrDie(DeviceBuffer::Create(m * n * 2));
+    std::vector<uint16_t> y(m * n, kPoison);
+    EXPECT_EQ(cudaMemcpy(dx.get(), x.data(), x.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(dy.get(), y.data(), y.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    absl::Status s = Gemm(dx.as<__half>(), m, w, dy.as<__half>(), ws, stream);
+    EXPECT_TRUE(s.ok()) << s;
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(y.data(), dy.get(), y.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+    return y;
+  }
+
+  // Checks y against the float64 reference on `columns` (all when empty).
+  void ExpectMatchesReference(const std::vector<uint16_t>& x, int64_t m, const QuantizedWeight& w,
+                              const std::vector<uint16_t>& y, const std::vector<int64_t>& columns) {
+    const int64_t k = w.shape.k, n = w.shape.n;
+    double err2 = 0, ref2 = 0;
+    int64_t non_finite = 0;
+    auto check = [&](int64_t row, int64_t col, double ref) {
+      const float got = HalfToFloat(y[row * n + col]);
+      if (!std::isfinite(got)) ++non_finite;
+      err2 += (got - ref) * (got - ref);
+      ref2 += ref * ref;
+    };
+    if (columns.empty()) {
+      const std::vector<double> ref = ReferenceGemmF64(x, m, w);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) check(i, j, ref[i * n + j]);
+    } else {
+      std::vector<float> xf(x.size());
+      for (size_t i = 0; i < x.size(); ++i) xf[i] = HalfToFloat(x[i]);
+      const int64_t gr = w.shape.group_rows();
+      for (int64_t col : columns) {
+        std::vector<double> wcol(k);
+        for (int64_t kk = 0; kk < k; ++kk)
+          wcol[kk] = DequantizeElement(w.q[kk * n + col], w.scales[(kk / gr) * n + col]);
+        for (int64_t i = 0; i < m; ++i) {
+          double ref = 0;
+          for (int64_t kk = 0; kk < k; ++kk) ref += double{xf[i * k + kk]} * wcol[kk];
+          check(i, col, ref);
+        }
+      }
+    }
+    EXPECT_EQ(non_finite, 0) << "outputs not written or not finite";
+    const double rel = std::sqrt(err2 / ref2);
+    EXPECT_LE(rel, kMaxRelativeError) << "relative Frobenius error";
+  }
+
+  void CheckShape(int64_t m, int64_t k, int64_t n, int32_t group, int sampled_columns = 0) {
+    SCOPED_TRACE(absl::StrCat("M=", m, " K=", k, " N=", n, " group=", group, " seed=", seed_));
+    const QuantizedWeight w = RandomWeight(WeightShape{k, n, group}, rng_);
+    const PackedWeight packed = ValueOrDie(Pack(w));
+    DeviceWeightCopy dw = Upload(packed);
+    const std::vector<uint16_t> x = RandomActivations(m * k, rng_);
+    const std::vector<uint16_t> y = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
+    std::vector<int64_t> columns;
+    if (sampled_columns > 0) {
+      std::uniform_int_distribution<int64_t> col(0, n - 1);
+      for (int i = 0; i < sampled_columns; ++i) columns.push_back(col(rng_));
+    }
+    ExpectMatchesReference(x, m, w, y, columns);
+  }
+
+  uint64_t seed_ = 0;
+  std::mt19937_64 rng_;
+  std::unique_ptr<GemmWorkspace> workspace_;
+  Stream stream_;
+};
+
+const std::vector<int64_t> kAllRowCounts = {1,  2,  3,  4,  5,  6,  7,   8,   9,   10,  11,  12,
+                                            13, 14, 15, 16, 17, 31, 32,  33,  48,  63,  64,  65,
+                                            100, 127, 128, 129, 256, 1000};
+
+TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_SmallShape_Group128_AllRowCounts_Sm80Plus) {
+  for (int64_t m : kAllRowCounts) CheckShape(m, 128, 256, 128);
+}
+
+TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_SmallShape_PerChannel_AllRowCounts_Sm80Plus) {
+  for (int64_t m : kAllRowCounts) CheckShape(m, 128, 256, kPerChannel);
+}
+
+TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_OddTileCounts_Sm80Plus) {
+  // K not a multiple of a pipeline stage (per-channel), N not a multiple of a block's slice.
+  for (int64_t m : {1, 17, 40, 64}) {
+    CheckShape(m, 80, 64, kPerChannel);
+    CheckShape(m, 1040, 192, kPerChannel);
+    CheckShape(m, 384, 320, 128);
+    CheckShape(m, 2048, 960, 128);
+  }
+}
+
+// Small enough for compute-sanitizer memcheck/racecheck (scripts/device-kernel-check.sh runs it).
+TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape_Sm80Plus) {
+  for (int64_t m : {5, 20, 40, 64}) {
+    CheckShape(m, 512, 192, 128);
+    CheckShape(m, 272, 128, kPerChannel);
+  }
+}
+
+TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_MediumShapes_SplitSlices_Sm80Plus) {
+  for (int64_t m : {1, 16, 33, 64, 100}) {
+    CheckShape(m, 4096, 512, 128);
+    CheckShape(m, 1024, 4096, kPerChannel);
+  }
+}
+
+struct Layer {
+  const char* name;
+  int64_t k, n;
+};
+const Layer kBenchmarkLayers[] = {
+    {"L8B.qkv", 4096, 6144},     {"L8B.o", 4096, 4096},     {"L8B.gateup", 4096, 28672},
+    {"L8B.down", 14336, 4096},   {"L70B.qkv", 8192, 10240}, {"L70B.o", 8192, 8192},
+    {"L70B.gateup", 8192, 57344}, {"L70B.down", 28672, 8192}, {"big", 16384, 16384},
+};
+
+TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_Group128_SampledColumns_Sm80Plus) {
+  for (const Layer& layer : kBenchmarkLayers) {
+    SCOPED_TRACE(layer.name);
+    const QuantizedWeight w = RandomWeight(WeightShape{layer.k, layer.n, 128}, rng_);
+    DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)));
+    for (int64_t m : {1, 16, 37, 64, 129}) {
+      SCOPED_TRACE(absl::StrCat("M=", m, " seed=", seed_));
+      const std::vector<uint16_t> x = RandomActivations(m * layer.k, rng_);
+      const std::vector<uint16_t> y = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
+      std::vector<int64_t> columns;
+      std::uniform_int_distribution<int64_t> col(0, layer.n - 1);
+      for (int i = 0; i < 48; ++i) columns.push_back(col(rng_));
+      ExpectMatchesReference(x, m, w, y, columns);
+      int64_t unwritten = 0;
+      for (uint16_t v : y) unwritten += v == kPoison;
+      EXPECT_EQ(unwritten, 0);
+    }
+  }
+}
+
+TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_PerChannel_SampledColumns_Sm80Plus) {
+  for (const Layer& layer : {kBenchmarkLayers[1], kBenchmarkLayers[3]}) {
+    SCOPED_TRACE(layer.name);
+    CheckShape(16, layer.k, layer.n, kPerChannel, /*sampled_columns=*/48);
+    CheckShape(64, layer.k, layer.n, kPerChannel, /*sampled_columns=*/48);
+  }
+}
+
+TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_BitIdenticalAcrossRuns_Sm80Plus) {
+  for (int64_t m : {1, 33, 64}) {
+    const QuantizedWeight w = RandomWeight(WeightShape{4096, 4096, 128}, rng_);
+    DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)));
+    const std::vector<uint16_t> x = RandomActivations(m * 4096, rng_);
+    const std::vector<uint16_t> first = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
+    for (int run = 0; run < 2; ++run) {
+      EXPECT_EQ(RunOnDevice(dw.view, x, m, *workspace_, stream_.get()), first)
+          << "M=" << m << " run " << run + 2 << " differs: a race";
+    }
+  }
+}
+
+TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_GraphReplayAndTwoStreams_Sm80Plus) {
+  const int64_t m = 24, k = 4096, n = 2048;
+  const QuantizedWeight w = RandomWeight(WeightShape{k, n, 128}, rng_);
+  DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)));
+  const std::vector<uint16_t> x = RandomActivations(m * k, rng_);
+  const std::vector<uint16_t> expected = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
+
+  DeviceBuffer dx = ValueOrDie(DeviceBuffer::Create(x.size() * 2));
+  ASSERT_EQ(cudaMemcpy(dx.get(), x.data(), x.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+  DeviceBuffer dy = ValueOrDie(DeviceBuffer::Create(m * n * 2));
+  ASSERT_EQ(cudaMemset(dy.get(), 0xff, m * n * 2), cudaSuccess);
+  GraphExec graph = ValueOrDie(GraphExec::Capture(stream_.get(), [&] {
+    return Gemm(dx.as<__half>(), m, dw.view, dy.as<__half>(), *workspace_, stream_.get());
+  }));
+  std::vector<uint16_t> y(m * n);
+  for (int replay = 0; replay < 3; ++replay) {
+    ASSERT_OK(graph.Launch(stream_.get()));
+    ASSERT_OK(stream_.Synchronize());
+    ASSERT_EQ(cudaMemcpy(y.data(), dy.get(), y.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(y, expected) << "graph replay " << replay;
+  }
+
+  // Two streams, each with its own workspace and output, many launches interleaved.
+  GemmWorkspace ws2 = ValueOrDie(GemmWorkspace::Create(0));
+  Stream s2 = ValueOrDie(Stream::Create());
+  DeviceBuffer dy2 = ValueOrDie(DeviceBuffer::Create(m * n * 2));
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_OK(Gemm(dx.as<__half>(), m, dw.view, dy.as<__half>(), *workspace_, stream_.get()));
+    ASSERT_OK(Gemm(dx.as<__half>(), m, dw.view, dy2.as<__half>(), ws2, s2.get()));
+  }
+  ASSERT_OK(stream_.Synchronize());
+  ASSERT_OK(s2.Synchronize());
+  std::vector<uint16_t> y2(m * n);
+  ASSERT_EQ(cudaMemcpy(y.data(), dy.get(), y.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(y2.data(), dy2.get(), y2.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(y, expected);
+  EXPECT_EQ(y2, expected);
+}
+
+TEST_F(MarlinGemmTest, RefusesShapesTheFormatRejects) {
+  DeviceWeight w{reinterpret_cast<const void*>(256), reinterpret_cast<const __half*>(256),
+                 WeightShape{100, 256, 128}};
+  auto x = reinterpret_cast<const __half*>(256);
+  auto y = reinterpret_cast<__half*>(256);
+  EXPECT_EQ(Gemm(x, 4, w, y, *workspace_, stream_.get()).code(),
+            absl::StatusCode::kInvalidArgument);
+  w.shape = WeightShape{128, 100, 128};
+  EXPECT_EQ(Gemm(x, 4, w, y, *workspace_, stream_.get()).code(),
+            absl::StatusCode::kInvalidArgument);
+  w.shape = WeightShape{128, 256, 128};
+  EXPECT_EQ(Gemm(x, 0, w, y, *workspace_, stream_.get()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Gemm(reinterpret_cast<const __half*>(258), 4, w, y, *workspace_, stream_.get()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace marlin::cuda
