@@ -19,11 +19,25 @@
 
 namespace marlin {
 
+// Which inner kernel CpuGemm uses. Both give bit-identical results; kAuto picks kAvx2 when the
+// CPU has AVX2, FMA and F16C.
+enum class CpuKernel { kAuto, kPortable, kAvx2 };
+
+struct CpuGemmOptions {
+  int num_threads = 0;  // 0 = hardware concurrency
+  CpuKernel kernel = CpuKernel::kAuto;
+};
+
 class CpuGemm {
  public:
   // Prepares `packed` for the CPU (may re-lay it out). num_threads 0 = hardware concurrency.
   static absl::StatusOr<std::unique_ptr<CpuGemm>> Create(const PackedWeight& packed,
                                                          int num_threads);
+  // As above with a choice of kernel; kAvx2 on a CPU without it is FailedPrecondition.
+  static absl::StatusOr<std::unique_ptr<CpuGemm>> Create(const PackedWeight& packed,
+                                                         const CpuGemmOptions& options);
+  // True when this CPU can run CpuKernel::kAvx2.
+  static bool Avx2Supported();
   ~CpuGemm();
 
   // y[m * N + n] = fp16(sum_k x[m * K + k] * dequant(W)[k][n]). Thread-safe; x, y are FP16 bits.
@@ -31,6 +45,9 @@ class CpuGemm {
 
   const WeightShape& shape() const;
   uint64_t host_bytes() const;
+  // The kernel in use (never kAuto) and the number of threads a Run uses (the caller included).
+  CpuKernel kernel() const;
+  int num_threads() const;
 
  private:
   struct Impl;
@@ -39,6 +56,7 @@ class CpuGemm {
 };
 
 // The float64 naive reference for tests: out[m * N + n] = sum_k x * DequantizeElement(q, s).
+// Returns an empty vector when x.size() != m * K or `w` is inconsistent.
 std::vector<double> ReferenceGemmF64(absl::Span<const uint16_t> x, int64_t m,
                                      const QuantizedWeight& w);
 

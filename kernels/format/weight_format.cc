@@ -110,7 +110,8 @@ float HalfToFloat(uint16_t h) {
   const uint32_t mant = h & 0x3ff;
   uint32_t bits;
   if (exp == 0x1f) {
-    bits = sign | 0x7f800000 | (mant << 13);  // inf, or NaN with its payload
+    // Infinity, or NaN with its payload made quiet (as F16C's vcvtph2ps does).
+    bits = sign | 0x7f800000 | (mant << 13) | (mant != 0 ? 0x400000u : 0u);
   } else if (exp != 0) {
     bits = sign | ((exp + 112) << 23) | (mant << 13);  // rebias 15 -> 127
   } else if (mant == 0) {

@@ -111,6 +111,19 @@ __attribute__((target("f16c"))) uint16_t HardwareFloatToHalf(float f) {
   return static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT));
 }
 
+__attribute__((target("f16c"))) uint32_t HardwareHalfToFloatBits(uint16_t h) {
+  return std::bit_cast<uint32_t>(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h))));
+}
+
+TEST(Fp16Test, HalfToFloatMatchesF16cForAllBitPatterns) {
+  if (!__builtin_cpu_supports("f16c")) GTEST_SKIP() << "no F16C";
+  for (uint32_t h = 0; h < 65536; ++h) {
+    ASSERT_EQ(std::bit_cast<uint32_t>(HalfToFloat(static_cast<uint16_t>(h))),
+              HardwareHalfToFloatBits(static_cast<uint16_t>(h)))
+        << std::hex << h;
+  }
+}
+
 TEST(Fp16Test, FloatToHalfMatchesF16cOnRandomBitPatterns) {
   if (!__builtin_cpu_supports("f16c")) GTEST_SKIP() << "no F16C";
   const uint32_t seed = std::random_device{}();
