@@ -129,7 +129,11 @@ TEST(CpuGemmTest, PortableAndAvx2AreBitIdentical) {
     for (int64_t m : kMs) {
       SCOPED_TRACE(testing::Message() << "K=" << shape.k << " N=" << shape.n << " M=" << m);
       // At M = 17 huge activations: some are infinite and many outputs overflow FP16 or are NaN.
-      const std::vector<uint16_t> x = RandomX(rng, m * shape.k, m == 17 ? 20000.0f : 1.0f);
+      std::vector<uint16_t> x = RandomX(rng, m * shape.k, m == 17 ? 20000.0f : 1.0f);
+      if (m == 17) {
+        x[0] = 0x7c00;            // +inf: row 0 becomes inf or NaN (inf * 0)
+        x[shape.k + 3] = 0xfc00;  // -inf in row 1
+      }
       const std::vector<uint16_t> portable =
           RunGemm(p.packed, x, m, {.num_threads = 2, .kernel = CpuKernel::kPortable});
       const std::vector<uint16_t> avx2 =
