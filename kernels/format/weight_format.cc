@@ -36,6 +36,11 @@ absl::StatusOr<uint16_t> ScaleFor(float max_abs, int64_t g, int64_t n) {
                                                    ", column ", n,
                                                    " needs a scale above the FP16 maximum 65504"));
   }
+  if (FloatToHalf(7.0f * HalfToFloat(s)) == kHalfInf) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max |w| = ", max_abs, " in group ", g, ", column ", n,
+                     ": dequantized values would overflow FP16 (|w| must stay below 65520)"));
+  }
   // max_abs / 7 below half the smallest FP16 subnormal: use that subnormal (2^-24).
   return s == 0 ? kHalfMinSubnormal : s;
 }

@@ -272,6 +272,11 @@ TEST(QuantizeTest, RefusesNonFiniteWeightsAndWrongSizes) {
             absl::StatusCode::kInvalidArgument);
   std::vector<float> huge(128 * 64, 1e6f);  // 1e6 / 7 > 65504
   EXPECT_THAT(QuantizeFp32(huge, shape, DenseLayout::kKN).status().message(), HasSubstr("FP16"));
+  std::vector<float> big(128 * 64, 1e5f);  // the scale fits FP16, but 7 * scale does not
+  EXPECT_THAT(QuantizeFp32(big, shape, DenseLayout::kKN).status().message(),
+              HasSubstr("overflow FP16"));
+  std::vector<float> edge(128 * 64, 65504.0f);  // the largest FP16 value still quantizes
+  EXPECT_TRUE(QuantizeFp32(edge, shape, DenseLayout::kKN).ok());
 }
 
 }  // namespace
