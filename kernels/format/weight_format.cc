@@ -20,6 +20,7 @@ constexpr int64_t kMaxDim = int64_t{1} << 20;
 constexpr uint16_t kHalfOne = 0x3c00;
 constexpr uint16_t kHalfInf = 0x7c00;
 constexpr uint16_t kHalfMinSubnormal = 0x0001;
+constexpr float kHalfOverflow = 65520.0f;  // the smallest magnitude fp16() rounds to infinity
 
 absl::Status ShapeError(const WeightShape& shape, absl::string_view rule) {
   return absl::InvalidArgumentError(absl::StrCat("unsupported weight shape K=", shape.k,
@@ -27,22 +28,16 @@ absl::Status ShapeError(const WeightShape& shape, absl::string_view rule) {
                                                  ": ", rule));
 }
 
-// The FP16 scale of one (group, column) whose largest magnitude is `max_abs` (finite, >= 0).
-absl::StatusOr<uint16_t> ScaleFor(float max_abs, int64_t g, int64_t n) {
+// The FP16 scale of one (group, column) whose largest magnitude is `max_abs` (< 65520).
+uint16_t ScaleFor(float max_abs) {
   if (max_abs == 0.0f) return kHalfOne;  // every q is 0; any scale dequantizes to exactly 0
-  const uint16_t s = FloatToHalf(max_abs / 7.0f);
-  if (s == kHalfInf) {
-    return absl::InvalidArgumentError(absl::StrCat("max |w| = ", max_abs, " in group ", g,
-                                                   ", column ", n,
-                                                   " needs a scale above the FP16 maximum 65504"));
-  }
-  if (FloatToHalf(7.0f * HalfToFloat(s)) == kHalfInf) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max |w| = ", max_abs, " in group ", g, ", column ", n,
-                     ": dequantized values would overflow FP16 (|w| must stay below 65520)"));
-  }
+  uint16_t s = FloatToHalf(max_abs / 7.0f);
   // max_abs / 7 below half the smallest FP16 subnormal: use that subnormal (2^-24).
-  return s == 0 ? kHalfMinSubnormal : s;
+  if (s == 0) return kHalfMinSubnormal;
+  // Near the top of the FP16 range fp16(7 s) can round to infinity (65504 / 7 rounds up to 9360):
+  // step s down until 7 s is finite (a couple of ulps at most, far below half a step).
+  while (FloatToHalf(7.0f * HalfToFloat(s)) == kHalfInf) --s;
+  return s;
 }
 
 // Quantizes K*N values; load(k, n) returns element (k, n) of W as a float.
@@ -71,14 +66,17 @@ absl::StatusOr<QuantizedWeight> QuantizeImpl(size_t size, const WeightShape& sha
           return absl::InvalidArgumentError(absl::StrCat("weight element (k=", k, ", n=", n,
                                                          ") is ", v, "; weights must be finite"));
         }
+        if (std::fabs(v) >= kHalfOverflow) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("weight element (k=", k, ", n=", n, ") = ", v,
+                           " is outside the FP16 range (|w| must be below 65520)"));
+        }
         max_abs[n] = std::max(max_abs[n], std::fabs(v));
       }
     }
     for (int64_t n = 0; n < n_dim; ++n) {
-      absl::StatusOr<uint16_t> s = ScaleFor(max_abs[n], g, n);
-      if (!s.ok()) return s.status();
-      out.scales[g * n_dim + n] = *s;
-      scale[n] = HalfToFloat(*s);
+      out.scales[g * n_dim + n] = ScaleFor(max_abs[n]);
+      scale[n] = HalfToFloat(out.scales[g * n_dim + n]);
     }
     for (int64_t k = g * rows; k < (g + 1) * rows; ++k) {
       for (int64_t n = 0; n < n_dim; ++n) {

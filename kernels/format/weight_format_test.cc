@@ -270,13 +270,19 @@ TEST(QuantizeTest, RefusesNonFiniteWeightsAndWrongSizes) {
   EXPECT_THAT(QuantizeFp32(w, shape, DenseLayout::kKN).status().message(), HasSubstr("K*N"));
   EXPECT_EQ(QuantizeFp32(w, WeightShape{100, 64, 128}, DenseLayout::kKN).status().code(),
             absl::StatusCode::kInvalidArgument);
-  std::vector<float> huge(128 * 64, 1e6f);  // 1e6 / 7 > 65504
-  EXPECT_THAT(QuantizeFp32(huge, shape, DenseLayout::kKN).status().message(), HasSubstr("FP16"));
-  std::vector<float> big(128 * 64, 1e5f);  // the scale fits FP16, but 7 * scale does not
+  std::vector<float> big(128 * 64, 0.0f);
+  big[300] = 65520.0f;  // rounds to infinity in FP16
   EXPECT_THAT(QuantizeFp32(big, shape, DenseLayout::kKN).status().message(),
-              HasSubstr("overflow FP16"));
-  std::vector<float> edge(128 * 64, 65504.0f);  // the largest FP16 value still quantizes
-  EXPECT_TRUE(QuantizeFp32(edge, shape, DenseLayout::kKN).ok());
+              HasSubstr("outside the FP16 range"));
+  // The largest FP16 magnitude still quantizes, with a finite dequantized value: fp16(65504 / 7)
+  // = 9360 would give fp16(7 * 9360) = inf, so the scale steps down to 9352.
+  big[300] = -65504.0f;
+  absl::StatusOr<QuantizedWeight> q_edge = QuantizeFp32(big, shape, DenseLayout::kKN);
+  ASSERT_TRUE(q_edge.ok()) << q_edge.status();
+  const uint16_t s = q_edge->scales[300 % 64];
+  EXPECT_EQ(HalfToFloat(s), 9352.0f);
+  EXPECT_EQ(q_edge->q[300], -7);
+  EXPECT_EQ(DequantizeElement(-7, s), -65472.0f);  // fp16(-65464)
 }
 
 }  // namespace

@@ -82,8 +82,9 @@ class HeaderParser {
     int64_t v = 0;
     size_t digits = 0;
     while (pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9') {
-      v = v * 10 + (text_[pos_++] - '0');
-      if (v > kMaxDim) return std::nullopt;
+      const int digit = text_[pos_++] - '0';
+      if (v > (kMaxDim - digit) / 10) return std::nullopt;
+      v = v * 10 + digit;
       ++digits;
     }
     if (digits == 0) return std::nullopt;
