@@ -146,6 +146,11 @@ int Main(int argc, char** argv) {
   app.add_option("--json", json_path, "also write every figure to this JSON file");
   app.add_option("--replays", replays, "graph replays per timing (median taken)");
   app.add_option("--calls", min_calls, "minimum calls per graph");
+  std::string profile_layer;
+  int64_t profile_m = 1;
+  app.add_option("--profile-layer", profile_layer,
+                 "only launch the kernel 3 times on this layer, outside graphs (for ncu)");
+  app.add_option("--profile-m", profile_m, "rows for --profile-layer");
   CLI11_PARSE(app, argc, argv);
   std::vector<int64_t> ms;
   for (absl::string_view s : absl::StrSplit(m_list, ',')) ms.push_back(std::stoll(std::string(s)));
@@ -164,9 +169,7 @@ int Main(int argc, char** argv) {
   DeviceBuffer copy_b = Check(DeviceBuffer::Create(copy_bytes));
   BENCH_CHECK(FillRandomBytes(copy_a.get(), copy_bytes, 1, stream.get()));
   const double copy_us = TimePerCallUs(stream.get(), 5, replays, [&](int) {
-    return cuda::CudaStatus(cudaMemcpyAsync(copy_b.get(), copy_a.get(), copy_bytes,
-                                            cudaMemcpyDeviceToDevice, stream.get()),
-                            "cudaMemcpyAsync");
+    return CopyBytes(copy_b.get(), copy_a.get(), copy_bytes, stream.get());
   });
   const double bandwidth = 2.0 * copy_bytes / (copy_us * 1e-6);  // bytes/s
   double tflops = 0;
@@ -186,6 +189,28 @@ int Main(int argc, char** argv) {
               prop.l2CacheSize >> 20);
   std::printf("copy bandwidth (read + write): %.2f TB/s; cuBLAS FP16 GEMM 8192^3: %.0f TFLOP/s\n\n",
               bandwidth / 1e12, tflops);
+
+  if (!profile_layer.empty()) {
+    for (const Layer& layer : kLayers) {
+      if (layer.name != profile_layer) continue;
+      const WeightShape shape{layer.k, layer.n, kDefaultGroupSize};
+      DeviceBuffer q = Check(DeviceBuffer::Create(layer.k * layer.n / 2));
+      DeviceBuffer sc = Check(DeviceBuffer::Create(shape.num_groups() * layer.n * 2));
+      DeviceBuffer x = Check(DeviceBuffer::Create(profile_m * layer.k * 2));
+      DeviceBuffer y = Check(DeviceBuffer::Create(profile_m * layer.n * 2));
+      BENCH_CHECK(FillRandomBytes(q.get(), q.size(), 7, stream.get()));
+      BENCH_CHECK(FillRandomUniform(sc.as<__half>(), sc.size() / 2, 0.001f, 0.01f, 8, stream.get()));
+      BENCH_CHECK(FillRandomNormal(x.as<__half>(), x.size() / 2, 1.f, 9, stream.get()));
+      for (int i = 0; i < 3; ++i) {
+        BENCH_CHECK(cuda::Gemm(x.as<__half>(), profile_m, {q.get(), sc.as<__half>(), shape},
+                               y.as<__half>(), workspace, stream.get()));
+      }
+      BENCH_CHECK(stream.Synchronize());
+      return 0;
+    }
+    std::fprintf(stderr, "marlin-bench: unknown layer %s\n", profile_layer.c_str());
+    return 1;
+  }
 
   std::vector<Row> rows;
   const int64_t max_m = *std::max_element(ms.begin(), ms.end());

@@ -41,6 +41,13 @@ __global__ void FillUniformKernel(__half* dst, size_t count, float lo, float hi,
   }
 }
 
+__global__ void CopyKernel(uint4* dst, const uint4* src, size_t count) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < count;
+       i += size_t{gridDim.x} * blockDim.x) {
+    dst[i] = src[i];
+  }
+}
+
 constexpr int kBlocks = 1024;
 constexpr int kThreadsPerBlock = 256;
 
@@ -64,6 +71,16 @@ absl::Status FillRandomNormal(__half* dst, size_t count, float stddev, uint64_t 
 absl::Status FillRandomUniform(__half* dst, size_t count, float lo, float hi, uint64_t seed,
                                cudaStream_t stream) {
   FillUniformKernel<<<kBlocks, kThreadsPerBlock, 0, stream>>>(dst, count, lo, hi, seed);
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+absl::Status CopyBytes(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+  if (bytes % 16 != 0) return absl::InvalidArgumentError("CopyBytes: bytes % 16 != 0");
+  int sms = 0;
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  CopyKernel<<<sms * 8, 256, 0, stream>>>(static_cast<uint4*>(dst), static_cast<const uint4*>(src),
+                                          bytes / 16);
   MARLIN_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

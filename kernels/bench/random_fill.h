@@ -21,6 +21,9 @@ absl::Status FillRandomNormal(__half* dst, size_t count, float stddev, uint64_t 
 absl::Status FillRandomUniform(__half* dst, size_t count, float lo, float hi, uint64_t seed,
                                cudaStream_t stream);
 
+// dst = src, 16 bytes per thread and access: the device-to-device copy ceiling.
+absl::Status CopyBytes(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+
 }  // namespace marlin::bench
 
 #endif  // MARLIN_KERNELS_BENCH_RANDOM_FILL_H_

@@ -10,14 +10,14 @@
 namespace marlin::cuda {
 namespace {
 
-// Up to 32 rows: narrow slices (128 columns) and deep stages (128 k-rows), 4 warps per tile.
+// Up to 32 rows: 256-column slices, 128 k-rows a stage, two warps per tile (4 k-tiles each).
 template <int kMTiles>
-using SmallBatchConfig = TileConfig<kMTiles, /*kBlockNTiles=*/2, /*kWarpSubtiles=*/8,
-                                    /*kWarpsK=*/4, /*kStageKTiles=*/8, /*kStages=*/6>;
-// 33 to 64 rows: wide slices (256 columns) and shallower stages (64 k-rows), 2 warps per tile.
+using SmallBatchConfig = TileConfig<kMTiles, /*kBlockNTiles=*/4, /*kWarpSubtiles=*/8,
+                                    /*kWarpsK=*/2, /*kStageKTiles=*/8, /*kStages=*/4>;
+// 33 to 64 rows: 256-column slices, 64 k-rows a stage, each warp half a tile for all k-tiles.
 template <int kMTiles>
-using MediumBatchConfig = TileConfig<kMTiles, /*kBlockNTiles=*/4, /*kWarpSubtiles=*/8,
-                                     /*kWarpsK=*/2, /*kStageKTiles=*/4, /*kStages=*/5>;
+using MediumBatchConfig = TileConfig<kMTiles, /*kBlockNTiles=*/4, /*kWarpSubtiles=*/4,
+                                     /*kWarpsK=*/1, /*kStageKTiles=*/4, /*kStages=*/5>;
 // 65 to 128 rows: each warp takes half a tile for all rows, so accumulators stay in registers.
 template <int kMTiles>
 using LargeBatchConfig = TileConfig<kMTiles, /*kBlockNTiles=*/4, /*kWarpSubtiles=*/4,

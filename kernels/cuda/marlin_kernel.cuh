@@ -74,6 +74,20 @@ struct GemmParams {
   float* partials;       // 2 slots per block of kMaxSlotFloats
 };
 
+// A (slice, stage) position, advanced without divisions in the main loop.
+struct StageCursor {
+  int slice;
+  int stage;
+  __device__ __forceinline__ StageCursor(const GemmParams& p, int iter)
+      : slice(iter / p.stages_per_slice), stage(iter % p.stages_per_slice) {}
+  __device__ __forceinline__ void Advance(const GemmParams& p) {
+    if (++stage == p.stages_per_slice) {
+      stage = 0;
+      ++slice;
+    }
+  }
+};
+
 // First iteration of block b under the even split of total_iters over grid blocks.
 __device__ __forceinline__ int BlockBegin(const GemmParams& p, int b) {
   return static_cast<int>(static_cast<int64_t>(b) * p.total_iters / p.grid);
@@ -89,10 +103,10 @@ __device__ __forceinline__ int SlotOf(const GemmParams& p, int b, int slice) {
 
 // Issues the cp.async copies of one stage (weights, activations, scales) into `stage_smem`.
 template <typename C>
-__device__ __forceinline__ void LoadStage(const GemmParams& p, int iter, uint32_t stage_smem) {
-  const int slice = iter / p.stages_per_slice;
-  const int k_tile0 = (iter % p.stages_per_slice) * C::kStageKTiles;
-  const int n_tile0 = slice * C::kBlockNTiles;
+__device__ __forceinline__ void LoadStage(const GemmParams& p, StageCursor at,
+                                          uint32_t stage_smem) {
+  const int k_tile0 = at.stage * C::kStageKTiles;
+  const int n_tile0 = at.slice * C::kBlockNTiles;
   const int tid = threadIdx.x;
 
   const uint32_t b_smem = stage_smem;
@@ -184,26 +198,38 @@ __device__ __forceinline__ float4 PartialOf(const Accumulators<C>& acc, int r4) 
   return make_float4(a[0], a[1], a[2], a[3]);
 }
 
-// Loads this lane's packed words of one k-tile and dequantizes them into scaled B fragments.
+// This lane's packed words of one k-tile: 4 for a whole tile, 2 for half a tile.
 template <typename C>
-__device__ __forceinline__ void LoadWeightFragments(uint32_t tile_smem, const WarpRole<C>& role,
-                                                    const __half* scales,
-                                                    half2 (&frag)[C::kWarpSubtiles][2]) {
+struct WeightWords {
   uint32_t word[C::kWarpSubtiles / 2];
+};
+
+template <typename C>
+__device__ __forceinline__ WeightWords<C> LoadWeightWords(uint32_t tile_smem,
+                                                          const WarpRole<C>& role) {
+  WeightWords<C> w;
   if constexpr (C::kWarpSubtiles == 8) {
     const uint4 v = ptx::LoadShared16(tile_smem + role.lane * 16);
-    word[0] = v.x;
-    word[1] = v.y;
-    word[2] = v.z;
-    word[3] = v.w;
+    w.word[0] = v.x;
+    w.word[1] = v.y;
+    w.word[2] = v.z;
+    w.word[3] = v.w;
   } else {
     const uint2 v = ptx::LoadShared8(tile_smem + role.lane * 16 + role.half * 8);
-    word[0] = v.x;
-    word[1] = v.y;
+    w.word[0] = v.x;
+    w.word[1] = v.y;
   }
+  return w;
+}
+
+// Dequantizes and scales one k-tile's words into B fragments, one pair per 8-column sub-tile.
+template <typename C>
+__device__ __forceinline__ void DequantizeFragments(const WeightWords<C>& words,
+                                                    const WarpRole<C>& role, const __half* scales,
+                                                    half2 (&frag)[C::kWarpSubtiles][2]) {
 #pragma unroll
   for (int w = 0; w < C::kWarpSubtiles / 2; ++w) {
-    const FragmentPair pair = DequantizeWord(word[w]);
+    const FragmentPair pair = DequantizeWord(words.word[w]);
     frag[2 * w][0] = pair.a[0];
     frag[2 * w][1] = pair.a[1];
     frag[2 * w + 1][0] = pair.b[0];
@@ -211,35 +237,50 @@ __device__ __forceinline__ void LoadWeightFragments(uint32_t tile_smem, const Wa
   }
 #pragma unroll
   for (int sub = 0; sub < C::kWarpSubtiles; ++sub) {
-    ScaleFragment(frag[sub], scales[role.half * C::kWarpSubtiles + sub]);
+    ScaleFragment(frag[sub], scales[sub]);
   }
 }
 
 // Multiplies one stage: this warp's k-tiles of its warp column into `acc`.
 template <typename C>
-__device__ __forceinline__ void ComputeStage(const GemmParams& p, int iter, uint32_t stage_smem,
-                                             Accumulators<C>& acc) {
+__device__ __forceinline__ void ComputeStage(const GemmParams& p, StageCursor at,
+                                             uint32_t stage_smem, Accumulators<C>& acc) {
   const WarpRole<C> role;
-  const int slice = iter / p.stages_per_slice;
-  const int k_tile0 = (iter % p.stages_per_slice) * C::kStageKTiles;
-  if (slice * C::kBlockNTiles + role.tile >= p.n_tiles) return;
+  const int k_tile0 = at.stage * C::kStageKTiles;
+  if (at.slice * C::kBlockNTiles + role.tile >= p.n_tiles) return;
 
   const uint32_t b_smem = stage_smem;
   const uint32_t a_smem = stage_smem + C::kBBytes;
   const uint32_t s_smem = a_smem + C::kABytes;
-  const uint4 scale_bits = ptx::LoadShared16(s_smem + role.tile * 128 + (role.lane / 4) * 16);
-  const __half* scales = reinterpret_cast<const __half*>(&scale_bits);
+  // This lane's column scales, one per sub-tile it multiplies.
+  const uint32_t scale_addr = s_smem + role.tile * 128 + (role.lane / 4) * 16;
+  __half scales[C::kWarpSubtiles];
+  if constexpr (C::kWarpSubtiles == 8) {
+    const uint4 bits = ptx::LoadShared16(scale_addr);
+    *reinterpret_cast<uint4*>(scales) = bits;
+  } else {
+    const uint2 bits = ptx::LoadShared8(scale_addr + role.half * 8);
+    *reinterpret_cast<uint2*>(scales) = bits;
+  }
 
   // ldmatrix row addresses: lane l points at row l % 16 of an m-tile, 16-byte chunk l / 16 of the
   // k-tile, swizzled by row % 8 (= l % 8 for every m-tile, so one base serves all of them).
   const uint32_t a_lane = a_smem + (role.lane % 16) * C::kAChunksPerRow * 16;
   constexpr uint32_t kMTileBytes = 16 * C::kAChunksPerRow * 16;
+  constexpr int kWarpKTiles = C::kStageKTiles / C::kWarpsK;
+  // Every packed word of the stage first, so their latency overlaps the math of the first k-tile.
+  WeightWords<C> words[kWarpKTiles];
 #pragma unroll
-  for (int j = 0; j < C::kStageKTiles / C::kWarpsK; ++j) {
+  for (int j = 0; j < kWarpKTiles; ++j) {
+    const int kt = role.k + j * C::kWarpsK;
+    words[j] = LoadWeightWords<C>(b_smem + (kt * C::kBlockNTiles + role.tile) * 512, role);
+  }
+#pragma unroll
+  for (int j = 0; j < kWarpKTiles; ++j) {
     const int kt = role.k + j * C::kWarpsK;
     if (k_tile0 + kt >= p.k_tiles) break;
     half2 frag[C::kWarpSubtiles][2];
-    LoadWeightFragments<C>(b_smem + (kt * C::kBlockNTiles + role.tile) * 512, role, scales, frag);
+    DequantizeFragments<C>(words[j], role, scales, frag);
     const uint32_t a_chunk = a_lane + ((kt * 2 + role.lane / 16) ^ (role.lane % 8)) * 16;
 #pragma unroll
     for (int mt = 0; mt < C::kMTiles; ++mt) {
@@ -303,18 +344,18 @@ __device__ __forceinline__ void StoreOutput(const GemmParams& p, int n_tile,
 
 // Finishes the segment of `slice` that ends at iteration `iter`: writes it, or hands it over.
 template <typename C>
-__device__ void FinishSegment(const GemmParams& p, int begin, int iter, float* reduce_smem,
+__device__ void FinishSegment(const GemmParams& p, int begin, StageCursor at, float* reduce_smem,
                               int* last_flag, Accumulators<C>& acc) {
   const WarpRole<C> role;
   constexpr int kGroups = C::kAccFloats / 4;
-  const int slice = iter / p.stages_per_slice;
+  const int slice = at.slice;
   const int slice_begin = slice * p.stages_per_slice;
   const int slice_end = slice_begin + p.stages_per_slice;
   const int n_tile = slice * C::kBlockNTiles + role.tile;
   const bool owner = role.k == 0 && n_tile < p.n_tiles;
 
   ReduceAcrossWarps<C>(reduce_smem, acc);
-  if (begin <= slice_begin && iter + 1 == slice_end) {  // the whole slice is ours
+  if (begin <= slice_begin && at.stage + 1 == p.stages_per_slice) {  // the whole slice is ours
     if (owner) StoreOutput<C>(p, n_tile, role, acc);
   } else {
     auto slot_ptr = [&](int slot, int r4) {
@@ -364,23 +405,31 @@ __global__ void __launch_bounds__(kThreads, 1) MarlinGemmKernel(const GemmParams
   Accumulators<C> acc;
   ZeroAccumulators<C>(acc);
 
+  StageCursor load_at(p, begin);
+  StageCursor compute_at = load_at;
 #pragma unroll
   for (int s = 0; s < C::kStages - 1; ++s) {
-    if (begin + s < end) LoadStage<C>(p, begin + s, smem_base + s * C::kStageBytes);
+    if (begin + s < end) {
+      LoadStage<C>(p, load_at, smem_base + s * C::kStageBytes);
+      load_at.Advance(p);
+    }
     ptx::CopyAsyncCommit();
   }
   int buffer = 0;
   for (int iter = begin; iter < end; ++iter) {
     ptx::CopyAsyncWait<C::kStages - 2>();
     __syncthreads();
-    const int next = iter + C::kStages - 1;
     const int next_buffer = buffer == 0 ? C::kStages - 1 : buffer - 1;
-    if (next < end) LoadStage<C>(p, next, smem_base + next_buffer * C::kStageBytes);
-    ptx::CopyAsyncCommit();
-    ComputeStage<C>(p, iter, smem_base + buffer * C::kStageBytes, acc);
-    if ((iter + 1) % p.stages_per_slice == 0 || iter + 1 == end) {
-      FinishSegment<C>(p, begin, iter, reduce_smem, last_flag, acc);
+    if (iter + C::kStages - 1 < end) {
+      LoadStage<C>(p, load_at, smem_base + next_buffer * C::kStageBytes);
+      load_at.Advance(p);
     }
+    ptx::CopyAsyncCommit();
+    ComputeStage<C>(p, compute_at, smem_base + buffer * C::kStageBytes, acc);
+    if (compute_at.stage + 1 == p.stages_per_slice || iter + 1 == end) {
+      FinishSegment<C>(p, begin, compute_at, reduce_smem, last_flag, acc);
+    }
+    compute_at.Advance(p);
     buffer = buffer + 1 == C::kStages ? 0 : buffer + 1;
   }
   ptx::CopyAsyncWait<0>();
