@@ -3,12 +3,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <utility>
-
-#include "absl/synchronization/mutex.h"
 
 namespace marlin {
 namespace {
@@ -19,8 +19,9 @@ struct Job {
   const std::function<void(int64_t)>* fn = nullptr;
   int64_t count = 0;
   std::atomic<int64_t> next{0};
-  absl::Mutex mu;
-  int64_t done ABSL_GUARDED_BY(mu) = 0;
+  std::mutex mu;
+  std::condition_variable all_done;
+  int64_t done = 0;  // guarded by mu
 
   // Runs items until none are left; returns how many this thread ran.
   void Work() {
@@ -30,8 +31,9 @@ struct Job {
       ++ran;
     }
     if (ran > 0) {
-      absl::MutexLock lock(&mu);
+      std::lock_guard<std::mutex> lock(mu);
       done += ran;
+      if (done == count) all_done.notify_all();
     }
   }
 };
@@ -44,9 +46,10 @@ ThreadPool::ThreadPool(int num_threads) {
 
 ThreadPool::~ThreadPool() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
+  work_ready_.notify_all();
   for (std::thread& t : workers_) t.join();
 }
 
@@ -54,11 +57,8 @@ void ThreadPool::WorkerLoop() {
   while (true) {
     std::function<void()> task;
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](ThreadPool* p)
-               ABSL_SHARED_LOCKS_REQUIRED(p->mu_) { return p->stopping_ || !p->tasks_.empty(); },
-          this));
+      std::unique_lock<std::mutex> lock(mu_);
+      work_ready_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
       if (tasks_.empty()) return;  // stopping, and nothing left to do
       task = std::move(tasks_.front());
       tasks_.pop_front();
@@ -74,13 +74,19 @@ void ThreadPool::ParallelFor(int64_t count, const std::function<void(int64_t)>& 
   job->count = count;
   const int64_t helpers = std::min<int64_t>(static_cast<int64_t>(workers_.size()), count - 1);
   if (helpers > 0) {
-    absl::MutexLock lock(&mu_);
-    for (int64_t i = 0; i < helpers; ++i) tasks_.push_back([job] { job->Work(); });
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int64_t i = 0; i < helpers; ++i) tasks_.push_back([job] { job->Work(); });
+    }
+    if (helpers == 1) {
+      work_ready_.notify_one();
+    } else {
+      work_ready_.notify_all();
+    }
   }
   job->Work();
-  absl::MutexLock lock(&job->mu);
-  job->mu.Await(absl::Condition(
-      +[](Job* j) ABSL_SHARED_LOCKS_REQUIRED(j->mu) { return j->done == j->count; }, job.get()));
+  std::unique_lock<std::mutex> lock(job->mu);
+  job->all_done.wait(lock, [&] { return job->done == job->count; });
 }
 
 }  // namespace marlin

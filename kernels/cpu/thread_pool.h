@@ -9,14 +9,13 @@
 #ifndef MARLIN_KERNELS_CPU_THREAD_POOL_H_
 #define MARLIN_KERNELS_CPU_THREAD_POOL_H_
 
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
-
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 
 namespace marlin {
 
@@ -36,9 +35,12 @@ class ThreadPool {
  private:
   void WorkerLoop();
 
-  absl::Mutex mu_;
-  std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // std::mutex rather than absl::Mutex so that ThreadSanitizer sees the synchronization even
+  // when Abseil is a prebuilt, uninstrumented library.
+  std::mutex mu_;
+  std::condition_variable work_ready_;
+  std::deque<std::function<void()>> tasks_;  // guarded by mu_
+  bool stopping_ = false;                    // guarded by mu_
   std::vector<std::thread> workers_;
 };
 
