@@ -102,6 +102,9 @@ __device__ __forceinline__ int SlotOf(const GemmParams& p, int b, int slice) {
 }
 
 // Issues the cp.async copies of one stage (weights, activations, scales) into `stage_smem`.
+// Tiles past N or K and activation rows past M are not copied at all: ComputeStage skips such
+// tiles, and whatever sits in a missing row of A only reaches output rows that are never stored
+// (an mma row of the result depends on the same row of A alone).
 template <typename C>
 __device__ __forceinline__ void LoadStage(const GemmParams& p, StageCursor at,
                                           uint32_t stage_smem) {
@@ -117,11 +120,11 @@ __device__ __forceinline__ void LoadStage(const GemmParams& p, StageCursor at,
     const int kt = i / (C::kBlockNTiles * 32);
     const int nt = (i / 32) % C::kBlockNTiles;
     const int lane = i % 32;
-    const bool valid = k_tile0 + kt < p.k_tiles && n_tile0 + nt < p.n_tiles;
-    const uint4* src =
-        valid ? p.qweight + (static_cast<int64_t>(k_tile0 + kt) * p.n_tiles + n_tile0 + nt) * 32 + lane
-              : p.qweight;
-    ptx::CopyAsync16(b_smem + i * 16, src, valid);
+    if (k_tile0 + kt < p.k_tiles && n_tile0 + nt < p.n_tiles) {
+      ptx::CopyAsync16(
+          b_smem + i * 16,
+          p.qweight + (static_cast<int64_t>(k_tile0 + kt) * p.n_tiles + n_tile0 + nt) * 32 + lane);
+    }
   }
 
   const uint32_t a_smem = stage_smem + C::kBBytes;
@@ -133,20 +136,20 @@ __device__ __forceinline__ void LoadStage(const GemmParams& p, StageCursor at,
     const int row = i / C::kAChunksPerRow;
     const int chunk = i % C::kAChunksPerRow;
     const int col = k_tile0 * 16 + chunk * 8;
-    const bool valid = row < p.m_rows && col < p.k;
-    const __half* src = valid ? p.x + static_cast<int64_t>(row) * p.k + col : p.x;
-    ptx::CopyAsync16(a_smem + (row * C::kAChunksPerRow + (chunk ^ (row & 7))) * 16, src, valid);
+    if (row < p.m_rows && col < p.k) {
+      ptx::CopyAsync16(a_smem + (row * C::kAChunksPerRow + (chunk ^ (row & 7))) * 16,
+                       p.x + static_cast<int64_t>(row) * p.k + col);
+    }
   }
 
   const uint32_t s_smem = a_smem + C::kABytes;
   if (tid < C::kBlockNTiles * 8) {
     const int nt = tid / 8;
     const int group = k_tile0 * 16 / p.group_rows;
-    const bool valid = n_tile0 + nt < p.n_tiles && k_tile0 < p.k_tiles;
-    const __half* src =
-        valid ? p.scales + static_cast<int64_t>(group) * p.n + (n_tile0 + nt) * 64 + (tid % 8) * 8
-              : p.scales;
-    ptx::CopyAsync16(s_smem + tid * 16, src, valid);
+    if (n_tile0 + nt < p.n_tiles) {
+      ptx::CopyAsync16(s_smem + tid * 16, p.scales + static_cast<int64_t>(group) * p.n +
+                                              (n_tile0 + nt) * 64 + (tid % 8) * 8);
+    }
   }
 }
 

@@ -16,12 +16,9 @@ __device__ __forceinline__ uint32_t SharedAddress(const void* ptr) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
 }
 
-// cp.async.cg: copies 16 bytes global -> shared asynchronously, through L2 only; when `valid` is
-// false nothing is read and the 16 shared bytes are zero-filled.
-__device__ __forceinline__ void CopyAsync16(uint32_t smem, const void* gmem, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
-               "r"(src_bytes));
+// cp.async.cg: copies 16 bytes global -> shared asynchronously, through L2 only.
+__device__ __forceinline__ void CopyAsync16(uint32_t smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
 }
 
 // cp.async.commit_group: closes the group of copies issued so far by this thread.
