@@ -203,7 +203,12 @@ absl::StatusOr<std::vector<uint8_t>> SerializeSafetensors(
                     {"data_offsets", {offset, offset + t.data.size()}}};
     offset += t.data.size();
   }
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const Json::type_error&) {  // thrown for strings that are not valid UTF-8
+    return absl::InvalidArgumentError("tensor names and metadata must be valid UTF-8");
+  }
   text.append((8 - text.size() % 8) % 8, ' ');
   std::vector<uint8_t> out;
   out.reserve(8 + text.size() + offset);
