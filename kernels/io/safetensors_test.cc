@@ -137,7 +137,8 @@ TEST(SafetensorsTest, RefusesMalformedFiles) {
   EXPECT_EQ(SerializeSafetensors({{"w", wrong}}).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(ParseSafetensors(FileBytes("{}", {})).ok());  // an empty file is valid
-  EXPECT_THAT(SerializeSafetensors({{"bad\xff", Tensor{}}}).status().message(), HasSubstr("UTF-8"));
+  EXPECT_THAT(SerializeSafetensors({{"bad\xff", Tensor{DType::kU8, {0}, {}}}}).status().message(),
+              HasSubstr("UTF-8"));
 }
 
 // Random byte mutations and truncations of a valid file: any result is fine but a crash.
