@@ -381,6 +381,15 @@ absl::StatusOr<WeightInfo> Client::Upload(absl::string_view weight_id, const Upl
       crc = crc32(crc, piece.data() + off, static_cast<uInt>(len));
     }
   }
+  if (source.kind == WeightSourceKind::kDenseFp16 || source.kind == WeightSourceKind::kDenseFp32) {
+    uint64_t want = static_cast<uint64_t>(source.k) * static_cast<uint64_t>(source.n) *
+                    (source.kind == WeightSourceKind::kDenseFp16 ? 2 : 4);
+    if (total != want) {
+      return absl::InvalidArgumentError(absl::StrCat("upload ", weight_id, ": ", total,
+                                                     " data bytes for a ", source.k, " x ",
+                                                     source.n, " dense weight (want ", want, ")"));
+    }
+  }
   size_t chunk = std::clamp<size_t>(options.chunk_bytes, 1, kUploadChunkBytes);
 
   grpc::ClientContext ctx;

@@ -140,8 +140,8 @@ TEST(ClientTest, ArgumentChecksRunBeforeTheCall) {
   std::vector<uint16_t> scales(64);
   EXPECT_EQ(client->UploadGptq("w", 64, 64, qweight, scales, qzeros, g_idx).status().code(),
             absl::StatusCode::kInvalidArgument);  // qzeros must be (K/G)*(N/8) = 8
-  // EXPECT_EQ(client->UploadNpy("w", "/nonexistent.npy", WeightLayout::kKN).status().code(),
-  //          absl::StatusCode::kNotFound);
+  EXPECT_EQ(client->UploadNpy("w", "/nonexistent.npy", WeightLayout::kKN).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 TEST(ClientTest, CancelledTokenCancelsTheCall) {
