@@ -11,9 +11,12 @@ namespace marlin::cuda {
 namespace {
 
 // Up to 32 rows: 256-column slices, 128 k-rows a stage, two warps per tile (4 k-tiles each).
+// Up to 16 rows two blocks share an SM, so one's loads and barriers hide behind the other's math
+// (the accumulators of one m-tile fit the 128 registers that allows).
 template <int kMTiles>
 using SmallBatchConfig = TileConfig<kMTiles, /*kBlockNTiles=*/4, /*kWarpSubtiles=*/8,
-                                    /*kWarpsK=*/2, /*kStageKTiles=*/8, /*kStages=*/4>;
+                                    /*kWarpsK=*/2, /*kStageKTiles=*/8, /*kStages=*/4,
+                                    /*kBlocksPerSm=*/kMTiles == 1 ? 2 : 1>;
 // 33 to 64 rows: 256-column slices, 64 k-rows a stage, each warp half a tile for all k-tiles.
 template <int kMTiles>
 using MediumBatchConfig = TileConfig<kMTiles, /*kBlockNTiles=*/4, /*kWarpSubtiles=*/4,
@@ -28,8 +31,11 @@ constexpr int64_t kMaxPassRows = 128;
 // Counters live at the head of the workspace, partial slots after them.
 constexpr size_t kCounterBytes = 4096;
 
+// Partial sums for two slots per block; the largest slot belongs to the tallest configuration.
+constexpr size_t kMaxSlotFloatsPerSm = 2 * 128 * 256;
+
 size_t WorkspaceBytes(int sm_count) {
-  return kCounterBytes + size_t{2} * sm_count * kMaxSlotFloats * sizeof(float);
+  return kCounterBytes + size_t{2} * sm_count * kMaxSlotFloatsPerSm * sizeof(float);
 }
 
 template <typename C>
@@ -37,7 +43,8 @@ absl::Status LaunchPass(GemmParams p, int sm_count, cudaStream_t stream) {
   const int slices = static_cast<int>((p.n_tiles + C::kBlockNTiles - 1) / C::kBlockNTiles);
   p.stages_per_slice = (p.k_tiles + C::kStageKTiles - 1) / C::kStageKTiles;
   p.total_iters = slices * p.stages_per_slice;
-  p.grid = std::min(sm_count, p.total_iters);
+  p.grid = std::min(sm_count * C::kBlocksPerSm, p.total_iters);
+  static_assert(C::kBlocksPerSm * C::kSlotFloats <= kMaxSlotFloatsPerSm / 2, "workspace too small");
   MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
       MarlinGemmKernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
   MarlinGemmKernel<C><<<p.grid, kThreads, C::kSmemBytes, stream>>>(p);
@@ -80,7 +87,7 @@ absl::StatusOr<GemmWorkspace> GemmWorkspace::Create(int device) {
   int sm_count = 0;
   MARLIN_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-  if (sm_count * sizeof(int) > kCounterBytes) {
+  if (sm_count * 2 * sizeof(int) > kCounterBytes) {
     return absl::InternalError(absl::StrCat("device has ", sm_count, " SMs; workspace holds ",
                                             kCounterBytes / sizeof(int), " counters"));
   }
@@ -114,7 +121,11 @@ absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
   p.scales = w.scales;
   p.k = static_cast<int>(k);
   p.n = static_cast<int>(n);
-  p.group_rows = static_cast<int>(w.shape.group_rows());
+  p.per_channel = w.shape.group_size == kPerChannel;
+  if (!p.per_channel && w.shape.group_rows() != kGroupRows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Gemm: group_size=", w.shape.group_size, " (the kernel takes 128 or -1)"));
+  }
   p.k_tiles = static_cast<int>(k / kTileK);
   p.n_tiles = static_cast<int>(n / kTileN);
   p.counters = static_cast<int*>(workspace.get());

@@ -23,13 +23,14 @@
 namespace marlin::cuda {
 
 inline constexpr int kThreads = 256;
+// K rows per scale in grouped weights (the format's only grouped size; stages never straddle one).
+inline constexpr int kGroupRows = 128;
 inline constexpr int kWarps = kThreads / 32;
-// Largest partial-sum slot any configuration writes, in floats (128 rows x 256 columns).
-inline constexpr int kMaxSlotFloats = 128 * 256;
 
 template <int kMTiles_, int kBlockNTiles_, int kWarpSubtiles_, int kWarpsK_, int kStageKTiles_,
-          int kStages_>
+          int kStages_, int kBlocksPerSm_ = 1>
 struct TileConfig {
+  static constexpr int kBlocksPerSm = kBlocksPerSm_;  // resident blocks per SM the launch aims at
   static constexpr int kMTiles = kMTiles_;            // 16-row tiles of activations per pass
   static constexpr int kBlockNTiles = kBlockNTiles_;  // 64-column weight tiles per slice
   static constexpr int kWarpSubtiles = kWarpSubtiles_;  // 8-column sub-tiles per warp: 8 or 4
@@ -45,6 +46,7 @@ struct TileConfig {
   static constexpr int kStageK = 16 * kStageKTiles;
   static constexpr int kAChunksPerRow = kStageK * 2 / 16;  // 16-byte chunks of one row of A
   static_assert(kAChunksPerRow % 8 == 0, "the A swizzle needs 8 chunks per row");
+  static_assert(kGroupRows % kStageK == 0, "a stage lies inside one scale group");
   static constexpr int kBBytes = kStageKTiles * kBlockNTiles * 512;
   static constexpr int kABytes = kRows * kStageK * 2;
   static constexpr int kSBytes = kBlockNTiles * 64 * 2;
@@ -53,7 +55,6 @@ struct TileConfig {
   static constexpr int kReduceBytes = (kWarpsK - 1) * kWarpCols * 32 * kAccFloats * 4;
   static constexpr int kSmemBytes = kStages * kStageBytes + kReduceBytes + 16;
   static constexpr int kSlotFloats = kWarpCols * 32 * kAccFloats;
-  static_assert(kSlotFloats <= kMaxSlotFloats, "partial slot too small");
 };
 
 struct GemmParams {
@@ -64,14 +65,14 @@ struct GemmParams {
   int m_rows;
   int k;
   int n;
-  int group_rows;
+  bool per_channel;       // one scale row; else one per kGroupRows rows of K
   int k_tiles;           // k / 16
   int n_tiles;           // n / 64
   int stages_per_slice;  // ceil(k_tiles / kStageKTiles)
   int total_iters;       // slices * stages_per_slice
   int grid;              // blocks launched
   int* counters;         // one arrival counter per block index, zero between calls
-  float* partials;       // 2 slots per block of kMaxSlotFloats
+  float* partials;       // 2 slots of kSlotFloats per block
 };
 
 // A (slice, stage) position, advanced without divisions in the main loop.
@@ -120,11 +121,9 @@ __device__ __forceinline__ void LoadStage(const GemmParams& p, StageCursor at,
     const int kt = i / (C::kBlockNTiles * 32);
     const int nt = (i / 32) % C::kBlockNTiles;
     const int lane = i % 32;
-    if (k_tile0 + kt < p.k_tiles && n_tile0 + nt < p.n_tiles) {
-      ptx::CopyAsync16(
-          b_smem + i * 16,
-          p.qweight + (static_cast<int64_t>(k_tile0 + kt) * p.n_tiles + n_tile0 + nt) * 32 + lane);
-    }
+    ptx::CopyAsync16If(
+        k_tile0 + kt < p.k_tiles && n_tile0 + nt < p.n_tiles, b_smem + i * 16,
+        p.qweight + (static_cast<int64_t>(k_tile0 + kt) * p.n_tiles + n_tile0 + nt) * 32 + lane);
   }
 
   const uint32_t a_smem = stage_smem + C::kBBytes;
@@ -136,20 +135,18 @@ __device__ __forceinline__ void LoadStage(const GemmParams& p, StageCursor at,
     const int row = i / C::kAChunksPerRow;
     const int chunk = i % C::kAChunksPerRow;
     const int col = k_tile0 * 16 + chunk * 8;
-    if (row < p.m_rows && col < p.k) {
-      ptx::CopyAsync16(a_smem + (row * C::kAChunksPerRow + (chunk ^ (row & 7))) * 16,
+    ptx::CopyAsync16If(row < p.m_rows && col < p.k,
+                       a_smem + (row * C::kAChunksPerRow + (chunk ^ (row & 7))) * 16,
                        p.x + static_cast<int64_t>(row) * p.k + col);
-    }
   }
 
   const uint32_t s_smem = a_smem + C::kABytes;
   if (tid < C::kBlockNTiles * 8) {
     const int nt = tid / 8;
-    const int group = k_tile0 * 16 / p.group_rows;
-    if (n_tile0 + nt < p.n_tiles) {
-      ptx::CopyAsync16(s_smem + tid * 16, p.scales + static_cast<int64_t>(group) * p.n +
-                                              (n_tile0 + nt) * 64 + (tid % 8) * 8);
-    }
+    const int group = p.per_channel ? 0 : k_tile0 / (kGroupRows / 16);
+    ptx::CopyAsync16If(
+        n_tile0 + nt < p.n_tiles, s_smem + tid * 16,
+        p.scales + static_cast<int64_t>(group) * p.n + (n_tile0 + nt) * 64 + (tid % 8) * 8);
   }
 }
 
@@ -362,7 +359,7 @@ __device__ void FinishSegment(const GemmParams& p, int begin, StageCursor at, fl
     if (owner) StoreOutput<C>(p, n_tile, role, acc);
   } else {
     auto slot_ptr = [&](int slot, int r4) {
-      return reinterpret_cast<float4*>(p.partials + static_cast<int64_t>(slot) * kMaxSlotFloats) +
+      return reinterpret_cast<float4*>(p.partials + static_cast<int64_t>(slot) * C::kSlotFloats) +
              (r4 * C::kWarpCols + role.col) * 32 + role.lane;
     };
     if (owner) {
@@ -397,7 +394,7 @@ __device__ void FinishSegment(const GemmParams& p, int begin, StageCursor at, fl
 }
 
 template <typename C>
-__global__ void __launch_bounds__(kThreads, 1) MarlinGemmKernel(const GemmParams p) {
+__global__ void __launch_bounds__(kThreads, C::kBlocksPerSm) MarlinGemmKernel(const GemmParams p) {
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t smem_base = ptx::SharedAddress(smem);
   float* reduce_smem = reinterpret_cast<float*>(smem + C::kStages * C::kStageBytes);

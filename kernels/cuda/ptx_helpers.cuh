@@ -16,9 +16,16 @@ __device__ __forceinline__ uint32_t SharedAddress(const void* ptr) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
 }
 
-// cp.async.cg: copies 16 bytes global -> shared asynchronously, through L2 only.
-__device__ __forceinline__ void CopyAsync16(uint32_t smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
+// cp.async.cg: copies 16 bytes global -> shared asynchronously, through L2 only, when `pred`
+// holds (a predicated instruction, no branch); `gmem` need not be valid otherwise.
+__device__ __forceinline__ void CopyAsync16If(bool pred, uint32_t smem, const void* gmem) {
+  asm volatile(
+      "{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %0, 0;\n"
+      "  @p cp.async.cg.shared.global [%1], [%2], 16;\n"
+      "}\n" ::"r"(static_cast<int>(pred)),
+      "r"(smem), "l"(gmem));
 }
 
 // cp.async.commit_group: closes the group of copies issued so far by this thread.
