@@ -84,4 +84,28 @@ absl::StatusOr<PackedWeight> DecodeSource(const SourceSpec& spec, absl::string_v
   return Pack(*q);
 }
 
+OwnedGptq ExportGptq(const QuantizedWeight& weight, bool minus_one) {
+  const int64_t k_dim = weight.shape.k, n_dim = weight.shape.n;
+  const int64_t groups = weight.shape.num_groups();
+  OwnedGptq out;
+  out.qweight.assign(static_cast<size_t>(k_dim / 8 * n_dim), 0);
+  for (int64_t k = 0; k < k_dim; ++k) {
+    for (int64_t n = 0; n < n_dim; ++n) {
+      const auto u = static_cast<uint32_t>(weight.q[k * n_dim + n] + 8);
+      auto& word = reinterpret_cast<uint32_t&>(out.qweight[(k / 8) * n_dim + n]);
+      word |= u << (4 * (k % 8));
+    }
+  }
+  out.scales = weight.scales;
+  const uint32_t zero = minus_one ? 7 : 8;
+  uint32_t word = 0;
+  for (int i = 0; i < 8; ++i) word |= zero << (4 * i);
+  out.qzeros.assign(static_cast<size_t>(groups * (n_dim / 8)), static_cast<int32_t>(word));
+  out.g_idx.resize(static_cast<size_t>(k_dim));
+  for (int64_t k = 0; k < k_dim; ++k) {
+    out.g_idx[k] = static_cast<int32_t>(k / weight.shape.group_rows());
+  }
+  return out;
+}
+
 }  // namespace marlin

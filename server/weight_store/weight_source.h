@@ -10,6 +10,7 @@
 #define MARLIN_SERVER_WEIGHT_STORE_WEIGHT_SOURCE_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -35,6 +36,18 @@ struct SourceSpec {
 absl::StatusOr<uint64_t> SourceBytes(const SourceSpec& spec);
 // Quantizes / imports / unpacks `bytes` (exactly SourceBytes(spec) of them).
 absl::StatusOr<PackedWeight> DecodeSource(const SourceSpec& spec, absl::string_view bytes);
+
+// GPTQ tensors that own their data.
+struct OwnedGptq {
+  std::vector<int32_t> qweight;  // [K/8, N]
+  std::vector<uint16_t> scales;  // [K/G, N]
+  std::vector<int32_t> qzeros;   // [K/G, N/8]
+  std::vector<int32_t> g_idx;    // [K] (row / group_rows)
+  GptqTensors view() const { return {qweight, scales, qzeros, g_idx}; }
+};
+// The inverse of ImportGptq: a symmetric checkpoint (every stored zero 8, or 7 with `minus_one`)
+// holding `weight` exactly. For tests and tools that produce GPTQ inputs.
+OwnedGptq ExportGptq(const QuantizedWeight& weight, bool minus_one = false);
 
 }  // namespace marlin
 
