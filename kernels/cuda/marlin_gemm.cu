@@ -43,7 +43,12 @@ absl::Status LaunchPass(GemmParams p, int sm_count, cudaStream_t stream) {
   const int slices = static_cast<int>((p.n_tiles + C::kBlockNTiles - 1) / C::kBlockNTiles);
   p.stages_per_slice = (p.k_tiles + C::kStageKTiles - 1) / C::kStageKTiles;
   p.total_iters = slices * p.stages_per_slice;
-  p.grid = std::min(sm_count * C::kBlocksPerSm, p.total_iters);
+  // A second block per SM pays only when each still streams a long run of stages; shorter runs
+  // lose more to pipeline fill and split-slice reductions than they gain in latency hiding.
+  constexpr int kMinItersPerBlock = 16;
+  const int blocks_per_sm =
+      p.total_iters >= kMinItersPerBlock * sm_count * C::kBlocksPerSm ? C::kBlocksPerSm : 1;
+  p.grid = std::min(sm_count * blocks_per_sm, p.total_iters);
   static_assert(C::kBlocksPerSm * C::kSlotFloats <= kMaxSlotFloatsPerSm / 2, "workspace too small");
   MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
       MarlinGemmKernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));

@@ -225,7 +225,8 @@ __device__ __forceinline__ WeightWords<C> LoadWeightWords(uint32_t tile_smem,
 // Dequantizes and scales one k-tile's words into B fragments, one pair per 8-column sub-tile.
 template <typename C>
 __device__ __forceinline__ void DequantizeFragments(const WeightWords<C>& words,
-                                                    const WarpRole<C>& role, const __half* scales,
+                                                    const WarpRole<C>& role,
+                                                    const __half (&scales)[C::kWarpSubtiles],
                                                     half2 (&frag)[C::kWarpSubtiles][2]) {
 #pragma unroll
   for (int w = 0; w < C::kWarpSubtiles / 2; ++w) {
@@ -238,6 +239,40 @@ __device__ __forceinline__ void DequantizeFragments(const WeightWords<C>& words,
 #pragma unroll
   for (int sub = 0; sub < C::kWarpSubtiles; ++sub) {
     ScaleFragment(frag[sub], scales[sub]);
+  }
+}
+
+// Multiplies this warp's k-tiles of one stage; kCheckBound skips k-tiles past K.
+template <typename C, bool kCheckBound>
+__device__ __forceinline__ void MultiplyKTiles(const GemmParams& p, int k_tile0, uint32_t b_smem,
+                                               uint32_t a_lane, const WarpRole<C>& role,
+                                               const __half (&scales)[C::kWarpSubtiles],
+                                               Accumulators<C>& acc) {
+  constexpr int kWarpKTiles = C::kStageKTiles / C::kWarpsK;
+  constexpr uint32_t kMTileBytes = 16 * C::kAChunksPerRow * 16;
+  WeightWords<C> words[kWarpKTiles];
+#pragma unroll
+  for (int j = 0; j < kWarpKTiles; ++j) {
+    const int kt = role.k + j * C::kWarpsK;
+    words[j] = LoadWeightWords<C>(b_smem + (kt * C::kBlockNTiles + role.tile) * 512, role);
+  }
+#pragma unroll
+  for (int j = 0; j < kWarpKTiles; ++j) {
+    const int kt = role.k + j * C::kWarpsK;
+    if (kCheckBound && k_tile0 + kt >= p.k_tiles) break;
+    half2 frag[C::kWarpSubtiles][2];
+    DequantizeFragments<C>(words[j], role, scales, frag);
+    const uint32_t a_chunk = a_lane + ((kt * 2 + role.lane / 16) ^ (role.lane % 8)) * 16;
+#pragma unroll
+    for (int mt = 0; mt < C::kMTiles; ++mt) {
+      uint32_t a[4];
+      ptx::LoadMatrixX4(a, a_chunk + mt * kMTileBytes);
+#pragma unroll
+      for (int sub = 0; sub < C::kWarpSubtiles; ++sub) {
+        ptx::MmaF16F32(acc[mt][sub], a, *reinterpret_cast<const uint32_t*>(&frag[sub][0]),
+                       *reinterpret_cast<const uint32_t*>(&frag[sub][1]));
+      }
+    }
   }
 }
 
@@ -266,32 +301,12 @@ __device__ __forceinline__ void ComputeStage(const GemmParams& p, StageCursor at
   // ldmatrix row addresses: lane l points at row l % 16 of an m-tile, 16-byte chunk l / 16 of the
   // k-tile, swizzled by row % 8 (= l % 8 for every m-tile, so one base serves all of them).
   const uint32_t a_lane = a_smem + (role.lane % 16) * C::kAChunksPerRow * 16;
-  constexpr uint32_t kMTileBytes = 16 * C::kAChunksPerRow * 16;
-  constexpr int kWarpKTiles = C::kStageKTiles / C::kWarpsK;
-  // Every packed word of the stage first, so their latency overlaps the math of the first k-tile.
-  WeightWords<C> words[kWarpKTiles];
-#pragma unroll
-  for (int j = 0; j < kWarpKTiles; ++j) {
-    const int kt = role.k + j * C::kWarpsK;
-    words[j] = LoadWeightWords<C>(b_smem + (kt * C::kBlockNTiles + role.tile) * 512, role);
-  }
-#pragma unroll
-  for (int j = 0; j < kWarpKTiles; ++j) {
-    const int kt = role.k + j * C::kWarpsK;
-    if (k_tile0 + kt >= p.k_tiles) break;
-    half2 frag[C::kWarpSubtiles][2];
-    DequantizeFragments<C>(words[j], role, scales, frag);
-    const uint32_t a_chunk = a_lane + ((kt * 2 + role.lane / 16) ^ (role.lane % 8)) * 16;
-#pragma unroll
-    for (int mt = 0; mt < C::kMTiles; ++mt) {
-      uint32_t a[4];
-      ptx::LoadMatrixX4(a, a_chunk + mt * kMTileBytes);
-#pragma unroll
-      for (int sub = 0; sub < C::kWarpSubtiles; ++sub) {
-        ptx::MmaF16F32(acc[mt][sub], a, *reinterpret_cast<const uint32_t*>(&frag[sub][0]),
-                       *reinterpret_cast<const uint32_t*>(&frag[sub][1]));
-      }
-    }
+  // Full stages (all but a per-channel weight's last) run without a bound check, so nothing stops
+  // the compiler from hoisting the next k-tile's loads above this one's math.
+  if (k_tile0 + C::kStageKTiles <= p.k_tiles) {
+    MultiplyKTiles<C, false>(p, k_tile0, b_smem, a_lane, role, scales, acc);
+  } else {
+    MultiplyKTiles<C, true>(p, k_tile0, b_smem, a_lane, role, scales, acc);
   }
 }
 
