@@ -12,6 +12,7 @@
 // or the MARLIN_TOKEN environment variable.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -47,6 +48,7 @@ struct GlobalFlags {
   std::string tls_key;
   std::string tls_server_name;
   double timeout_s = 30;
+  int max_attempts = 5;
 };
 
 // One line on stderr, the exit status of a failure.
@@ -102,6 +104,7 @@ absl::StatusOr<std::unique_ptr<marlin::Client>> MakeClient(const GlobalFlags& fl
   options.target = flags.server;
   if (!(flags.timeout_s > 0)) return absl::InvalidArgumentError("--timeout must be positive");
   options.default_deadline = absl::Seconds(flags.timeout_s);
+  options.retry.max_attempts = flags.max_attempts;
   options.user_agent_prefix = "marlin-cli";
   if (!flags.token_file.empty()) {
     std::ifstream in(flags.token_file);
@@ -409,6 +412,10 @@ int main(int argc, char** argv) {
   app.add_option("--tls-key", g.tls_key, "PEM client key (mutual TLS)");
   app.add_option("--tls-server-name", g.tls_server_name, "expected name in the server's cert");
   app.add_option("--timeout", g.timeout_s, "deadline of each call, seconds")->capture_default_str();
+  app.add_option("--max-attempts", g.max_attempts,
+                 "tries of idempotent calls on UNAVAILABLE (1 = no retry, at most 5)")
+      ->check(CLI::Range(1, 5))
+      ->capture_default_str();
 
   UploadFlags upload;
   CLI::App* up = app.add_subcommand("upload", "upload a weight from .npy, .safetensors or GPTQ");
@@ -440,6 +447,25 @@ int main(int argc, char** argv) {
   CLI::App* info = app.add_subcommand("info", "show the server's settings and device");
   CLI::App* health = app.add_subcommand("health", "grpc.health.v1 check (exit 0 when SERVING)");
   health->add_option("--service", service, "service name; empty: the whole server");
+
+  // An unknown command word is named (CLI11 would only say that a command is missing).
+  const std::vector<std::string> kValued = {"--server",   "--token-file",  "--tls-ca",
+                                            "--tls-cert", "--tls-key",     "--tls-server-name",
+                                            "--timeout",  "--max-attempts"};
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (absl::StartsWith(arg, "-")) {
+      if (std::find(kValued.begin(), kValued.end(), arg) != kValued.end()) ++i;
+      continue;
+    }
+    const std::vector<std::string> kCommands = {"upload", "matmul", "list",  "get",
+                                                "delete", "info",   "health"};
+    if (std::find(kCommands.begin(), kCommands.end(), arg) == kCommands.end()) {
+      std::fprintf(stderr, "marlin-cli: unknown command '%s' (see --help)\n", arg.c_str());
+      return 2;
+    }
+    break;
+  }
 
   try {
     app.parse(argc, argv);

@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   std::string concurrency = "1,4,16,64,256";
   std::string rate;
   double duration_s = 10, warmup_s = 2, timeout_s = 30;
+  int max_attempts = 5;
   std::string rows = "1";
   std::string ids, create;
   int group_size = 128;
@@ -67,6 +68,10 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup_s, "unmeasured seconds before each point")
       ->capture_default_str();
   app.add_option("--timeout", timeout_s, "per-request deadline, seconds")->capture_default_str();
+  app.add_option("--max-attempts", max_attempts,
+                 "tries of a matmul on UNAVAILABLE (1 = no retry, at most 5)")
+      ->check(CLI::Range(1, 5))
+      ->capture_default_str();
   app.add_option("--rows", rows, "rows per request: N or A-B (uniform)")->capture_default_str();
   app.add_option("--ids", ids, "comma-separated existing weight ids");
   app.add_option("--create", create, "K,N: upload a random FP16 weight first (deleted at the end)");
@@ -98,6 +103,7 @@ int main(int argc, char** argv) {
   Config config;
   config.client.target = server;
   config.client.default_deadline = absl::Seconds(timeout_s);
+  config.client.retry.max_attempts = max_attempts;
   std::string token;
   if (!token_file.empty()) {
     std::ifstream in(token_file);

@@ -153,9 +153,9 @@ absl::Status ServerProcess::Spawn() {
   return absl::OkStatus();
 }
 
-void ServerProcess::Stop() {
+void ServerProcess::Stop(bool graceful) {
   if (pid_ <= 0) return;
-  kill(pid_, SIGTERM);
+  kill(pid_, graceful ? SIGTERM : SIGKILL);
   absl::Time deadline = absl::Now() + absl::Seconds(5);
   int status = 0;
   while (waitpid(pid_, &status, WNOHANG) == 0) {

@@ -57,8 +57,9 @@ class ServerProcess {
   std::string metrics_address() const;  // 127.0.0.1:METRICS_PORT
   int port() const { return port_; }
 
-  // SIGTERM and wait (SIGKILL after 5 s).
-  void Stop();
+  // Ends it: SIGKILL (a crash, and quick), or with `graceful` SIGTERM and a wait of up to 5 s
+  // before SIGKILL.
+  void Stop(bool graceful = false);
   // Starts it again on the same ports; does not wait for it to serve unless `wait`.
   absl::Status Restart(bool wait = true);
   absl::Status WaitServing(absl::Duration timeout);
