@@ -124,6 +124,7 @@ class MatmulServiceImpl::UploadReactor : public grpc::ServerReadReactor<v1::Uplo
  private:
   absl::Status OnHeader(const v1::UploadHeader& h) {
     if (have_header_) return absl::InvalidArgumentError("upload sent a second header");
+    log_id_ = h.weight_id().substr(0, 128);
     if (service_->draining()) return absl::UnavailableError("server is shutting down");
     if (absl::Status st = ValidateWeightId(h.weight_id()); !st.ok()) return st;
     if (absl::Status st = service_->options_.shard_map.CheckOwner(h.weight_id()); !st.ok()) {
@@ -249,7 +250,7 @@ class MatmulServiceImpl::UploadReactor : public grpc::ServerReadReactor<v1::Uplo
     service_->deps_.metrics->RecordUpload(status.code());
     if (status.code() != absl::StatusCode::kCancelled) {
       MARLIN_LOG(kInfo, "upload refused")
-          .Kv("id", header_.weight_id())
+          .Kv("id", log_id_)
           .Kv("code", StatusCodeName(status.code()))
           .Kv("error", std::string(status.message()));
     }
@@ -262,6 +263,7 @@ class MatmulServiceImpl::UploadReactor : public grpc::ServerReadReactor<v1::Uplo
   v1::UploadWeightRequest message_;
   bool have_header_ = false;
   v1::UploadHeader header_;
+  std::string log_id_;  // the id the header named, for logs (also when refused)
   SourceSpec spec_;
   std::string data_;
   uLong crc_ = 0;
