@@ -5,8 +5,12 @@
 #include <grpcpp/grpcpp.h>
 #include <zlib.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <map>
 #include <random>
@@ -15,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_gemm.h"
+#include "kernels/io/safetensors.h"
 #include "marlin/v1/matmul_service.grpc.pb.h"
 #include "server/app/server.h"
 #include "server/weight_store/weight_source.h"
@@ -681,6 +686,35 @@ TEST_F(E2eTest, QueueBoundAndDeadlinesInQueue) {
   ExpectServing("slow", w);
 }
 
+TEST_F(E2eTest, WeightsDirIsLoadedBeforeServing) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / ("e2e_weights_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "model");
+  TestWeight w = DenseFp16({.k = 256, .n = 128, .group_size = 128}, 20);
+  std::vector<uint16_t> v(w.data.size() / 2);
+  std::memcpy(v.data(), w.data.data(), w.data.size());
+  ASSERT_TRUE(io::WriteSafetensors((dir / "model" / "layer0.safetensors").string(),
+                                   {{"mlp.weight", io::Tensor::FromValues<uint16_t>(
+                                                       io::DType::kF16, {256, 128}, v)}})
+                  .ok());
+  server_.reset();
+  ServerOptions o = DefaultOptions();
+  o.weights_dir = dir.string();
+  o.metrics_listen = "127.0.0.1:0";
+  StartServer(o);
+  EXPECT_GT(server_->metrics_port(), 0);
+  EXPECT_EQ(HealthStatus(channel_), 1);
+  ExpectServing("model/layer0/mlp", w);
+
+  // A malformed file stops the start: replicas never serve different sets of ids.
+  std::ofstream(dir / "broken.safetensors") << "not a safetensors file";
+  auto bad = MarlinServer::Start(o);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("broken.safetensors"));
+  fs::remove_all(dir);
+}
+
 // ---- drain -------------------------------------------------------------------------------
 
 TEST_F(E2eTest, ShutdownUnderLoadAnswersEveryAcceptedRequest) {
@@ -747,10 +781,10 @@ TEST_F(E2eTest, DrainTimeoutAnswersTheRestUnavailable) {
   o.max_batch_rows = 100;
   o.max_queue_delay_us = 10'000'000;  // one 64-row request per weight waits until the drain
   StartServer(o);
-  constexpr int kWeights = 16;
+  constexpr int kWeights = 8;
   std::vector<TestWeight> weights;
   for (int i = 0; i < kWeights; ++i) {
-    weights.push_back(DenseFp16({.k = 256, .n = 256, .group_size = 128}, 100 + i));
+    weights.push_back(DenseFp16({.k = 1024, .n = 1024, .group_size = 128}, 100 + i));
     Put(absl::StrCat("q", i), weights.back());
   }
   std::mt19937 rng(16);
@@ -758,7 +792,7 @@ TEST_F(E2eTest, DrainTimeoutAnswersTheRestUnavailable) {
   auto stream = stub_->MatmulStream(&ctx);
   std::vector<std::string> xs;
   for (int i = 0; i < kWeights; ++i) {
-    xs.push_back(RandomRows(64, 256, rng));
+    xs.push_back(RandomRows(64, 1024, rng));
     ASSERT_TRUE(stream->Write(Request(absl::StrCat("q", i), 64, xs.back(), i)));
   }
   for (int i = 0; i < 500 && server_->batcher().queued_requests() < kWeights; ++i) {
