@@ -147,7 +147,7 @@ void MatmulStream::Submit(absl::string_view weight_id, uint32_t rows,
   absl::Status refused;
   {
     absl::MutexLock lock(&state_->mu);
-    if (state_->ended || state_->read_done) {
+    if (state_->ended) {
       refused = state_->final_status.ok() ? absl::FailedPreconditionError("matmul stream has ended")
                                           : state_->final_status;
     } else if (state_->closing) {
@@ -156,7 +156,9 @@ void MatmulStream::Submit(absl::string_view weight_id, uint32_t rows,
       uint64_t id = state_->next_id++;
       req.set_request_id(id);
       state_->pending.emplace(id, std::move(done));
-      state_->queue.push_back(std::move(req));
+      // Once the reader saw the end, the request is never sent: it completes with the RPC's
+      // final status when Finish() returns.
+      if (!state_->read_done) state_->queue.push_back(std::move(req));
       return;
     }
   }
