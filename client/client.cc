@@ -110,14 +110,18 @@ v1::MatmulRequest MakeRequest(absl::string_view weight_id, uint32_t rows,
 // ---------------------------------------------------------------------------
 
 void CancellationToken::Cancel() {
-  std::vector<std::function<void()>> fns;
-  {
-    absl::MutexLock lock(&mu_);
-    if (cancelled_) return;
-    cancelled_ = true;
-    for (auto& [handle, fn] : active_) fns.push_back(fn);
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  while (!active_.empty()) {
+    auto [handle, fn] = std::move(active_.back());
+    active_.pop_back();
+    running_ = handle;
+    running_thread_ = std::this_thread::get_id();
+    mu_.Unlock();
+    fn();
+    mu_.Lock();
+    running_ = 0;
   }
-  for (auto& fn : fns) fn();
 }
 
 bool CancellationToken::cancelled() const {
@@ -144,6 +148,11 @@ void CancellationToken::Unregister(uint64_t handle) {
   auto it = std::find_if(active_.begin(), active_.end(),
                          [handle](const auto& entry) { return entry.first == handle; });
   if (it != active_.end()) active_.erase(it);
+  // The call completing from inside its own cancel_fn (same thread) must not wait for itself.
+  auto done = [this, handle]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return running_ != handle || running_thread_ == std::this_thread::get_id();
+  };
+  mu_.Await(absl::Condition(&done));
 }
 
 CancelRegistration::CancelRegistration(std::shared_ptr<CancellationToken> token,

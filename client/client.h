@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 #include "absl/strings/string_view.h"
 
@@ -85,16 +86,20 @@ class CancellationToken {
   void Cancel();
   bool cancelled() const;
 
-  // Internal: calls register a cancel function while they run; returns false if already
-  // cancelled (then the call is cancelled at once by the caller).
+  // Internal: a running call registers how to cancel it and unregisters when it completes.
+  // Register returns 0 (and runs `cancel_fn` at once) when the token is already cancelled.
+  // Unregister waits while another thread is running the call's `cancel_fn`, so the call's state
+  // outlives it.
   uint64_t Register(std::function<void()> cancel_fn);
   void Unregister(uint64_t handle);
 
  private:
   mutable absl::Mutex mu_;
-  bool cancelled_ = false;
-  uint64_t next_ = 1;
-  std::vector<std::pair<uint64_t, std::function<void()>>> active_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t next_ ABSL_GUARDED_BY(mu_) = 1;
+  std::vector<std::pair<uint64_t, std::function<void()>>> active_ ABSL_GUARDED_BY(mu_);
+  uint64_t running_ ABSL_GUARDED_BY(mu_) = 0;  // handle whose cancel_fn Cancel() is running
+  std::thread::id running_thread_ ABSL_GUARDED_BY(mu_);
 };
 
 struct CallOptions {
