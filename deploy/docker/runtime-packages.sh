@@ -37,6 +37,7 @@ list_packages() {
     mapfile -t needed < <(objdump -p "$binary" | awk '$1 == "NEEDED" { print $2 }')
     ldd_out=$(ldd "$binary")
     for soname in "${needed[@]}"; do
+      [[ $soname == ld-linux* ]] && continue  # the dynamic loader, part of libc6
       path=$(awk -v so="$soname" '$1 == so && $2 == "=>" { print $3 }' <<<"$ldd_out")
       if [[ -z $path || $path == "not" ]]; then
         [[ $soname =~ ^lib(cuda|nvidia-) ]] && continue  # the driver, mounted at run time
@@ -44,6 +45,8 @@ list_packages() {
         status=1
         continue
       fi
+      # The CUDA toolkit's own libraries: the CUDA runtime image ships them.
+      [[ $path == /usr/local/cuda* ]] && continue
       if ! pkg=$(owner "$path"); then
         echo "runtime-packages: $binary: $path belongs to no package" >&2
         status=1
