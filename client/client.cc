@@ -371,7 +371,14 @@ Client::Client(ClientOptions options, std::string channel_target, std::unique_pt
       channel_target_(std::move(channel_target)),
       impl_(std::move(impl)) {}
 
-Client::~Client() = default;
+Client::~Client() {
+  // Asynchronous calls still running use the channel and stubs: wait for their callbacks.
+  absl::MutexLock lock(&impl_->async_mu);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl_->async_mu) {
+    return impl_->async_outstanding == 0;
+  };
+  impl_->async_mu.Await(absl::Condition(&idle));
+}
 
 absl::StatusOr<WeightInfo> Client::Upload(absl::string_view weight_id, const UploadSource& source,
                                           const UploadOptions& options) {
@@ -646,15 +653,23 @@ void Client::MatmulAsync(absl::string_view weight_id, uint32_t rows,
   call->req = MakeRequest(weight_id, rows, activations);
   call->done = std::move(done);
   call->registration = std::make_unique<CancelRegistration>(options.cancel, &call->ctx);
-  impl_->stub->async()->Matmul(&call->ctx, &call->req, &call->resp, [call](grpc::Status status) {
-    std::unique_ptr<AsyncMatmulCall> owned(call);
-    owned->registration.reset();
-    if (status.ok()) {
-      owned->done(FromProto(owned->resp));
-    } else {
-      owned->done(FromGrpcStatus(status));
-    }
-  });
+  Impl* impl = impl_.get();
+  {
+    absl::MutexLock lock(&impl->async_mu);
+    ++impl->async_outstanding;
+  }
+  impl_->stub->async()->Matmul(
+      &call->ctx, &call->req, &call->resp, [call, impl](grpc::Status status) {
+        MatmulCallback done = std::move(call->done);
+        absl::StatusOr<MatmulResult> result =
+            status.ok() ? absl::StatusOr<MatmulResult>(FromProto(call->resp))
+                        : absl::StatusOr<MatmulResult>(FromGrpcStatus(status));
+        // The call's gRPC state goes before the caller sees the answer (and may drop the client).
+        delete call;
+        done(std::move(result));
+        absl::MutexLock lock(&impl->async_mu);
+        --impl->async_outstanding;
+      });
 }
 
 std::future<absl::StatusOr<MatmulResult>> Client::MatmulAsync(

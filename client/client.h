@@ -243,8 +243,9 @@ class Client {
   absl::StatusOr<MatmulResult> Matmul(absl::string_view weight_id, uint32_t rows,
                                       absl::Span<const uint16_t> activations,
                                       const CallOptions& options = {});
-  // Asynchronous: `done` runs once, on a gRPC thread (keep it short, never block in it). The
-  // activations are copied before the call returns.
+  // Asynchronous: `done` runs once, on a gRPC thread (keep it short, never block in it, never
+  // destroy the Client in it). The activations are copied before the call returns. ~Client
+  // waits for the callbacks of calls still running.
   void MatmulAsync(absl::string_view weight_id, uint32_t rows,
                    absl::Span<const uint16_t> activations, MatmulCallback done,
                    const CallOptions& options = {});
@@ -252,7 +253,8 @@ class Client {
                                                         absl::Span<const uint16_t> activations,
                                                         const CallOptions& options = {});
 
-  // Opens a MatmulStream (matmul_stream.h) on this client's channel.
+  // Opens a MatmulStream (matmul_stream.h) on this client's channel. Close or destroy every
+  // stream before the Client.
   absl::StatusOr<std::unique_ptr<MatmulStream>> OpenStream(const MatmulStreamOptions& options);
   absl::StatusOr<std::unique_ptr<MatmulStream>> OpenStream();
 

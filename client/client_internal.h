@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -21,6 +22,10 @@ struct Client::Impl {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::MatmulService::Stub> stub;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_stub;
+
+  // Asynchronous unary calls whose callback has not returned yet (~Client waits for them).
+  absl::Mutex async_mu;
+  int64_t async_outstanding ABSL_GUARDED_BY(async_mu) = 0;
 
   // Applies deadline, wait-for-ready and the bearer token to `ctx`. `timeout` overrides
   // `default_timeout`; an infinite duration means no deadline.

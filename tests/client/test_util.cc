@@ -121,14 +121,18 @@ ServerProcess::ServerProcess(std::vector<std::string> extra_args, int port, int 
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     std::vector<std::string> extra_args) {
-  int port = FreePort();
-  int metrics_port = FreePort();
-  while (metrics_port == port) metrics_port = FreePort();
-  if (port <= 0 || metrics_port <= 0) return absl::InternalError("no free port");
-  std::unique_ptr<ServerProcess> server(
-      new ServerProcess(std::move(extra_args), port, metrics_port));
-  if (absl::Status s = server->Restart(/*wait=*/true); !s.ok()) return s;
-  return server;
+  // Another test may grab a port between FreePort() and the server's bind: try a few times.
+  absl::Status last;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    int port = FreePort();
+    int metrics_port = FreePort();
+    while (metrics_port == port) metrics_port = FreePort();
+    if (port <= 0 || metrics_port <= 0) return absl::InternalError("no free port");
+    std::unique_ptr<ServerProcess> server(new ServerProcess(extra_args, port, metrics_port));
+    last = server->Restart(/*wait=*/true);
+    if (last.ok()) return server;
+  }
+  return last;
 }
 
 ServerProcess::~ServerProcess() { Stop(); }
