@@ -87,12 +87,13 @@ void Batcher::SweepLocked(absl::Time now, Aborted* aborted) {
     for (auto item_it = q.items.begin(); item_it != q.items.end();) {
       Item& item = **item_it;
       absl::Status status;
-      if (item.cancelled()) {
-        status = absl::CancelledError("request cancelled while queued");
-      } else if (item.deadline() <= now) {
+      // The deadline first: a call whose deadline passed is also cancelled by gRPC.
+      if (item.deadline() <= now) {
         status = absl::DeadlineExceededError(
             absl::StrCat("deadline passed after ", absl::ToInt64Microseconds(now - item.enqueued()),
                          " us in the batch queue; not computed"));
+      } else if (item.cancelled()) {
+        status = absl::CancelledError("request cancelled while queued");
       } else {
         ++item_it;
         continue;

@@ -482,12 +482,14 @@ class MatmulServiceImpl::StreamReactor
       reads_done_ = true;
       return Execute(NextActionsLocked());
     }
+    processing_ = true;  // the stream must not finish before this request is answered
     mu_.Unlock();
     auto call = std::make_shared<Call>();
     call->request = std::move(incoming_);
     incoming_.Clear();
     Process(call);
     mu_.Lock();
+    processing_ = false;
     reading_ = false;
     Execute(NextActionsLocked());
   }
@@ -606,7 +608,14 @@ class MatmulServiceImpl::StreamReactor
     const bool dead = cancelled_.load() || broken_;
     if (dead) {
       // Nobody can receive them; keep only the one being written.
-      while (out_.size() > (writing_ ? 1u : 0u)) out_.pop_back();
+      const size_t keep = writing_ ? 1u : 0u;
+      if (out_.size() > keep) {
+        MARLIN_LOG(kInfo, "stream gone; answers dropped")
+            .Kv("answers", out_.size() - keep)
+            .Kv("cancelled", cancelled_.load())
+            .Kv("write_failed", broken_);
+      }
+      while (out_.size() > keep) out_.pop_back();
     }
     if (!dead && !writing_ && !out_.empty()) {
       writing_ = true;
@@ -619,7 +628,8 @@ class MatmulServiceImpl::StreamReactor
       a.read = true;
     }
     const bool ending = reads_done_ || finish_requested_ || dead;
-    if (ending && !a.read && pending_ == 0 && !writing_ && out_.empty() && holds_ == 0) {
+    if (ending && !a.read && !processing_ && pending_ == 0 && !writing_ && out_.empty() &&
+        holds_ == 0) {
       finished_ = true;
       a.finish = true;
       if (cancelled_.load()) {
@@ -672,6 +682,7 @@ class MatmulServiceImpl::StreamReactor
   std::deque<std::unique_ptr<v1::MatmulResponse>> out_ ABSL_GUARDED_BY(mu_);  // front: writing
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool processing_ ABSL_GUARDED_BY(mu_) = false;  // OnReadDone is handling a request
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_requested_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;  // a write failed
