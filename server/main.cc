@@ -1,6 +1,7 @@
 // marlin-server: serves packed INT4 weights by id and answers batched FP16 matmuls over gRPC.
 // Flags are documented by --help and in docs/server.md.
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <string>
@@ -9,10 +10,12 @@
 #include "absl/strings/str_cat.h"
 #include "server/app/server.h"
 #include "server/logging/log.h"
+#include "server/sharding/shard_map.h"
 
 int main(int argc, char** argv) {
   marlin::ServerOptions o;
   double drain_timeout_s = 30;
+  double max_connection_age_s = 0;
   std::string log_level = "info";
   CLI::App app{
       "marlin-server: a gRPC service for batched FP16 x INT4 matrix products.\n"
@@ -101,13 +104,32 @@ int main(int argc, char** argv) {
   app.add_option("--shard-peers", o.shard_peers,
                  "Comma-separated addresses of all replicas in shard order (see "
                  "server/sharding); this replica refuses ids it does not own");
-  app.add_option("--shard-index", o.shard_index, "This replica's index among --shard-peers")
+  app.add_option("--shard-index", o.shard_index,
+                 "This replica's index among --shard-peers; -1: the StatefulSet ordinal ending "
+                 "the hostname (marlin-server-2 -> 2)")
+      ->check(CLI::Range(-1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--max-connection-age", max_connection_age_s,
+                 "Seconds after which a client connection is sent GOAWAY so that clients spread "
+                 "onto new replicas (its calls get --drain-timeout to finish); 0: never")
+      ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
   app.add_option("--log-level", log_level, "debug, info, warning or error")
       ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   o.drain_timeout = absl::Seconds(drain_timeout_s);
+  o.max_connection_age = absl::Seconds(max_connection_age_s);
+  if (o.shard_index == -1) {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    absl::StatusOr<int> ordinal = marlin::sharding::OrdinalFromHostname(host);
+    if (!o.shard_peers.empty() && !ordinal.ok()) {
+      std::fprintf(stderr, "--shard-index=-1: %s\n", ordinal.status().ToString().c_str());
+      return 2;
+    }
+    o.shard_index = o.shard_peers.empty() ? 0 : *ordinal;
+  }
   marlin::log::Level level;
   if (marlin::log::ParseLevel(log_level, &level).ok()) marlin::log::SetMinLevel(level);
 

@@ -35,6 +35,8 @@ struct ServerOptions {
   int64_t max_queue_delay_us = 1000;
   int64_t max_queue_rows = 8192;
   absl::Duration drain_timeout = absl::Seconds(30);
+  // GOAWAY to a client connection this old (zero: never); its calls then get drain_timeout.
+  absl::Duration max_connection_age = absl::ZeroDuration();
   uint64_t memory_headroom = uint64_t{1} << 30;
   int64_t max_rows_per_request = 1024;
   uint64_t max_weight_bytes = uint64_t{8} << 30;
