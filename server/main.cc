@@ -88,10 +88,17 @@ int main(int argc, char** argv) {
                  "(flow control)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
       ->capture_default_str();
+  app.add_option("--max-in-flight-per-connection", o.max_in_flight_per_connection,
+                 "Matmul requests of one client connection (all its calls and streams) accepted "
+                 "and not yet answered; beyond it requests are refused RESOURCE_EXHAUSTED; "
+                 "0: unlimited")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 30))
+      ->capture_default_str();
   app.add_option("--max-message-bytes", o.max_message_bytes,
-                 "Largest gRPC message received or sent (bytes or with a unit)")
+                 "Largest gRPC message received or sent (bytes or with a unit); 0: sized for the "
+                 "largest request, --max-rows-per-request x 32768 (K) x 2 + 64KiB")
       ->transform(CLI::AsSizeValue(false))
-      ->default_str("64MiB");
+      ->default_str("0");
   app.add_option("--device-memory-limit", o.device_memory_limit,
                  "Treat the device as having this much memory for weights (0: its free memory at "
                  "start); to share a GPU")
@@ -114,6 +121,27 @@ int main(int argc, char** argv) {
                  "onto new replicas (its calls get --drain-timeout to finish); 0: never")
       ->check(CLI::Range(0.0, 1e6))
       ->capture_default_str();
+  app.add_option("--tls-cert", o.tls_cert, "PEM certificate chain: serve TLS (with --tls-key)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-key", o.tls_key, "PEM private key of --tls-cert")->check(CLI::ExistingFile);
+  app.add_option("--tls-client-ca", o.tls_client_ca,
+                 "PEM CA bundle: require client certificates signed by it (mutual TLS)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--auth-tokens", o.auth_tokens,
+                 "File of `ROLE TOKEN` lines (# comments): require `authorization: Bearer TOKEN`; "
+                 "role admin may upload and delete, role user may run matmuls and read; health "
+                 "stays open")
+      ->check(CLI::ExistingFile);
+  auto* faults =
+      app.add_option_group("Test-only", "Fault injection for tests; never in production");
+  faults
+      ->add_option("--inject-backend-fault-after", o.inject_backend_fault_after,
+                   "TEST ONLY: after N batches the backend fails like a CUDA error (for good)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
+  faults
+      ->add_option("--inject-upload-oom-after", o.inject_upload_oom_after,
+                   "TEST ONLY: after N uploaded weights, preparing a weight fails out of memory")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   app.add_option("--log-level", log_level, "debug, info, warning or error")
       ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
       ->capture_default_str();

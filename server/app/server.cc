@@ -7,20 +7,63 @@
 #include <climits>
 #include <mutex>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/app/fault_injection.h"
+#include "server/auth/tls.h"
+#include "server/auth/token_auth.h"
 #include "server/logging/log.h"
 #include "server/weight_store/weights_dir.h"
 
 namespace marlin {
 
-absl::StatusOr<std::unique_ptr<MarlinServer>> MarlinServer::Start(const ServerOptions& options) {
+uint64_t MaxMessageBytesFor(int64_t max_rows_per_request) {
+  const uint64_t request =
+      static_cast<uint64_t>(std::max<int64_t>(max_rows_per_request, 1)) * kPlannedMaxK * 2;
+  return std::max<uint64_t>(request, kMaxUploadChunkBytes) + kMessageOverheadBytes;
+}
+
+namespace {
+
+bool IsLoopback(absl::string_view listen) {
+  return absl::StartsWith(listen, "127.") || absl::StartsWith(listen, "localhost:") ||
+         absl::StartsWith(listen, "[::1]:") || absl::StartsWith(listen, "unix:");
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<MarlinServer>> MarlinServer::Start(const ServerOptions& raw) {
   static std::once_flag grpc_globals;
   std::call_once(grpc_globals, [] {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   });
-  auto s = std::unique_ptr<MarlinServer>(new MarlinServer(options));
+  auto s = std::unique_ptr<MarlinServer>(new MarlinServer(raw));
+  const ServerOptions& options = s->options_;
+  if (options.max_message_bytes > uint64_t{INT32_MAX}) {
+    return absl::InvalidArgumentError("--max-message-bytes must be below 2 GiB");
+  }
+  if (options.max_message_bytes < kMaxUploadChunkBytes + kMessageOverheadBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-message-bytes must hold an upload chunk: at least ",
+                     kMaxUploadChunkBytes + kMessageOverheadBytes, " bytes"));
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      auth::ServerCredentialsFromFiles(
+          {.cert = options.tls_cert, .key = options.tls_key, .client_ca = options.tls_client_ca});
+  if (!credentials.ok()) return credentials.status();
+  if (!options.auth_tokens.empty()) {
+    absl::StatusOr<std::unique_ptr<auth::TokenAuthenticator>> a =
+        auth::TokenAuthenticator::FromFile(options.auth_tokens);
+    if (!a.ok()) return a.status();
+    s->auth_ = *std::move(a);
+    if (options.tls_cert.empty() && !IsLoopback(options.listen)) {
+      MARLIN_LOG(kWarning, "bearer tokens over plaintext on a non-loopback address")
+          .Kv("listen", options.listen)
+          .Kv("hint", "set --tls-cert and --tls-key");
+    }
+  }
 
   absl::StatusOr<sharding::ShardMap> shards =
       sharding::ShardMap::FromFlags(options.shard_peers, options.shard_index);
@@ -34,7 +77,14 @@ absl::StatusOr<std::unique_ptr<MarlinServer>> MarlinServer::Start(const ServerOp
                               .max_batch_rows = options.max_batch_rows,
                               .max_rows_per_request = options.max_rows_per_request});
   if (!backend.ok()) return backend.status();
-  s->backend_ = *std::move(backend);
+  s->backend_ = WithInjectedFaults(*std::move(backend),
+                                   {.fail_runs_after = options.inject_backend_fault_after,
+                                    .fail_prepares_after = options.inject_upload_oom_after});
+  if (options.inject_backend_fault_after >= 0 || options.inject_upload_oom_after >= 0) {
+    MARLIN_LOG(kWarning, "TEST-ONLY fault injection is on")
+        .Kv("inject_backend_fault_after", options.inject_backend_fault_after)
+        .Kv("inject_upload_oom_after", options.inject_upload_oom_after);
+  }
 
   absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics = ServerMetrics::Create();
   if (!metrics.ok()) return metrics.status();
@@ -67,17 +117,19 @@ absl::StatusOr<std::unique_ptr<MarlinServer>> MarlinServer::Start(const ServerOp
   if (!batcher.ok()) return batcher.status();
   s->batcher_ = *std::move(batcher);
 
-  absl::StatusOr<std::unique_ptr<MatmulServiceImpl>> service =
-      MatmulServiceImpl::Create({.version = options.version,
-                                 .max_rows_per_request = options.max_rows_per_request,
-                                 .max_in_flight_per_stream = options.max_in_flight_per_stream,
-                                 .max_receive_message_bytes = options.max_message_bytes,
-                                 .upload_threads = options.upload_threads,
-                                 .shard_map = *shards},
-                                {.backend = s->backend_.get(),
-                                 .store = s->store_.get(),
-                                 .batcher = s->batcher_.get(),
-                                 .metrics = s->metrics_.get()});
+  absl::StatusOr<std::unique_ptr<MatmulServiceImpl>> service = MatmulServiceImpl::Create(
+      {.version = options.version,
+       .max_rows_per_request = options.max_rows_per_request,
+       .max_in_flight_per_stream = options.max_in_flight_per_stream,
+       .max_in_flight_per_connection = options.max_in_flight_per_connection,
+       .max_receive_message_bytes = options.max_message_bytes,
+       .upload_threads = options.upload_threads,
+       .shard_map = *shards},
+      {.backend = s->backend_.get(),
+       .store = s->store_.get(),
+       .batcher = s->batcher_.get(),
+       .metrics = s->metrics_.get(),
+       .auth = s->auth_.get()});
   if (!service.ok()) return service.status();
   s->service_ = *std::move(service);
 
@@ -91,7 +143,7 @@ absl::StatusOr<std::unique_ptr<MarlinServer>> MarlinServer::Start(const ServerOp
   s->executor_ = *std::move(executor);
 
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(options.listen, *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   if (options.max_connection_age > absl::ZeroDuration()) {
@@ -121,6 +173,11 @@ absl::StatusOr<std::unique_ptr<MarlinServer>> MarlinServer::Start(const ServerOp
       .Kv("grpc", options.listen)
       .Kv("port", s->port_)
       .Kv("metrics_port", s->metrics_port_)
+      .Kv("tls", options.tls_cert.empty()        ? "off"
+                 : options.tls_client_ca.empty() ? "on"
+                                                 : "mutual")
+      .Kv("auth", s->auth_ != nullptr ? "tokens" : "off")
+      .Kv("max_message_bytes", options.max_message_bytes)
       .Kv("backend", s->backend_->name())
       .Kv("device", s->backend_->device_name())
       .Kv("max_batch_rows", options.max_batch_rows)

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/auth/token_auth.h"
 #include "server/backend/backend.h"
 #include "server/batcher/batcher.h"
 #include "server/metrics/metrics.h"
@@ -45,13 +46,32 @@ struct ServerOptions {
   int cuda_device = 0;
   int cpu_threads = 0;
   int64_t max_in_flight_per_stream = 256;
-  uint64_t max_message_bytes = uint64_t{64} << 20;
+  int64_t max_in_flight_per_connection = 16384;  // 0: unlimited
+  // 0: sized for the largest request, MaxMessageBytesFor(max_rows_per_request).
+  uint64_t max_message_bytes = 0;
   uint64_t device_memory_limit = 0;  // 0: the device's free memory at start
   int upload_threads = 1;
   std::string shard_peers;  // --shard-peers (server/sharding); empty: unsharded
   int shard_index = 0;
   std::string version = "0.1.0";
+  // Security (server/auth): TLS when tls_cert and tls_key are set, mutual TLS with tls_client_ca;
+  // bearer tokens with roles when auth_tokens names a token file.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  std::string auth_tokens;
+  // Test-only fault injection (server/app/fault_injection.h); negative: off.
+  int64_t inject_backend_fault_after = -1;
+  int64_t inject_upload_oom_after = -1;
 };
+
+// The largest K the default message size is planned for (Llama-3-70B's MLP down projection has
+// K = 28672). Weights with a larger K still work, with fewer rows per request.
+inline constexpr uint64_t kPlannedMaxK = 32768;
+// The default --max-message-bytes: a request of `max_rows_per_request` rows of K = kPlannedMaxK
+// FP16 values (at least an upload chunk, 1 MiB) plus room for its other fields: 1024 x 32768 x 2
+// + 64 KiB = 64 MiB + 64 KiB.
+uint64_t MaxMessageBytesFor(int64_t max_rows_per_request);
 
 class MarlinServer {
  public:
@@ -73,14 +93,19 @@ class MarlinServer {
   const ServerOptions& options() const { return options_; }
 
  private:
-  explicit MarlinServer(const ServerOptions& options) : options_(options) {}
+  explicit MarlinServer(const ServerOptions& options) : options_(options) {
+    if (options_.max_message_bytes == 0) {
+      options_.max_message_bytes = MaxMessageBytesFor(options_.max_rows_per_request);
+    }
+  }
   absl::Status LoadWeightsDir();
   void SetServing(bool serving);
 
-  const ServerOptions options_;
+  ServerOptions options_;  // max_message_bytes resolved; constant after the constructor
   // Declared in dependency order: destroyed gRPC first, backend last.
   std::unique_ptr<backend::Backend> backend_;
   std::unique_ptr<ServerMetrics> metrics_;
+  std::unique_ptr<auth::TokenAuthenticator> auth_;
   std::unique_ptr<WeightStore> store_;
   std::unique_ptr<batcher::Batcher> batcher_;
   std::unique_ptr<MatmulServiceImpl> service_;

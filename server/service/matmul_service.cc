@@ -61,6 +61,19 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
   return reactor;
 }
 
+// Streaming reactors that refuse a call before reading anything (authentication failures).
+class RefusedUpload : public grpc::ServerReadReactor<v1::UploadWeightRequest> {
+ public:
+  explicit RefusedUpload(const absl::Status& status) { Finish(ToGrpc(status)); }
+  void OnDone() override { delete this; }
+};
+
+class RefusedStream : public grpc::ServerBidiReactor<v1::MatmulRequest, v1::MatmulResponse> {
+ public:
+  explicit RefusedStream(const absl::Status& status) { Finish(ToGrpc(status)); }
+  void OnDone() override { delete this; }
+};
+
 }  // namespace
 
 grpc::Status ToGrpc(const absl::Status& status) {
@@ -272,6 +285,10 @@ class MatmulServiceImpl::UploadReactor : public grpc::ServerReadReactor<v1::Uplo
 
 grpc::ServerReadReactor<v1::UploadWeightRequest>* MatmulServiceImpl::UploadWeight(
     grpc::CallbackServerContext* context, v1::WeightInfo* response) {
+  if (absl::Status st = Authorize(context, auth::Permission::kWrite); !st.ok()) {
+    deps_.metrics->RecordUpload(st.code());
+    return new RefusedUpload(st);
+  }
   return new UploadReactor(this, response);
 }
 
@@ -293,6 +310,9 @@ void MatmulServiceImpl::FillWeightInfo(const Weight& weight, v1::WeightInfo* inf
 grpc::ServerUnaryReactor* MatmulServiceImpl::DeleteWeight(grpc::CallbackServerContext* context,
                                                           const v1::DeleteWeightRequest* request,
                                                           v1::DeleteWeightResponse* response) {
+  if (absl::Status st = Authorize(context, auth::Permission::kWrite); !st.ok()) {
+    return FinishNow(context, st);
+  }
   if (absl::Status st = ValidateWeightId(request->weight_id()); !st.ok()) {
     return FinishNow(context, st);
   }
@@ -307,6 +327,9 @@ grpc::ServerUnaryReactor* MatmulServiceImpl::DeleteWeight(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* MatmulServiceImpl::GetWeight(grpc::CallbackServerContext* context,
                                                        const v1::GetWeightRequest* request,
                                                        v1::WeightInfo* response) {
+  if (absl::Status st = Authorize(context, auth::Permission::kRead); !st.ok()) {
+    return FinishNow(context, st);
+  }
   if (absl::Status st = ValidateWeightId(request->weight_id()); !st.ok()) {
     return FinishNow(context, st);
   }
@@ -322,6 +345,9 @@ grpc::ServerUnaryReactor* MatmulServiceImpl::GetWeight(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* MatmulServiceImpl::ListWeights(grpc::CallbackServerContext* context,
                                                          const v1::ListWeightsRequest* request,
                                                          v1::ListWeightsResponse* response) {
+  if (absl::Status st = Authorize(context, auth::Permission::kRead); !st.ok()) {
+    return FinishNow(context, st);
+  }
   for (const auto& w : deps_.store->List()) FillWeightInfo(*w, response->add_weights());
   return FinishNow(context, absl::OkStatus());
 }
@@ -329,6 +355,9 @@ grpc::ServerUnaryReactor* MatmulServiceImpl::ListWeights(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* MatmulServiceImpl::ServerInfo(grpc::CallbackServerContext* context,
                                                         const v1::ServerInfoRequest* request,
                                                         v1::ServerInfoResponse* response) {
+  if (absl::Status st = Authorize(context, auth::Permission::kRead); !st.ok()) {
+    return FinishNow(context, st);
+  }
   response->set_version(options_.version);
   response->set_backend(deps_.backend->name());
   response->set_device_name(deps_.backend->device_name());
@@ -350,6 +379,12 @@ grpc::ServerUnaryReactor* MatmulServiceImpl::ServerInfo(grpc::CallbackServerCont
 }
 
 // ---- Matmul --------------------------------------------------------------------------------
+
+absl::Status MatmulServiceImpl::Authorize(const grpc::CallbackServerContext* context,
+                                          auth::Permission permission) const {
+  if (deps_.auth == nullptr) return absl::OkStatus();
+  return deps_.auth->Authorize(context->client_metadata(), permission);
+}
 
 absl::StatusOr<std::shared_ptr<const Weight>> MatmulServiceImpl::Validate(
     const v1::MatmulRequest& request) const {
@@ -375,24 +410,47 @@ absl::StatusOr<std::shared_ptr<const Weight>> MatmulServiceImpl::Validate(
         "activations have ", request.activations().size(),
         " bytes; rows x K x 2 = ", request.rows(), " x ", weight->shape().k, " x 2 = ", expected));
   }
+  // The answer must fit in one message too (the request did, or gRPC would have refused it).
+  const uint64_t answer = uint64_t{request.rows()} * static_cast<uint64_t>(weight->shape().n) * 2;
+  if (answer + kMessageOverheadBytes > options_.max_receive_message_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the answer would have rows x N x 2 = ", request.rows(), " x ",
+                     weight->shape().n, " x 2 = ", answer, " bytes, over --max-message-bytes = ",
+                     options_.max_receive_message_bytes, "; send fewer rows per request"));
+  }
   return weight;
 }
 
-void MatmulServiceImpl::Accepted(int64_t rows) {
+absl::Status MatmulServiceImpl::Admit(const std::string& peer, int64_t rows) {
   {
     absl::MutexLock lock(&idle_mu_);
+    const int64_t limit = options_.max_in_flight_per_connection;
+    if (limit > 0) {
+      int64_t& n = in_flight_by_peer_[peer];
+      if (n >= limit) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("this connection has ", limit,
+                         " requests in flight, the --max-in-flight-per-connection limit"));
+      }
+      ++n;
+    }
     ++in_flight_;
   }
   deps_.metrics->AddInFlightRows(rows);
+  return absl::OkStatus();
 }
 
 void MatmulServiceImpl::Answered(absl::string_view weight, absl::StatusCode code, int64_t rows,
-                                 bool accepted) {
+                                 bool accepted, const std::string& peer) {
   deps_.metrics->RecordRequest(weight, code, rows);
   if (!accepted) return;
   deps_.metrics->AddInFlightRows(-rows);
   absl::MutexLock lock(&idle_mu_);
   --in_flight_;
+  if (options_.max_in_flight_per_connection > 0) {
+    auto it = in_flight_by_peer_.find(peer);
+    if (it != in_flight_by_peer_.end() && --it->second <= 0) in_flight_by_peer_.erase(it);
+  }
 }
 
 class MatmulServiceImpl::UnaryMatmul : public grpc::ServerUnaryReactor {
@@ -402,7 +460,9 @@ class MatmulServiceImpl::UnaryMatmul : public grpc::ServerUnaryReactor {
       : service_(service), context_(context), request_(request), response_(response) {}
 
   void Start() {
-    absl::StatusOr<std::shared_ptr<const Weight>> weight = service_->Validate(*request_);
+    absl::Status auth = service_->Authorize(context_, auth::Permission::kRead);
+    absl::StatusOr<std::shared_ptr<const Weight>> weight =
+        auth.ok() ? service_->Validate(*request_) : auth;
     if (!weight.ok()) {
       const std::string label = service_->deps_.store->Get(request_->weight_id()) != nullptr
                                     ? request_->weight_id()
@@ -416,8 +476,14 @@ class MatmulServiceImpl::UnaryMatmul : public grpc::ServerUnaryReactor {
     response_->set_request_id(request_->request_id());
     response_->set_rows(request_->rows());
     response_->set_n(static_cast<uint64_t>(shape.n));
+    peer_ = context_->peer();
+    if (absl::Status st = service_->Admit(peer_, rows); !st.ok()) {
+      response_->Clear();
+      service_->Answered((*weight)->id(), st.code(), rows, false);
+      Finish(ToGrpc(st));
+      return;
+    }
     response_->mutable_output()->resize(static_cast<size_t>(rows * shape.n * 2));
-    service_->Accepted(rows);
     const std::string key = BatchKey(**weight);
     auto item = std::make_shared<MatmulItem>(
         *weight, request_->activations().data(), rows, response_->mutable_output()->data(),
@@ -428,7 +494,7 @@ class MatmulServiceImpl::UnaryMatmul : public grpc::ServerUnaryReactor {
           } else {
             response_->Clear();
           }
-          service_->Answered(id, status.code(), rows, true);
+          service_->Answered(id, status.code(), rows, true, peer_);
           Finish(ToGrpc(status));  // last: OnDone may delete this
         });
     if (absl::Status st = service_->deps_.batcher->Enqueue(key, item); !st.ok()) {
@@ -444,6 +510,7 @@ class MatmulServiceImpl::UnaryMatmul : public grpc::ServerUnaryReactor {
   grpc::CallbackServerContext* const context_;
   const v1::MatmulRequest* const request_;
   v1::MatmulResponse* const response_;
+  std::string peer_;
   std::atomic<bool> cancelled_{false};
 };
 
@@ -467,7 +534,7 @@ class MatmulServiceImpl::StreamReactor
     : public grpc::ServerBidiReactor<v1::MatmulRequest, v1::MatmulResponse> {
  public:
   StreamReactor(MatmulServiceImpl* service, grpc::CallbackServerContext* context)
-      : service_(service), deadline_(DeadlineOf(context)) {
+      : service_(service), deadline_(DeadlineOf(context)), peer_(context->peer()) {
     service_->RegisterStream(this);
     mu_.Lock();
     reading_ = true;
@@ -567,12 +634,20 @@ class MatmulServiceImpl::StreamReactor
     const int64_t n = (*weight)->shape().n;
     call->response.set_rows(req.rows());
     call->response.set_n(static_cast<uint64_t>(n));
+    if (absl::Status st = service_->Admit(peer_, rows); !st.ok()) {
+      service_->Answered((*weight)->id(), st.code(), rows, false);
+      call->response.set_rows(0);
+      call->response.set_n(0);
+      SetStatus(st, call->response.mutable_status());
+      absl::MutexLock lock(&mu_);
+      out_.push_back(std::make_unique<v1::MatmulResponse>(std::move(call->response)));
+      return;
+    }
     call->response.mutable_output()->resize(static_cast<size_t>(rows * n * 2));
     {
       absl::MutexLock lock(&mu_);
       ++pending_;
     }
-    service_->Accepted(rows);
     auto item = std::make_shared<MatmulItem>(
         *weight, req.activations().data(), rows, call->response.mutable_output()->data(), deadline_,
         &cancelled_,
@@ -586,7 +661,7 @@ class MatmulServiceImpl::StreamReactor
             call->response.set_n(0);
             SetStatus(status, call->response.mutable_status());
           }
-          service_->Answered(id, status.code(), rows, true);
+          service_->Answered(id, status.code(), rows, true, peer_);
           Deliver(std::make_unique<v1::MatmulResponse>(std::move(call->response)));
         });
     if (absl::Status st = service_->deps_.batcher->Enqueue(BatchKey(**weight), item); !st.ok()) {
@@ -675,6 +750,7 @@ class MatmulServiceImpl::StreamReactor
 
   MatmulServiceImpl* const service_;
   const absl::Time deadline_;  // the stream's deadline applies to each of its requests
+  const std::string peer_;     // the connection, for --max-in-flight-per-connection
   std::atomic<bool> cancelled_{false};
   v1::MatmulRequest incoming_;  // the read target; one read outstanding at a time
 
@@ -694,6 +770,9 @@ class MatmulServiceImpl::StreamReactor
 
 grpc::ServerBidiReactor<v1::MatmulRequest, v1::MatmulResponse>* MatmulServiceImpl::MatmulStream(
     grpc::CallbackServerContext* context) {
+  if (absl::Status st = Authorize(context, auth::Permission::kRead); !st.ok()) {
+    return new RefusedStream(st);
+  }
   return new StreamReactor(this, context);
 }
 
@@ -739,6 +818,9 @@ absl::StatusOr<std::unique_ptr<MatmulServiceImpl>> MatmulServiceImpl::Create(
     return absl::InvalidArgumentError(absl::StrCat(
         "--max-rows-per-request (", options.max_rows_per_request,
         ") must not exceed --max-queue-rows (", deps.batcher->options().max_queue_rows, ")"));
+  }
+  if (options.max_in_flight_per_connection < 0) {
+    return absl::InvalidArgumentError("--max-in-flight-per-connection must be >= 0");
   }
   if (options.max_in_flight_per_stream < 1) {
     return absl::InvalidArgumentError("--max-in-flight-per-stream must be >= 1");

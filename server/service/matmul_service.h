@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -28,6 +29,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "marlin/v1/matmul_service.grpc.pb.h"
+#include "server/auth/token_auth.h"
 #include "server/backend/backend.h"
 #include "server/batcher/batcher.h"
 #include "server/metrics/metrics.h"
@@ -38,11 +40,17 @@ namespace marlin {
 
 // Largest data chunk of an upload.
 inline constexpr size_t kMaxUploadChunkBytes = size_t{1} << 20;
+// Room for a message's fields besides its payload (ids, shape, status, timing) when sizing
+// messages against --max-message-bytes.
+inline constexpr uint64_t kMessageOverheadBytes = 64 << 10;
 
 struct ServiceOptions {
   std::string version = "0.1.0";
   int64_t max_rows_per_request = 1024;
   int64_t max_in_flight_per_stream = 256;  // more requests wait unread on the stream
+  // Accepted matmul requests of one connection (client address) not yet answered, unary and
+  // streamed together; beyond it requests are refused RESOURCE_EXHAUSTED. 0: unlimited.
+  int64_t max_in_flight_per_connection = 16384;
   uint64_t max_receive_message_bytes = uint64_t{64} << 20;
   int upload_threads = 1;        // decode + prepare of uploads
   sharding::ShardMap shard_map;  // unsharded by default
@@ -53,6 +61,8 @@ struct ServiceDeps {
   WeightStore* store = nullptr;
   batcher::Batcher* batcher = nullptr;
   ServerMetrics* metrics = nullptr;
+  // Bearer tokens and roles; null: every caller may do everything (no --auth-tokens).
+  const auth::TokenAuthenticator* auth = nullptr;
 };
 
 // Decodes, prepares and publishes a weight; shared by uploads and --weights-dir. `reservation`
@@ -112,11 +122,17 @@ class MatmulServiceImpl final : public v1::MatmulService::CallbackService {
   MatmulServiceImpl(const ServiceOptions& options, const ServiceDeps& deps)
       : options_(options), deps_(deps) {}
 
+  // OK when the caller's token allows `permission` (always OK without --auth-tokens).
+  absl::Status Authorize(const grpc::CallbackServerContext* context,
+                         auth::Permission permission) const;
   // Checks a request and pins its weight. The status names the problem.
   absl::StatusOr<std::shared_ptr<const Weight>> Validate(const v1::MatmulRequest& request) const;
-  // Accounting of accepted requests (for the drain and the in-flight metric).
-  void Accepted(int64_t rows);
-  void Answered(absl::string_view weight, absl::StatusCode code, int64_t rows, bool accepted);
+  // Accounting of accepted requests (for the drain, the in-flight metric and the per-connection
+  // limit). Admit refuses (RESOURCE_EXHAUSTED) past --max-in-flight-per-connection; every
+  // admitted request is later Answered with accepted = true and the same `peer`.
+  absl::Status Admit(const std::string& peer, int64_t rows);
+  void Answered(absl::string_view weight, absl::StatusCode code, int64_t rows, bool accepted,
+                const std::string& peer = std::string());
   // Runs `task` on the upload workers.
   void PostUpload(std::function<void()> task);
   void UploadLoop();
@@ -129,6 +145,8 @@ class MatmulServiceImpl final : public v1::MatmulService::CallbackService {
 
   mutable absl::Mutex idle_mu_;
   int64_t in_flight_ ABSL_GUARDED_BY(idle_mu_) = 0;  // accepted matmul requests not yet answered
+  // The same per connection (peer address); entries are erased when they reach 0.
+  std::map<std::string, int64_t> in_flight_by_peer_ ABSL_GUARDED_BY(idle_mu_);
 
   mutable absl::Mutex streams_mu_;
   std::set<StreamReactor*> streams_ ABSL_GUARDED_BY(streams_mu_);
