@@ -12,7 +12,7 @@ packages=(
   libabsl-dev libssl-dev zlib1g-dev libc-ares-dev libre2-dev
   libgtest-dev libgmock-dev
   prometheus-cpp-dev nlohmann-json3-dev libcli11-dev
-  kubectl python3 python3-yaml yamllint shellcheck
+  kubectl python3 python3-yaml yamllint shellcheck openssl
 )
 if [[ ${1:-} == --fuzz ]]; then
   packages+=(clang libclang-rt-14-dev)
