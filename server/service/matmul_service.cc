@@ -1,7 +1,5 @@
 #include "server/service/matmul_service.h"
 
-#include <zlib.h>
-
 #include <chrono>
 #include <utility>
 
@@ -10,6 +8,7 @@
 #include "google/protobuf/util/time_util.h"
 #include "server/logging/log.h"
 #include "server/service/executor.h"
+#include "server/service/upload_assembler.h"
 #include "server/weight_store/weight_source.h"
 
 namespace marlin {
@@ -33,24 +32,6 @@ void SetTiming(const RunTiming& timing, v1::ServerTiming* out) {
       static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Microseconds(timing.queued))));
   out->set_compute_us(static_cast<uint64_t>(absl::ToInt64Microseconds(timing.compute)));
   out->set_batch_rows(static_cast<uint32_t>(timing.batch_rows));
-}
-
-absl::StatusOr<SourceKind> KindOf(v1::WeightSource source) {
-  switch (source) {
-    case v1::WEIGHT_SOURCE_DENSE_FP16:
-      return SourceKind::kDenseFp16;
-    case v1::WEIGHT_SOURCE_DENSE_FP32:
-      return SourceKind::kDenseFp32;
-    case v1::WEIGHT_SOURCE_GPTQ:
-      return SourceKind::kGptq;
-    case v1::WEIGHT_SOURCE_PACKED:
-      return SourceKind::kPacked;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("header.source must be DENSE_FP16, DENSE_FP32, GPTQ or PACKED, got ",
-                       v1::WeightSource_Name(source).empty() ? std::to_string(source)
-                                                             : v1::WeightSource_Name(source)));
-  }
 }
 
 // A unary reactor that answers at once.
@@ -136,73 +117,22 @@ class MatmulServiceImpl::UploadReactor : public grpc::ServerReadReactor<v1::Uplo
 
  private:
   absl::Status OnHeader(const v1::UploadHeader& h) {
-    if (have_header_) return absl::InvalidArgumentError("upload sent a second header");
+    if (assembler_.have_header()) return absl::InvalidArgumentError("upload sent a second header");
     log_id_ = h.weight_id().substr(0, 128);
     if (service_->draining()) return absl::UnavailableError("server is shutting down");
     if (absl::Status st = ValidateWeightId(h.weight_id()); !st.ok()) return st;
     if (absl::Status st = service_->options_.shard_map.CheckOwner(h.weight_id()); !st.ok()) {
       return st;
     }
-    absl::StatusOr<SourceKind> kind = KindOf(h.source());
-    if (!kind.ok()) return kind.status();
-    spec_.kind = *kind;
-    spec_.shape =
-        WeightShape{.k = h.k(),
-                    .n = h.n(),
-                    .group_size = h.group_size() == 0 ? kDefaultGroupSize : h.group_size()};
-    const bool dense = *kind == SourceKind::kDenseFp16 || *kind == SourceKind::kDenseFp32;
-    if (!dense && h.layout() != v1::DENSE_LAYOUT_UNSPECIFIED) {
-      return absl::InvalidArgumentError("header.layout applies to dense sources only");
-    }
-    if (h.layout() == v1::DENSE_LAYOUT_NK) {
-      spec_.layout = DenseLayout::kNK;
-    } else if (h.layout() == v1::DENSE_LAYOUT_KN || h.layout() == v1::DENSE_LAYOUT_UNSPECIFIED) {
-      spec_.layout = DenseLayout::kKN;
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("unknown header.layout ", h.layout()));
-    }
-    if (h.has_g_idx() && *kind != SourceKind::kGptq) {
-      return absl::InvalidArgumentError("header.has_g_idx applies to GPTQ sources only");
-    }
-    spec_.has_g_idx = h.has_g_idx();
-    absl::StatusOr<uint64_t> expected = SourceBytes(spec_);
-    if (!expected.ok()) return expected.status();
-    if (h.total_bytes() != *expected) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "header.total_bytes is ", h.total_bytes(), " but a ", v1::WeightSource_Name(h.source()),
-          " weight of K=", h.k(), " N=", h.n(), " group_size=", spec_.shape.group_size,
-          spec_.has_g_idx ? " with g_idx" : "", " has ", *expected, " bytes"));
-    }
+    if (absl::Status st = assembler_.OnHeader(h); !st.ok()) return st;
     absl::StatusOr<WeightStore::Reservation> reservation = service_->deps_.store->Reserve(
-        h.weight_id(), service_->deps_.backend->BytesFor(spec_.shape), h.replace());
+        h.weight_id(), service_->deps_.backend->BytesFor(assembler_.spec().shape), h.replace());
     if (!reservation.ok()) return reservation.status();
     reservation_ = *std::move(reservation);
-    header_ = h;
-    have_header_ = true;
-    data_.reserve(*expected);
-    crc_ = crc32(0L, Z_NULL, 0);
     return absl::OkStatus();
   }
 
-  absl::Status OnChunk(const std::string& chunk) {
-    if (!have_header_) {
-      return absl::InvalidArgumentError("the first upload message must be a header");
-    }
-    if (chunk.size() > kMaxUploadChunkBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("upload chunk of ", chunk.size(),
-                                                     " bytes is larger than the 1 MiB limit (",
-                                                     kMaxUploadChunkBytes, " bytes)"));
-    }
-    if (data_.size() + chunk.size() > header_.total_bytes()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("upload sent more than header.total_bytes = ", header_.total_bytes(),
-                       " bytes (", data_.size() + chunk.size(), " so far)"));
-    }
-    data_.append(chunk);
-    crc_ =
-        crc32(crc_, reinterpret_cast<const Bytef*>(chunk.data()), static_cast<uInt>(chunk.size()));
-    return absl::OkStatus();
-  }
+  absl::Status OnChunk(const std::string& chunk) { return assembler_.OnChunk(chunk); }
 
   // The client finished sending (or the call was cancelled).
   void Complete() {
@@ -210,20 +140,8 @@ class MatmulServiceImpl::UploadReactor : public grpc::ServerReadReactor<v1::Uplo
       Fail(absl::CancelledError("upload cancelled"));
       return;
     }
-    if (!have_header_) {
-      Fail(absl::InvalidArgumentError("upload ended without a header"));
-      return;
-    }
-    if (data_.size() != header_.total_bytes()) {
-      Fail(absl::InvalidArgumentError(
-          absl::StrCat("upload truncated: received ", data_.size(),
-                       " of header.total_bytes = ", header_.total_bytes(), " bytes")));
-      return;
-    }
-    if (static_cast<uint32_t>(crc_) != header_.crc32()) {
-      Fail(absl::DataLossError(absl::StrCat("upload checksum mismatch: CRC-32 of the data is ",
-                                            static_cast<uint32_t>(crc_), ", header.crc32 is ",
-                                            header_.crc32())));
+    if (absl::Status st = assembler_.CheckComplete(); !st.ok()) {
+      Fail(st);
       return;
     }
     service_->PostUpload([this] { Install(); });
@@ -231,8 +149,7 @@ class MatmulServiceImpl::UploadReactor : public grpc::ServerReadReactor<v1::Uplo
 
   // On an upload worker.
   void Install() {
-    absl::StatusOr<PackedWeight> packed = DecodeSource(spec_, data_);
-    std::string().swap(data_);
+    absl::StatusOr<PackedWeight> packed = assembler_.Decode();
     if (!packed.ok()) {
       Fail(packed.status());
       return;
@@ -247,7 +164,8 @@ class MatmulServiceImpl::UploadReactor : public grpc::ServerReadReactor<v1::Uplo
     }
     absl::StatusOr<std::shared_ptr<const Weight>> weight =
         InstallWeight(*service_->deps_.backend, *service_->deps_.store, service_->deps_.metrics,
-                      header_.weight_id(), *packed, std::move(reservation_), header_.replace());
+                      assembler_.header().weight_id(), *packed, std::move(reservation_),
+                      assembler_.header().replace());
     if (!weight.ok()) {
       Fail(weight.status());
       return;
@@ -259,7 +177,7 @@ class MatmulServiceImpl::UploadReactor : public grpc::ServerReadReactor<v1::Uplo
 
   void Fail(const absl::Status& status) {
     reservation_ = WeightStore::Reservation();  // nothing stays behind
-    std::string().swap(data_);
+    assembler_.Clear();
     service_->deps_.metrics->RecordUpload(status.code());
     if (status.code() != absl::StatusCode::kCancelled) {
       MARLIN_LOG(kInfo, "upload refused")
@@ -274,12 +192,8 @@ class MatmulServiceImpl::UploadReactor : public grpc::ServerReadReactor<v1::Uplo
   v1::WeightInfo* const response_;
   std::atomic<bool> cancelled_{false};
   v1::UploadWeightRequest message_;
-  bool have_header_ = false;
-  v1::UploadHeader header_;
-  std::string log_id_;  // the id the header named, for logs (also when refused)
-  SourceSpec spec_;
-  std::string data_;
-  uLong crc_ = 0;
+  UploadAssembler assembler_;
+  std::string log_id_;                    // the id the header named, for logs (also when refused)
   WeightStore::Reservation reservation_;  // device bytes held from the header on
 };
 

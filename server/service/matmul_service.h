@@ -33,13 +33,12 @@
 #include "server/backend/backend.h"
 #include "server/batcher/batcher.h"
 #include "server/metrics/metrics.h"
+#include "server/service/upload_assembler.h"
 #include "server/sharding/shard_map.h"
 #include "server/weight_store/weight_store.h"
 
 namespace marlin {
 
-// Largest data chunk of an upload.
-inline constexpr size_t kMaxUploadChunkBytes = size_t{1} << 20;
 // Room for a message's fields besides its payload (ids, shape, status, timing) when sizing
 // messages against --max-message-bytes.
 inline constexpr uint64_t kMessageOverheadBytes = 64 << 10;
