@@ -11,10 +11,7 @@ scripts/install-deps.sh
 build=${BUILD_DIR:-build}
 jobs=${JOBS:-$(nproc)}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
-targets=(marlin-server)
-# The CLI comes with the client work; build it too when it is there.
-if cmake --build "$build" --target help 2>/dev/null | grep -q '^marlin-cli:'; then targets+=(marlin-cli); fi
-cmake --build "$build" -j "$jobs" --target "${targets[@]}"
+cmake --build "$build" -j "$jobs" --target marlin-server marlin-cli marlin-loadgen
 
 listen=127.0.0.1:50051
 prev=""
