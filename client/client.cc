@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -310,6 +311,7 @@ void Client::Impl::PrepareContext(grpc::ClientContext* ctx,
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& options) {
+  if (!options.shard_peers.empty()) return CreateSharded(options);
   bool multi = false;
   absl::StatusOr<std::string> target = ResolveChannelTarget(options.target, &multi);
   if (!target.ok()) return target.status();
@@ -366,12 +368,50 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
   return std::unique_ptr<Client>(new Client(options, *std::move(target), std::move(impl)));
 }
 
+absl::StatusOr<std::unique_ptr<Client>> Client::CreateSharded(const ClientOptions& options) {
+  std::vector<std::string> peers;
+  for (const std::string& peer : options.shard_peers) {
+    peers.emplace_back(absl::StripAsciiWhitespace(peer));
+    if (absl::StrContains(peers.back(), ',')) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shard peer '", peers.back(), "' is not one address"));
+    }
+  }
+  absl::StatusOr<sharding::ShardMap> map = sharding::ShardMap::Create(std::move(peers));
+  if (!map.ok()) return map.status();
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->shard_map = *std::move(map);
+  for (size_t i = 0; i < impl->shard_map.peers().size(); ++i) {
+    ClientOptions shard_options = options;
+    shard_options.shard_peers.clear();
+    shard_options.target = impl->shard_map.peers()[i];
+    absl::StatusOr<std::unique_ptr<Client>> shard = Create(shard_options);
+    if (!shard.ok()) {
+      return absl::Status(
+          shard.status().code(),
+          absl::StrCat("shard ", i, " (", shard_options.target, "): ", shard.status().message()));
+    }
+    impl->shards.push_back(*std::move(shard));
+  }
+  std::string target = absl::StrJoin(impl->shard_map.peers(), ",");
+  return std::unique_ptr<Client>(new Client(options, std::move(target), std::move(impl)));
+}
+
+int Client::shard_count() const { return impl_->sharded() ? impl_->shard_map.size() : 1; }
+
+int Client::ShardOf(absl::string_view weight_id) const {
+  return impl_->sharded() ? impl_->shard_map.OwnerIndex(weight_id) : 0;
+}
+
 Client::Client(ClientOptions options, std::string channel_target, std::unique_ptr<Impl> impl)
     : options_(std::move(options)),
       channel_target_(std::move(channel_target)),
       impl_(std::move(impl)) {}
 
 Client::~Client() {
+  // A sharded client's calls run on its shards: they wait for their own callbacks.
+  impl_->shards.clear();
   // Asynchronous calls still running use the channel and stubs: wait for their callbacks.
   absl::MutexLock lock(&impl_->async_mu);
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl_->async_mu) {
@@ -383,6 +423,10 @@ Client::~Client() {
 absl::StatusOr<WeightInfo> Client::Upload(absl::string_view weight_id, const UploadSource& source,
                                           const UploadOptions& options) {
   if (weight_id.empty()) return absl::InvalidArgumentError("upload: empty weight id");
+  if (impl_->sharded()) {
+    return RouteToOwner(*impl_, weight_id,
+                        [&](Client& shard) { return shard.Upload(weight_id, source, options); });
+  }
   if (source.k <= 0 || source.n <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("upload: bad shape K=", source.k, " N=", source.n));
@@ -531,6 +575,10 @@ absl::StatusOr<WeightInfo> Client::UploadGptq(absl::string_view weight_id, int64
 }
 
 absl::Status Client::DeleteWeight(absl::string_view weight_id, const CallOptions& options) {
+  if (impl_->sharded()) {
+    return RouteToOwner(*impl_, weight_id,
+                        [&](Client& shard) { return shard.DeleteWeight(weight_id, options); });
+  }
   grpc::ClientContext ctx;
   impl_->PrepareContext(&ctx, options.timeout, options_.default_deadline, options.wait_for_ready);
   CancelRegistration registration(options.cancel, &ctx);
@@ -542,6 +590,10 @@ absl::Status Client::DeleteWeight(absl::string_view weight_id, const CallOptions
 
 absl::StatusOr<WeightInfo> Client::GetWeight(absl::string_view weight_id,
                                              const CallOptions& options) {
+  if (impl_->sharded()) {
+    return RouteToOwner(*impl_, weight_id,
+                        [&](Client& shard) { return shard.GetWeight(weight_id, options); });
+  }
   grpc::ClientContext ctx;
   impl_->PrepareContext(&ctx, options.timeout, options_.default_deadline, options.wait_for_ready);
   CancelRegistration registration(options.cancel, &ctx);
@@ -554,6 +606,7 @@ absl::StatusOr<WeightInfo> Client::GetWeight(absl::string_view weight_id,
 }
 
 absl::StatusOr<std::vector<WeightInfo>> Client::ListWeights(const CallOptions& options) {
+  if (impl_->sharded()) return ShardedListWeights(*impl_, options);
   grpc::ClientContext ctx;
   impl_->PrepareContext(&ctx, options.timeout, options_.default_deadline, options.wait_for_ready);
   CancelRegistration registration(options.cancel, &ctx);
@@ -568,6 +621,7 @@ absl::StatusOr<std::vector<WeightInfo>> Client::ListWeights(const CallOptions& o
 }
 
 absl::StatusOr<ServerInfo> Client::GetServerInfo(const CallOptions& options) {
+  if (impl_->sharded()) return impl_->shards.front()->GetServerInfo(options);
   grpc::ClientContext ctx;
   impl_->PrepareContext(&ctx, options.timeout, options_.default_deadline, options.wait_for_ready);
   CancelRegistration registration(options.cancel, &ctx);
@@ -593,6 +647,7 @@ absl::StatusOr<ServerInfo> Client::GetServerInfo(const CallOptions& options) {
 }
 
 absl::StatusOr<HealthStatus> Client::Health(absl::string_view service, const CallOptions& options) {
+  if (impl_->sharded()) return ShardedHealth(*impl_, service, options);
   grpc::ClientContext ctx;
   impl_->PrepareContext(&ctx, options.timeout, options_.default_deadline, options.wait_for_ready);
   CancelRegistration registration(options.cancel, &ctx);
@@ -617,6 +672,11 @@ absl::StatusOr<MatmulResult> Client::Matmul(absl::string_view weight_id, uint32_
                                             absl::Span<const uint16_t> activations,
                                             const CallOptions& options) {
   if (absl::Status s = CheckRows(rows, activations); !s.ok()) return s;
+  if (impl_->sharded()) {
+    return RouteToOwner(*impl_, weight_id, [&](Client& shard) {
+      return shard.Matmul(weight_id, rows, activations, options);
+    });
+  }
   grpc::ClientContext ctx;
   impl_->PrepareContext(&ctx, options.timeout, options_.default_deadline, options.wait_for_ready);
   CancelRegistration registration(options.cancel, &ctx);
@@ -645,6 +705,19 @@ void Client::MatmulAsync(absl::string_view weight_id, uint32_t rows,
                          const CallOptions& options) {
   if (absl::Status s = CheckRows(rows, activations); !s.ok()) {
     done(s);
+    return;
+  }
+  if (impl_->sharded()) {
+    // No redirect (the activations would have to be kept): a refusal is explained.
+    const Impl* impl = impl_.get();
+    impl_->Owner(weight_id).MatmulAsync(
+        weight_id, rows, activations,
+        [impl, id = std::string(weight_id),
+         done = std::move(done)](absl::StatusOr<MatmulResult> result) {
+          if (!result.ok()) result = ExplainMisroute(*impl, id, result.status());
+          done(std::move(result));
+        },
+        options);
     return;
   }
   auto* call = new AsyncMatmulCall;

@@ -15,6 +15,18 @@
 //
 // Concurrent requests on one connection are best sent through a MatmulStream (matmul_stream.h).
 // The public headers expose no generated protobuf types.
+//
+// Sharded servers (a StatefulSet whose replica i owns the ids with FNV-1a-64(id) mod N == i, see
+// docs/deploy.md): list every shard in order in ClientOptions::shard_peers instead of a target.
+// The client then holds one channel per shard and sends each weight-id call (uploads, GetWeight,
+// DeleteWeight, Matmul, every request of a MatmulStream) to the id's owner; ListWeights asks every
+// shard and merges, Health is SERVING when every shard is, GetServerInfo asks shard 0. A shard
+// that refuses an id as another shard's (FAILED_PRECONDITION naming the owner: the client's and
+// the servers' peer lists disagree) is retried once at the named owner when the client lists it;
+// otherwise the error says where the client sent the request.
+//
+//   options.shard_peers = {"marlin-server-0.marlin-server-headless:50051",
+//                          "marlin-server-1.marlin-server-headless:50051"};
 #ifndef MARLIN_CLIENT_CLIENT_H_
 #define MARLIN_CLIENT_CLIENT_H_
 
@@ -74,6 +86,11 @@ struct ClientOptions {
   absl::Duration min_reconnect_backoff = absl::Milliseconds(100);
   absl::Duration max_reconnect_backoff = absl::Seconds(5);
   std::string user_agent_prefix;
+  // Sharded servers: the address of shard i at index i (the servers' --shard-peers, in the same
+  // order and count; the names may differ). When not empty, `target` is not used.
+  std::vector<std::string> shard_peers;
+  // Retry a request once at the owner a shard names in its refusal, when shard_peers lists it.
+  bool shard_redirect = true;
 };
 
 // Cancels the calls it is attached to (CallOptions::cancel), also calls that start after Cancel().
@@ -194,8 +211,14 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   const ClientOptions& options() const { return options_; }
-  // The gRPC target the channel was built with (after expanding multi-address lists).
+  // The gRPC target the channel was built with (after expanding multi-address lists); for a
+  // sharded client, the shard peers joined by commas.
   const std::string& channel_target() const { return channel_target_; }
+
+  // The number of shards (1 unless ClientOptions::shard_peers is set) and the shard that owns
+  // `weight_id` (an index into shard_peers; 0 when unsharded).
+  int shard_count() const;
+  int ShardOf(absl::string_view weight_id) const;
 
   // ---- Weights ----
   absl::StatusOr<WeightInfo> Upload(absl::string_view weight_id, const UploadSource& source,
@@ -263,6 +286,7 @@ class Client {
 
  private:
   Client(ClientOptions options, std::string channel_target, std::unique_ptr<Impl> impl);
+  static absl::StatusOr<std::unique_ptr<Client>> CreateSharded(const ClientOptions& options);
 
   ClientOptions options_;
   std::string channel_target_;

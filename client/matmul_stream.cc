@@ -37,6 +37,16 @@ struct MatmulStream::State {
   std::thread reader;
   bool joined = false;  // only touched by Close/~MatmulStream (one owner)
 
+  // Sharded clients: this stream has no RPC of its own but one stream per shard, opened on the
+  // first request for that shard, and sends each request to its weight's owner.
+  bool sharded = false;
+  std::vector<std::unique_ptr<MatmulStream>> shards ABSL_GUARDED_BY(mu);
+  bool cancelled ABSL_GUARDED_BY(mu) = false;  // Cancel(): no shard stream opens
+
+  // The stream of the shard that owns `weight_id`, opened when needed; nullptr and `refused` set
+  // once closing or when the shard's stream cannot open.
+  MatmulStream* ShardStream(absl::string_view weight_id, absl::Status* refused);
+
   void WriterLoop();
   void ReaderLoop();
 };
@@ -111,12 +121,38 @@ void MatmulStream::State::ReaderLoop() {
   for (MatmulCallback& done : orphans) done(final);
 }
 
+MatmulStream* MatmulStream::State::ShardStream(absl::string_view weight_id, absl::Status* refused) {
+  const int index = client->shard_map.OwnerIndex(weight_id);
+  absl::MutexLock lock(&mu);
+  if (closing || cancelled) {
+    *refused = cancelled ? absl::CancelledError("matmul stream was cancelled")
+                         : absl::FailedPreconditionError("matmul stream is closed");
+    return nullptr;
+  }
+  if (shards[index] == nullptr) {
+    absl::StatusOr<std::unique_ptr<MatmulStream>> stream =
+        client->shards[index]->OpenStream(options);
+    if (!stream.ok()) {
+      *refused = stream.status();
+      return nullptr;
+    }
+    shards[index] = *std::move(stream);
+  }
+  return shards[index].get();
+}
+
 absl::StatusOr<std::unique_ptr<MatmulStream>> MatmulStream::Create(
     Client::Impl* client, const MatmulStreamOptions& options) {
   if (client == nullptr) return absl::InvalidArgumentError("MatmulStream: no client");
   auto state = std::make_shared<State>();
   state->client = client;
   state->options = options;
+  if (client->sharded()) {
+    state->sharded = true;
+    absl::MutexLock lock(&state->mu);
+    state->shards.resize(client->shards.size());
+    return std::unique_ptr<MatmulStream>(new MatmulStream(std::move(state)));
+  }
   client->PrepareContext(&state->ctx, options.timeout, absl::InfiniteDuration(),
                          options.wait_for_ready);
   state->registration = std::make_unique<CancelRegistration>(options.cancel, &state->ctx);
@@ -137,6 +173,22 @@ void MatmulStream::Submit(absl::string_view weight_id, uint32_t rows,
   if (rows == 0 || activations.empty() || activations.size() % rows != 0) {
     done(absl::InvalidArgumentError(absl::StrCat(
         "matmul: ", activations.size(), " activation values are not ", rows, " rows of K values")));
+    return;
+  }
+  if (state_->sharded) {
+    absl::Status refused;
+    MatmulStream* shard = state_->ShardStream(weight_id, &refused);
+    if (shard == nullptr) {
+      done(refused);
+      return;
+    }
+    const Client::Impl* client = state_->client;
+    shard->Submit(weight_id, rows, activations,
+                  [client, id = std::string(weight_id),
+                   done = std::move(done)](absl::StatusOr<MatmulResult> result) {
+                    if (!result.ok()) result = ExplainMisroute(*client, id, result.status());
+                    done(std::move(result));
+                  });
     return;
   }
   v1::MatmulRequest req;
@@ -179,6 +231,25 @@ absl::Status MatmulStream::Close() {
     absl::MutexLock lock(&state_->mu);
     state_->closing = true;
   }
+  if (state_->sharded) {
+    // Closing is set: no shard stream opens from now on, and the vector stays as it is.
+    absl::Status first;
+    std::vector<MatmulStream*> shards;
+    {
+      absl::MutexLock lock(&state_->mu);
+      for (const auto& shard : state_->shards) shards.push_back(shard.get());
+    }
+    for (size_t i = 0; i < shards.size(); ++i) {
+      if (shards[i] == nullptr) continue;
+      absl::Status s = shards[i]->Close();
+      if (!s.ok() && first.ok()) {
+        first = absl::Status(s.code(),
+                             absl::StrCat("shard ", i, " (", state_->client->shard_map.peers()[i],
+                                          "): ", s.message()));
+      }
+    }
+    return first;
+  }
   if (!state_->joined) {
     state_->joined = true;
     state_->writer.join();
@@ -189,10 +260,27 @@ absl::Status MatmulStream::Close() {
   return state_->final_status;
 }
 
-void MatmulStream::Cancel() { state_->ctx.TryCancel(); }
+void MatmulStream::Cancel() {
+  if (state_->sharded) {
+    absl::MutexLock lock(&state_->mu);
+    state_->cancelled = true;
+    for (const auto& shard : state_->shards) {
+      if (shard != nullptr) shard->Cancel();
+    }
+    return;
+  }
+  state_->ctx.TryCancel();
+}
 
 uint64_t MatmulStream::pending() const {
   absl::MutexLock lock(&state_->mu);
+  if (state_->sharded) {
+    uint64_t total = 0;
+    for (const auto& shard : state_->shards) {
+      if (shard != nullptr) total += shard->pending();
+    }
+    return total;
+  }
   return state_->pending.size();
 }
 

@@ -1,6 +1,6 @@
 // marlin-cli: the operator's command line for a marlin-serve server.
 //
-//   marlin-cli [--server ADDR] [--json] [--token-file F] [--tls-ca F] COMMAND
+//   marlin-cli [--server ADDR | --shard-peers A,B,C] [--json] [--token-file F] [--tls-ca F] COMMAND
 //     upload --id ID --weights FILE.npy [--layout kn|nk] [--group-size 128|-1] [--replace]
 //     upload --id ID --weights FILE.safetensors --tensor NAME [...]
 //     upload --id ID --gptq FILE.safetensors --prefix PREFIX
@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "client/client.h"
@@ -41,6 +42,7 @@ using nlohmann::json;
 
 struct GlobalFlags {
   std::string server = "localhost:50051";
+  std::string shard_peers;  // sharded servers: every shard's address, in shard order
   bool json = false;
   std::string token_file;
   std::string tls_ca;
@@ -102,6 +104,7 @@ void PrintWeight(const marlin::WeightInfo& w) {
 absl::StatusOr<std::unique_ptr<marlin::Client>> MakeClient(const GlobalFlags& flags) {
   marlin::ClientOptions options;
   options.target = flags.server;
+  options.shard_peers = absl::StrSplit(flags.shard_peers, ',', absl::SkipWhitespace());
   if (!(flags.timeout_s > 0)) return absl::InvalidArgumentError("--timeout must be positive");
   options.default_deadline = absl::Seconds(flags.timeout_s);
   options.retry.max_attempts = flags.max_attempts;
@@ -386,7 +389,8 @@ int RunHealth(const GlobalFlags& g, const std::string& service) {
     std::printf("%s\n", name.c_str());
   }
   if (*status != marlin::HealthStatus::kServing) {
-    std::fprintf(stderr, "marlin-cli: health: server %s is %s\n", g.server.c_str(), name.c_str());
+    std::fprintf(stderr, "marlin-cli: health: server %s is %s\n",
+                 (g.shard_peers.empty() ? g.server : g.shard_peers).c_str(), name.c_str());
     return 1;
   }
   return 0;
@@ -405,6 +409,10 @@ int main(int argc, char** argv) {
   }
   app.add_option("--server", g.server, "host:port, dns:///name:port or a,b,... ($MARLIN_SERVER)")
       ->capture_default_str();
+  if (const char* env = std::getenv("MARLIN_SHARD_PEERS"); env != nullptr) g.shard_peers = env;
+  app.add_option("--shard-peers", g.shard_peers,
+                 "sharded servers: every shard's host:port in shard order, a,b,c; each weight id "
+                 "goes to its owner and --server is not used ($MARLIN_SHARD_PEERS)");
   app.add_flag("--json", g.json, "JSON output on stdout");
   app.add_option("--token-file", g.token_file, "file holding a bearer token (or $MARLIN_TOKEN)");
   app.add_option("--tls-ca", g.tls_ca, "PEM root CA: connect with TLS");
@@ -449,9 +457,9 @@ int main(int argc, char** argv) {
   health->add_option("--service", service, "service name; empty: the whole server");
 
   // An unknown command word is named (CLI11 would only say that a command is missing).
-  const std::vector<std::string> kValued = {"--server",   "--token-file",  "--tls-ca",
-                                            "--tls-cert", "--tls-key",     "--tls-server-name",
-                                            "--timeout",  "--max-attempts"};
+  const std::vector<std::string> kValued = {"--server",          "--shard-peers", "--token-file",
+                                            "--tls-ca",          "--tls-cert",    "--tls-key",
+                                            "--tls-server-name", "--timeout",     "--max-attempts"};
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (absl::StartsWith(arg, "-")) {

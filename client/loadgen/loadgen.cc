@@ -175,12 +175,15 @@ absl::Status Runner::Impl::Setup() {
   if (!c.ok()) return c.status();
   client = *std::move(c);
   absl::StatusOr<ServerInfo> server = client->GetServerInfo();
+  // A sharded client's channel target lists its shards.
+  const std::string& name =
+      config.client.shard_peers.empty() ? config.client.target : client->channel_target();
   if (!server.ok()) {
-    return absl::Status(server.status().code(),
-                        absl::StrCat("server ", config.client.target,
-                                     " did not answer ServerInfo: ", server.status().message()));
+    return absl::Status(
+        server.status().code(),
+        absl::StrCat("server ", name, " did not answer ServerInfo: ", server.status().message()));
   }
-  info.server = config.client.target;
+  info.server = name;
   info.server_version = server->version;
   info.backend = server->backend;
   info.mode = config.mode == Mode::kStream ? "stream" : "unary";

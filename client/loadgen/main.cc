@@ -4,6 +4,7 @@
 //       --duration 10 --warmup 2 --rows 1-16 --mode stream --verify-fraction 0.01
 //       --metrics localhost:9090 --json run.json --csv run.csv --report run.html
 //   marlin-loadgen --ids layer0 --rate 100,200,400 --duration 20
+//   marlin-loadgen --shard-peers s0:50051,s1:50051,s2:50051 --ids l0,l1,l2,l3 --mode stream
 #include <unistd.h>
 
 #include <cstdio>
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
   using marlin::loadgen::Config;
   CLI::App app{"marlin-loadgen: load tests a marlin-serve server", "marlin-loadgen"};
   std::string server = "localhost:50051";
+  std::string shard_peers;
   std::string token_file, tls_ca, tls_cert, tls_key;
   std::string mode = "unary";
   std::string concurrency = "1,4,16,64,256";
@@ -54,6 +56,9 @@ int main(int argc, char** argv) {
 
   app.add_option("--server", server, "server address: host:port, dns:///name:port, a,b,...")
       ->capture_default_str();
+  app.add_option("--shard-peers", shard_peers,
+                 "sharded servers: every shard's host:port in shard order, a,b,c; each request "
+                 "goes to its weight's owner and --server is not used");
   app.add_option("--token-file", token_file, "file holding a bearer token (or $MARLIN_TOKEN)");
   app.add_option("--tls-ca", tls_ca, "PEM root CA: use TLS");
   app.add_option("--tls-cert", tls_cert, "PEM client certificate (mutual TLS)");
@@ -102,6 +107,7 @@ int main(int argc, char** argv) {
 
   Config config;
   config.client.target = server;
+  config.client.shard_peers = absl::StrSplit(shard_peers, ',', absl::SkipWhitespace());
   config.client.default_deadline = absl::Seconds(timeout_s);
   config.client.retry.max_attempts = max_attempts;
   std::string token;

@@ -114,7 +114,10 @@ absl::Status ShardMap::CheckOwner(absl::string_view weight_id) const {
 std::optional<Owner> OwnerFromStatus(const absl::Status& status) {
   if (status.code() != absl::StatusCode::kFailedPrecondition) return std::nullopt;
   absl::string_view message = status.message();
-  if (!absl::StartsWith(message, "weight \"")) return std::nullopt;
+  // Callers may prefix the server's message with their own context ("upload w: weight ...").
+  const size_t start = message.find("weight \"");
+  if (start == absl::string_view::npos) return std::nullopt;
+  message.remove_prefix(start);
   // Weight ids may themselves contain the marker; the last occurrence is ours.
   const size_t at = message.rfind(kOwnedBy);
   if (at == absl::string_view::npos) return std::nullopt;

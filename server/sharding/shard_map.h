@@ -99,7 +99,8 @@ class ShardMap {
 };
 
 // The owner named by a CheckOwner() error, or std::nullopt when `status` is not one (any other code
-// or message). Lets a client that holds a stale or partial peer list redirect a refused request.
+// or message). The CheckOwner() text may follow a caller's prefix ("upload w: weight \"w\" is
+// ..."). Lets a client that holds a stale or partial peer list redirect a refused request.
 std::optional<Owner> OwnerFromStatus(const absl::Status& status);
 
 // The StatefulSet ordinal at the end of a pod's hostname: "marlin-server-2" -> 2. For servers that

@@ -136,6 +136,13 @@ TEST(ShardMapTest, OwnerFromStatusSurvivesOddIdsAndRejectsOtherErrors) {
   EXPECT_EQ(owner->index, map->OwnerIndex(id));
   EXPECT_EQ(owner->address, map->OwnerAddress(id));
 
+  const absl::Status refused = map->CheckOwner(id);
+  const std::optional<Owner> prefixed = OwnerFromStatus(
+      absl::FailedPreconditionError(absl::StrCat("upload ", id, ": ", refused.message())));
+  ASSERT_TRUE(prefixed.has_value());
+  EXPECT_EQ(prefixed->index, map->OwnerIndex(id));
+  EXPECT_EQ(prefixed->address, map->OwnerAddress(id));
+
   EXPECT_FALSE(OwnerFromStatus(absl::OkStatus()).has_value());
   EXPECT_FALSE(OwnerFromStatus(absl::NotFoundError("weight \"w\" is owned by shard 1 (a)")));
   EXPECT_FALSE(OwnerFromStatus(absl::FailedPreconditionError("upload incomplete")).has_value());
