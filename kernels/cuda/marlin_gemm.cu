@@ -32,11 +32,12 @@ constexpr int64_t kMaxPassRows = 128;
 // Counters live at the head of the workspace, partial slots after them.
 constexpr size_t kCounterBytes = 4096;
 
-// Partial sums for two slots per block; the largest slot belongs to the tallest configuration.
+// Partial sums per SM: two slots for each resident block (a block splits at most its first and its
+// last slice); the tallest configuration, 128 rows x 256 columns with one block, needs the most.
 constexpr size_t kMaxSlotFloatsPerSm = 2 * 128 * 256;
 
 size_t WorkspaceBytes(int sm_count) {
-  return kCounterBytes + size_t{2} * sm_count * kMaxSlotFloatsPerSm * sizeof(float);
+  return kCounterBytes + size_t{1} * sm_count * kMaxSlotFloatsPerSm * sizeof(float);
 }
 
 template <typename C>
@@ -50,7 +51,7 @@ absl::Status LaunchPass(GemmParams p, int sm_count, cudaStream_t stream) {
   const int blocks_per_sm =
       p.total_iters >= kMinItersPerBlock * sm_count * C::kBlocksPerSm ? C::kBlocksPerSm : 1;
   p.grid = std::min(sm_count * blocks_per_sm, p.total_iters);
-  static_assert(C::kBlocksPerSm * C::kSlotFloats <= kMaxSlotFloatsPerSm / 2, "workspace too small");
+  static_assert(2 * C::kBlocksPerSm * C::kSlotFloats <= kMaxSlotFloatsPerSm, "workspace too small");
   MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
       MarlinGemmKernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
   MarlinGemmKernel<C><<<p.grid, kThreads, C::kSmemBytes, stream>>>(p);
