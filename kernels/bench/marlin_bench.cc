@@ -40,19 +40,19 @@ struct Layer {
   int64_t k, n;
 };
 const std::vector<Layer> kLayers = {
-    {"L8B", "L8B.qkv", 4096, 6144},      {"L8B", "L8B.o", 4096, 4096},
-    {"L8B", "L8B.gateup", 4096, 28672},  {"L8B", "L8B.down", 14336, 4096},
-    {"L70B", "L70B.qkv", 8192, 10240},   {"L70B", "L70B.o", 8192, 8192},
+    {"L8B", "L8B.qkv", 4096, 6144},       {"L8B", "L8B.o", 4096, 4096},
+    {"L8B", "L8B.gateup", 4096, 28672},   {"L8B", "L8B.down", 14336, 4096},
+    {"L70B", "L70B.qkv", 8192, 10240},    {"L70B", "L70B.o", 8192, 8192},
     {"L70B", "L70B.gateup", 8192, 57344}, {"L70B", "L70B.down", 28672, 8192},
     {"big", "big", 16384, 16384},
 };
 
-#define BENCH_CHECK(expr)                                                         \
-  do {                                                                            \
-    if (absl::Status s_ = (expr); !s_.ok()) {                                     \
+#define BENCH_CHECK(expr)                                                            \
+  do {                                                                               \
+    if (absl::Status s_ = (expr); !s_.ok()) {                                        \
       std::fprintf(stderr, "marlin-bench: %s\n", std::string(s_.message()).c_str()); \
-      std::exit(1);                                                               \
-    }                                                                             \
+      std::exit(1);                                                                  \
+    }                                                                                \
   } while (0)
 
 template <typename T>
@@ -90,11 +90,10 @@ class Cublas {
   absl::Status Gemm(const __half* x, const __half* w, __half* y, int64_t m, int64_t k,
                     int64_t n) const {
     const float alpha = 1.f, beta = 0.f;
-    return CublasStatus(
-        cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, n, m, k, &alpha, w, CUDA_R_16F, n, x,
-                     CUDA_R_16F, k, &beta, y, CUDA_R_16F, n, CUBLAS_COMPUTE_32F,
-                     CUBLAS_GEMM_DEFAULT_TENSOR_OP),
-        "cublasGemmEx");
+    return CublasStatus(cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, n, m, k, &alpha, w,
+                                     CUDA_R_16F, n, x, CUDA_R_16F, k, &beta, y, CUDA_R_16F, n,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT_TENSOR_OP),
+                        "cublasGemmEx");
   }
 
  private:
@@ -199,7 +198,8 @@ int Main(int argc, char** argv) {
       DeviceBuffer x = Check(DeviceBuffer::Create(profile_m * layer.k * 2));
       DeviceBuffer y = Check(DeviceBuffer::Create(profile_m * layer.n * 2));
       BENCH_CHECK(FillRandomBytes(q.get(), q.size(), 7, stream.get()));
-      BENCH_CHECK(FillRandomUniform(sc.as<__half>(), sc.size() / 2, 0.001f, 0.01f, 8, stream.get()));
+      BENCH_CHECK(
+          FillRandomUniform(sc.as<__half>(), sc.size() / 2, 0.001f, 0.01f, 8, stream.get()));
       BENCH_CHECK(FillRandomNormal(x.as<__half>(), x.size() / 2, 1.f, 9, stream.get()));
       for (int i = 0; i < 3; ++i) {
         BENCH_CHECK(cuda::Gemm(x.as<__half>(), profile_m, {q.get(), sc.as<__half>(), shape},
@@ -221,7 +221,8 @@ int Main(int argc, char** argv) {
     const size_t q_bytes = layer.k * layer.n / 2;
     const size_t s_bytes = shape.num_groups() * layer.n * 2;
     const size_t f_bytes = layer.k * layer.n * 2;
-    const int int4_copies = static_cast<int>(std::max<size_t>(1, rotate_bytes / (q_bytes + s_bytes) + 1));
+    const int int4_copies =
+        static_cast<int>(std::max<size_t>(1, rotate_bytes / (q_bytes + s_bytes) + 1));
     const int fp16_copies = static_cast<int>(std::max<size_t>(1, rotate_bytes / f_bytes + 1));
     std::vector<DeviceBuffer> qweights, scales, fweights;
     std::vector<cuda::DeviceWeight> weights;
@@ -259,22 +260,24 @@ int Main(int argc, char** argv) {
       const double bytes = q_bytes + s_bytes + m * layer.k * 2.0 + m * layer.n * 2.0;
       const double ideal_us = bytes / bandwidth * 1e6;
       const double compute_us = 2.0 * m * layer.k * layer.n / (tflops * 1e12) * 1e6;
-      rows.push_back({layer.model, layer.name, layer.k, layer.n, m, cublas_us, marlin_us,
-                      ideal_us, compute_us});
+      rows.push_back({layer.model, layer.name, layer.k, layer.n, m, cublas_us, marlin_us, ideal_us,
+                      compute_us});
     }
   }
 
   std::printf("## Every layer\n\n");
-  std::printf("| layer | K | N | M | cuBLAS FP16 us | ideal INT4 us | marlin-serve us | speedup | "
-              "%% of memory floor |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "| layer | K | N | M | cuBLAS FP16 us | ideal INT4 us | marlin-serve us | speedup | "
+      "%% of memory floor |\n|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows) {
     std::printf("| %s | %ld | %ld | %ld | %.1f | %.1f | %.1f | %.2f | %.0f%% |\n", r.layer.c_str(),
                 r.k, r.n, r.m, r.cublas_us, r.ideal_us, r.marlin_us, r.cublas_us / r.marlin_us,
                 100.0 * r.ideal_us / r.marlin_us);
   }
   std::printf("\n## Per model (sum over the layers of one block)\n\n");
-  std::printf("| model | M | cuBLAS FP16 us | marlin-serve us | speedup | ideal speedup |\n"
-              "|---|---|---|---|---|---|\n");
+  std::printf(
+      "| model | M | cuBLAS FP16 us | marlin-serve us | speedup | ideal speedup |\n"
+      "|---|---|---|---|---|---|\n");
   nlohmann::json json;
   json["device"] = prop.name;
   json["copy_bandwidth_tbps"] = bandwidth / 1e12;
@@ -293,15 +296,23 @@ int Main(int argc, char** argv) {
       if (!any) continue;
       std::printf("| %s | %ld | %.0f | %.0f | %.2f | %.2f |\n", model.c_str(), m, cub, mar,
                   cub / mar, cub / floor);
-      json["models"].push_back({{"model", model}, {"m", m}, {"cublas_us", cub},
-                                {"marlin_us", mar}, {"speedup", cub / mar},
+      json["models"].push_back({{"model", model},
+                                {"m", m},
+                                {"cublas_us", cub},
+                                {"marlin_us", mar},
+                                {"speedup", cub / mar},
                                 {"ideal_speedup", cub / floor}});
     }
   }
   for (const Row& r : rows) {
-    json["layers"].push_back({{"layer", r.layer}, {"k", r.k}, {"n", r.n}, {"m", r.m},
-                              {"cublas_us", r.cublas_us}, {"marlin_us", r.marlin_us},
-                              {"ideal_us", r.ideal_us}, {"compute_floor_us", r.compute_floor_us},
+    json["layers"].push_back({{"layer", r.layer},
+                              {"k", r.k},
+                              {"n", r.n},
+                              {"m", r.m},
+                              {"cublas_us", r.cublas_us},
+                              {"marlin_us", r.marlin_us},
+                              {"ideal_us", r.ideal_us},
+                              {"compute_floor_us", r.compute_floor_us},
                               {"speedup", r.cublas_us / r.marlin_us},
                               {"memory_floor_fraction", r.ideal_us / r.marlin_us}});
   }

@@ -56,7 +56,7 @@ constexpr int kThreadsPerBlock = 256;
 absl::Status FillRandomBytes(void* dst, size_t bytes, uint64_t seed, cudaStream_t stream) {
   if (bytes % 8 != 0) return absl::InvalidArgumentError("FillRandomBytes: bytes % 8 != 0");
   FillBytesKernel<<<kBlocks, kThreadsPerBlock, 0, stream>>>(static_cast<uint64_t*>(dst), bytes / 8,
-                                                           seed);
+                                                            seed);
   MARLIN_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }

@@ -23,10 +23,10 @@ namespace marlin::cuda {
 // ResourceExhausted for cudaErrorMemoryAllocation.
 absl::Status CudaStatus(cudaError_t err, const char* what);
 
-#define MARLIN_CUDA_RETURN_IF_ERROR(expr)                                     \
-  do {                                                                        \
+#define MARLIN_CUDA_RETURN_IF_ERROR(expr)                                       \
+  do {                                                                          \
     if (cudaError_t marlin_cuda_err_ = (expr); marlin_cuda_err_ != cudaSuccess) \
-      return ::marlin::cuda::CudaStatus(marlin_cuda_err_, #expr);             \
+      return ::marlin::cuda::CudaStatus(marlin_cuda_err_, #expr);               \
   } while (0)
 
 // Number of CUDA devices visible, 0 when there is no driver or no device (never fails).
@@ -45,7 +45,9 @@ class DeviceBuffer {
 
   void* get() const { return ptr_; }
   template <typename T>
-  T* as() const { return static_cast<T*>(ptr_); }
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
   size_t size() const { return bytes_; }
 
  private:
@@ -67,7 +69,9 @@ class PinnedBuffer {
 
   void* get() const { return ptr_; }
   template <typename T>
-  T* as() const { return static_cast<T*>(ptr_); }
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
   size_t size() const { return bytes_; }
 
  private:

@@ -30,17 +30,18 @@ __device__ __forceinline__ half2 BitsToHalf2(uint32_t bits) {
 __device__ __forceinline__ FragmentPair DequantizeWord(uint32_t word) {
   constexpr uint32_t kLowNibbles = 0x000f000f;
   constexpr uint32_t kHighNibbles = 0x00f000f0;
-  constexpr uint32_t kMagic = 0x64006400;  // FP16 1024 in both halves
-  const half2 kBiasLow = BitsToHalf2(0x64086408);   // 1032 = 1024 + 8
+  constexpr uint32_t kMagic = 0x64006400;               // FP16 1024 in both halves
+  const half2 kBiasLow = BitsToHalf2(0x64086408);       // 1032 = 1024 + 8
   const half2 kOneSixteenth = BitsToHalf2(0x2c002c00);  // 1/16
-  const half2 kBiasHigh = BitsToHalf2(0xd480d480);  // -72 = -(1024 / 16 + 8)
+  const half2 kBiasHigh = BitsToHalf2(0xd480d480);      // -72 = -(1024 / 16 + 8)
 
   FragmentPair f;
   f.a[0] = __hsub2(BitsToHalf2(ptx::AndOr(word, kLowNibbles, kMagic)), kBiasLow);
   f.b[0] = __hfma2(BitsToHalf2(ptx::AndOr(word, kHighNibbles, kMagic)), kOneSixteenth, kBiasHigh);
   const uint32_t shifted = word >> 8;
   f.a[1] = __hsub2(BitsToHalf2(ptx::AndOr(shifted, kLowNibbles, kMagic)), kBiasLow);
-  f.b[1] = __hfma2(BitsToHalf2(ptx::AndOr(shifted, kHighNibbles, kMagic)), kOneSixteenth, kBiasHigh);
+  f.b[1] =
+      __hfma2(BitsToHalf2(ptx::AndOr(shifted, kHighNibbles, kMagic)), kOneSixteenth, kBiasHigh);
   return f;
 }
 

@@ -24,7 +24,7 @@ namespace marlin::cuda {
 
 // A packed weight in device memory: PackedWeight::qweight and PackedWeight::scales copied as is.
 struct DeviceWeight {
-  const void* qweight = nullptr;  // K*N/2 bytes, 16-byte aligned
+  const void* qweight = nullptr;   // K*N/2 bytes, 16-byte aligned
   const __half* scales = nullptr;  // num_groups()*N halves, 16-byte aligned
   WeightShape shape;
 };

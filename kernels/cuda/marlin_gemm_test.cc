@@ -26,10 +26,10 @@ namespace {
 constexpr double kMaxRelativeError = 1e-3;
 constexpr uint16_t kPoison = 0x7e00;  // FP16 NaN: any output the kernel fails to write shows up
 
-#define ASSERT_OK(expr)                              \
-  do {                                               \
-    const absl::Status s_ = (expr);                  \
-    ASSERT_TRUE(s_.ok()) << #expr << ": " << s_;     \
+#define ASSERT_OK(expr)                          \
+  do {                                           \
+    const absl::Status s_ = (expr);              \
+    ASSERT_TRUE(s_.ok()) << #expr << ": " << s_; \
   } while (0)
 
 template <typename T>
@@ -169,9 +169,9 @@ class MarlinGemmTest : public ::testing::Test {
   Stream stream_;
 };
 
-const std::vector<int64_t> kAllRowCounts = {1,  2,  3,  4,  5,  6,  7,   8,   9,   10,  11,  12,
-                                            13, 14, 15, 16, 17, 31, 32,  33,  48,  63,  64,  65,
-                                            100, 127, 128, 129, 256, 1000};
+const std::vector<int64_t> kAllRowCounts = {1,  2,  3,  4,  5,   6,   7,   8,   9,   10,
+                                            11, 12, 13, 14, 15,  16,  17,  31,  32,  33,
+                                            48, 63, 64, 65, 100, 127, 128, 129, 256, 1000};
 
 TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_SmallShape_Group128_AllRowCounts_Sm80Plus) {
   for (int64_t m : kAllRowCounts) CheckShape(m, 128, 256, 128);
@@ -211,8 +211,8 @@ struct Layer {
   int64_t k, n;
 };
 const Layer kBenchmarkLayers[] = {
-    {"L8B.qkv", 4096, 6144},     {"L8B.o", 4096, 4096},     {"L8B.gateup", 4096, 28672},
-    {"L8B.down", 14336, 4096},   {"L70B.qkv", 8192, 10240}, {"L70B.o", 8192, 8192},
+    {"L8B.qkv", 4096, 6144},      {"L8B.o", 4096, 4096},      {"L8B.gateup", 4096, 28672},
+    {"L8B.down", 14336, 4096},    {"L70B.qkv", 8192, 10240},  {"L70B.o", 8192, 8192},
     {"L70B.gateup", 8192, 57344}, {"L70B.down", 28672, 8192}, {"big", 16384, 16384},
 };
 

@@ -30,13 +30,13 @@ inline constexpr int kWarps = kThreads / 32;
 template <int kMTiles_, int kBlockNTiles_, int kWarpSubtiles_, int kWarpsK_, int kStageKTiles_,
           int kStages_, int kBlocksPerSm_ = 1>
 struct TileConfig {
-  static constexpr int kBlocksPerSm = kBlocksPerSm_;  // resident blocks per SM the launch aims at
-  static constexpr int kMTiles = kMTiles_;            // 16-row tiles of activations per pass
-  static constexpr int kBlockNTiles = kBlockNTiles_;  // 64-column weight tiles per slice
+  static constexpr int kBlocksPerSm = kBlocksPerSm_;    // resident blocks per SM the launch aims at
+  static constexpr int kMTiles = kMTiles_;              // 16-row tiles of activations per pass
+  static constexpr int kBlockNTiles = kBlockNTiles_;    // 64-column weight tiles per slice
   static constexpr int kWarpSubtiles = kWarpSubtiles_;  // 8-column sub-tiles per warp: 8 or 4
-  static constexpr int kWarpsK = kWarpsK_;            // warps sharing one warp column
-  static constexpr int kStageKTiles = kStageKTiles_;  // 16-row k-tiles per pipeline stage
-  static constexpr int kStages = kStages_;            // pipeline depth
+  static constexpr int kWarpsK = kWarpsK_;              // warps sharing one warp column
+  static constexpr int kStageKTiles = kStageKTiles_;    // 16-row k-tiles per pipeline stage
+  static constexpr int kStages = kStages_;              // pipeline depth
   static_assert(kWarpSubtiles == 8 || kWarpSubtiles == 4, "a warp takes a tile or half a tile");
   static constexpr int kWarpCols = kBlockNTiles * (8 / kWarpSubtiles);  // warp columns per slice
   static_assert(kWarpCols * kWarpsK == kWarps, "every warp owns one (column, k-phase)");
@@ -65,7 +65,7 @@ struct GemmParams {
   int m_rows;
   int k;
   int n;
-  bool per_channel;       // one scale row; else one per kGroupRows rows of K
+  bool per_channel;      // one scale row; else one per kGroupRows rows of K
   int k_tiles;           // k / 16
   int n_tiles;           // n / 64
   int stages_per_slice;  // ceil(k_tiles / kStageKTiles)
@@ -343,8 +343,7 @@ __device__ __forceinline__ void StoreOutput(const GemmParams& p, int n_tile,
     const int row = mt * 16 + role.lane / 4;
 #pragma unroll
     for (int sub = 0; sub < C::kWarpSubtiles; ++sub) {
-      const int col =
-          n_tile * 64 + (role.half * C::kWarpSubtiles + sub) * 8 + (role.lane % 4) * 2;
+      const int col = n_tile * 64 + (role.half * C::kWarpSubtiles + sub) * 8 + (role.lane % 4) * 2;
       if (row < p.m_rows) {
         *reinterpret_cast<half2*>(p.y + static_cast<int64_t>(row) * p.n + col) =
             __floats2half2_rn(acc[mt][sub][0], acc[mt][sub][1]);
