@@ -9,10 +9,15 @@ HPA target the workload, the HPA's metric is one the prometheus-adapter rule ser
 the server exports, the headless Service is headless, and (sharded) the StatefulSet's replicas
 agree with --shard-peers. Also renders deploy/k8s/weights-loader and deploy/k8s/monitoring.
 
+With --server-binary, every flag the manifests (and the images' CMDs) pass to marlin-server must be
+one that its --help lists, with a value of the type and in the range --help gives (a number of
+seconds for --drain-timeout, a size with units for --memory-headroom, a member of a choice...).
+
 Exit status: 0 all checks passed, 1 some failed, 77 kubectl or PyYAML is missing (ctest: skipped).
 """
 
 import argparse
+import json
 import pathlib
 import re
 import shutil
@@ -108,6 +113,76 @@ def port_of(hostport):
     return int(hostport.rsplit(":", 1)[1])
 
 
+# CLI11::AsSizeValue: a whole number, optionally a unit (b, k, kb, KiB, M, MiB, ...).
+SIZE_RE = re.compile(r"^\d+\s*([kmgtpe]i?b?|b)?$", re.IGNORECASE)
+
+
+def server_help(binary):
+    """The options of `marlin-server --help`: {name: type spec}, e.g. "FLOAT:FLOAT in [0 - 3600]"."""
+    out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30)
+    options = {}
+    for line in out.stdout.splitlines():
+        m = re.match(r"^\s+--([a-z0-9][a-z0-9-]*)(?:\s+([A-Z]\S*(?: in \[[^\]]*\])?))?", line)
+        if m:
+            spec = m.group(2) or ""
+            # A size's spec continues with its unit list: "UINT:SIZE [b, kb(=1024b), ...]".
+            if spec.endswith(":SIZE"):
+                spec += " [units]"
+            options[m.group(1)] = re.sub(r"=.*$", "", spec)
+    return options
+
+
+def flag_value_problem(spec, value):
+    """Why `value` does not fit the --help type `spec`, or None."""
+    kind = spec.split(":")[-1].split(" ")[0] if spec else ""
+    try:
+        if kind in ("INT", "UINT"):
+            number = int(value)
+            if kind == "UINT" and number < 0:
+                return "is negative"
+        elif kind == "FLOAT":
+            number = float(value)
+        elif kind == "SIZE":
+            return None if SIZE_RE.match(value) else "is not a size (bytes, or with a unit: 2GiB)"
+        else:
+            number = None
+    except ValueError:
+        return f"is not {'an integer' if kind in ('INT', 'UINT') else 'a number'}"
+    choice = re.search(r"\{([^}]*)\}", spec)
+    if choice and value not in choice.group(1).split(","):
+        return f"is not one of {{{choice.group(1)}}}"
+    bounds = re.search(r"in \[(\S+) - (\S+)\]", spec)
+    if bounds and number is not None and not float(bounds.group(1)) <= number <= float(bounds.group(2)):
+        return f"is outside [{bounds.group(1)}, {bounds.group(2)}]"
+    return None
+
+
+def check_server_flags(c, where, raw_args, env, options):
+    """Every --flag[=value] in raw_args against the server's --help; values that the kubelet fills
+    in from the pod at run time (env from valueFrom) are checked by name only."""
+    runtime = {k for k, v in env.items() if isinstance(v, dict)}
+    for raw in raw_args:
+        if not raw.startswith("--"):
+            continue
+        name, has_value, value = raw[2:].partition("=")
+        if not c.check(name in options, f"{where}: marlin-server has --{name} (see --help)"):
+            continue
+        if not has_value or any(f"$({v})" in value for v in runtime):
+            continue
+        problem = flag_value_problem(options[name], expand(value, env))
+        c.check(problem is None,
+                f"{where}: --{name}={expand(value, env)} {problem} (--help: {options[name]})")
+
+
+def dockerfile_cmd(path):
+    """The JSON-array CMD of a Dockerfile (its last one), or []."""
+    cmd = []
+    for line in pathlib.Path(path).read_text().splitlines():
+        if line.startswith("CMD ["):
+            cmd = json.loads(line[len("CMD "):])
+    return cmd
+
+
 def check_image(c, where, image):
     c.check("@sha256:" in image or (":" in image.rsplit("/", 1)[-1]
                                     and not image.endswith(":latest")),
@@ -133,7 +208,7 @@ def check_pod_security(c, where, pod_spec, container):
                     f"{where}: {res} request <= limit")
 
 
-def check_overlay(c, name, docs, adapter_metrics, exported):
+def check_overlay(c, name, docs, adapter_metrics, exported, options=None):
     kind, gpu, backend = OVERLAYS[name]
     where = f"overlay {name}"
     for d in docs:
@@ -175,6 +250,8 @@ def check_overlay(c, name, docs, adapter_metrics, exported):
         ref = source.get("configMapRef", {}).get("name")
         c.check(ref is None or find(docs, "ConfigMap", ref), f"{where}: ConfigMap {ref} exists")
     args = [expand(a, env) for a in ct.get("args", [])]
+    if options is not None:
+        check_server_flags(c, where, ct.get("args", []), env, options)
     for a in args:
         c.check("$(" not in a, f"{where}: argument {a!r} has every variable defined")
     flags = parse_flags(args)
@@ -366,6 +443,10 @@ def main():
     parser.add_argument("--k8s-dir", required=True, type=pathlib.Path)
     parser.add_argument("--server-sources", type=pathlib.Path,
                         help="server/ sources, to check the HPA metric is exported")
+    parser.add_argument("--server-binary", type=pathlib.Path,
+                        help="marlin-server, to check the flags the manifests pass against --help")
+    parser.add_argument("--dockerfile", type=pathlib.Path, action="append", default=[],
+                        help="a Dockerfile whose CMD passes marlin-server flags (repeatable)")
     args = parser.parse_args()
     if shutil.which("kubectl") is None:
         print("SKIP: kubectl is not installed (apt-get install kubectl)")
@@ -382,9 +463,18 @@ def main():
         c.check(QUEUE_METRIC in exported,
                 f"server: exports the histogram {QUEUE_METRIC} that the HPA scales on")
 
+    options = None
+    if args.server_binary is None or not args.server_binary.exists():
+        print(f"NOTE: no marlin-server binary ({args.server_binary}); flags not checked")
+    else:
+        options = server_help(args.server_binary)
+        c.check(len(options) > 10, f"server: --help of {args.server_binary} lists its options")
+        for dockerfile in args.dockerfile:
+            check_server_flags(c, f"{dockerfile.name} CMD", dockerfile_cmd(dockerfile), {}, options)
+
     for overlay in OVERLAYS:
         docs = render(args.k8s_dir / "overlays" / overlay)
-        check_overlay(c, overlay, docs, adapter_metrics, exported)
+        check_overlay(c, overlay, docs, adapter_metrics, exported, options)
     check_weights_loader(c, render(args.k8s_dir / "weights-loader"))
 
     print(f"{c.passed} passed, {len(c.failures)} failed")
