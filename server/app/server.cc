@@ -260,6 +260,14 @@ void MarlinServer::Shutdown() {
   executor_->Join();  // running batches complete; closed and empty, the lanes exit
   service_->WaitIdle(absl::InfiniteFuture());
   service_->FinishStreams();
+  // A stream ends once its answers are on the wire, which takes as long as its client takes to
+  // read them; gRPC's shutdown deadline would cancel streams still writing and lose answers that
+  // were given. So wait for them first, as long as the drain timeout allows (at least a grace).
+  const absl::Time streams_deadline =
+      std::max(start + options_.drain_timeout, absl::Now() + absl::Seconds(2));
+  while (service_->open_streams() > 0 && absl::Now() < streams_deadline) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
   if (server_ != nullptr) {
     server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
     server_->Wait();
