@@ -3,11 +3,13 @@
 #include <chrono>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/time_util.h"
 #include "server/logging/log.h"
 #include "server/service/executor.h"
+#include "server/service/matmul_request.h"
 #include "server/service/upload_assembler.h"
 #include "server/weight_store/weight_source.h"
 
@@ -310,27 +312,14 @@ absl::StatusOr<std::shared_ptr<const Weight>> MatmulServiceImpl::Validate(
   if (absl::Status st = options_.shard_map.CheckOwner(request.weight_id()); !st.ok()) return st;
   std::shared_ptr<const Weight> weight = deps_.store->Get(request.weight_id());
   if (weight == nullptr) {
-    return absl::NotFoundError(absl::StrCat("no weight '", request.weight_id(), "'"));
+    // Echo at most 128 bytes of an id: it can be as long as a message.
+    return absl::NotFoundError(
+        absl::StrCat("no weight '", absl::CEscape(request.weight_id().substr(0, 128)), "'"));
   }
-  if (request.rows() == 0) return absl::InvalidArgumentError("rows must be at least 1");
-  if (request.rows() > options_.max_rows_per_request) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("rows = ", request.rows(),
-                     " is over --max-rows-per-request = ", options_.max_rows_per_request));
-  }
-  const uint64_t expected = uint64_t{request.rows()} * static_cast<uint64_t>(weight->shape().k) * 2;
-  if (request.activations().size() != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "activations have ", request.activations().size(),
-        " bytes; rows x K x 2 = ", request.rows(), " x ", weight->shape().k, " x 2 = ", expected));
-  }
-  // The answer must fit in one message too (the request did, or gRPC would have refused it).
-  const uint64_t answer = uint64_t{request.rows()} * static_cast<uint64_t>(weight->shape().n) * 2;
-  if (answer + kMessageOverheadBytes > options_.max_receive_message_bytes) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the answer would have rows x N x 2 = ", request.rows(), " x ",
-                     weight->shape().n, " x 2 = ", answer, " bytes, over --max-message-bytes = ",
-                     options_.max_receive_message_bytes, "; send fewer rows per request"));
+  if (absl::Status st = CheckMatmulRequest(request, weight->shape(), options_.max_rows_per_request,
+                                           options_.max_receive_message_bytes);
+      !st.ok()) {
+    return st;
   }
   return weight;
 }

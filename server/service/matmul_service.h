@@ -33,15 +33,12 @@
 #include "server/backend/backend.h"
 #include "server/batcher/batcher.h"
 #include "server/metrics/metrics.h"
+#include "server/service/matmul_request.h"
 #include "server/service/upload_assembler.h"
 #include "server/sharding/shard_map.h"
 #include "server/weight_store/weight_store.h"
 
 namespace marlin {
-
-// Room for a message's fields besides its payload (ids, shape, status, timing) when sizing
-// messages against --max-message-bytes.
-inline constexpr uint64_t kMessageOverheadBytes = 64 << 10;
 
 struct ServiceOptions {
   std::string version = "0.1.0";
