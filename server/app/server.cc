@@ -143,6 +143,9 @@ absl::StatusOr<std::unique_ptr<MarlinServer>> MarlinServer::Start(const ServerOp
   s->executor_ = *std::move(executor);
 
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default: a second server on the same port would then start fine and
+  // silently take half the connections. One port, one server: a taken port fails the start.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(options.listen, *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));

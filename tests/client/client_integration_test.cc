@@ -332,9 +332,10 @@ TEST_F(ClientIntegrationTest, AsyncFutureAndCallback) {
     done.Notify();
   });
   absl::StatusOr<MatmulResult> y = f.get();
+  // The callback writes to this frame: wait for it before any assertion may return.
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
   ASSERT_TRUE(y.ok()) << y.status();
   EXPECT_EQ(y->output, Expected(*ref, x, 3));
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
   ASSERT_TRUE(from_callback.ok()) << from_callback.status();
   EXPECT_EQ(from_callback->output, y->output);
   EXPECT_EQ(client_->MatmulAsync("nope", 3, x).get().status().code(), absl::StatusCode::kNotFound);
