@@ -40,7 +40,7 @@ for t in "${targets[@]}"; do
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo '?')
   found=$(find "$crashes" -type f | wc -l)
-  echo "fuzz: $t seconds=$seconds executions=$execs coverage=$cov corpus=$(ls "$work" | wc -l) crashes=$found rc=$rc"
+  echo "fuzz: $t seconds=$seconds executions=$execs coverage=$cov corpus=$(find "$work" -maxdepth 1 -type f | wc -l) crashes=$found rc=$rc"
   if ((rc != 0 || found != 0)); then
     status=1
     tail -40 "$log"
