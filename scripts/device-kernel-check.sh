@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine from the repo root: GPU tests, compute-sanitizer, SASS summary, then the
-# kernel benchmark; everything is logged under $OUT (or ./device-out).
+# Runs on the GPU machine from the repository root, after scripts/stage-device.sh: the GPU tests
+# (kernel, CUDA backend, the end-to-end suite on the CUDA backend), compute-sanitizer memcheck and
+# racecheck on a small shape, a SASS summary, then the kernel benchmark. Logs go to $OUT (or
+# ./device-out): bench.md, bench.json and kernel-logs.tar.gz.
 #
 #   scripts/device-kernel-check.sh [marlin-bench arguments...]
 set -uo pipefail
 out=${OUT:-device-out}
-mkdir -p "$out"
+logs="$out/kernel-logs"
+mkdir -p "$logs"
 source device-bundle/env.sh
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$logs/gpu.txt"
 cuobjdump -sass device-bundle/bin/marlin-bench |
-  grep -oE '\b(HMMA|HGMMA|LDSM|LDGSTS|LDL|STL)[.A-Z0-9_]*' | sort | uniq -c >"$out/sass.txt"
-cat "$out/sass.txt"
-marlin_gemm_test 2>&1 | tee "$out/gpu-tests.log" | grep -E '^\[ *(OK|FAILED|PASSED|SKIPPED) |Failure|error' | head -40
-echo "gpu tests exit: ${PIPESTATUS[0]}"
+  grep -oE '\b(HMMA|HGMMA|LDSM|LDGSTS|LDL|STL)[.A-Z0-9_]*' | sort | uniq -c >"$logs/sass.txt"
+cat "$logs/sass.txt"
+run_test() {  # name, then the command
+  local name=$1; shift
+  "$@" >"$logs/$name.log" 2>&1
+  echo "$name exit: $? ($(grep -E '^\[  (PASSED|FAILED) ' "$logs/$name.log" | tr '\n' ' '))"
+}
+run_test gemm-tests marlin_gemm_test
+run_test cuda-backend-tests marlin_server_cuda_backend_test
+run_test e2e-cuda env MARLIN_E2E_BACKEND=cuda marlin_e2e_test
 for tool in memcheck racecheck; do
   compute-sanitizer --tool $tool --error-exitcode 9 marlin_gemm_test \
-    --gtest_filter='*SanitizerShape*' >"$out/sanitizer-$tool.log" 2>&1
-  echo "compute-sanitizer $tool exit: $? ($(tail -1 "$out/sanitizer-$tool.log"))"
+    --gtest_filter='*SanitizerShape*' >"$logs/sanitizer-$tool.log" 2>&1
+  echo "compute-sanitizer $tool exit: $? ($(tail -1 "$logs/sanitizer-$tool.log"))"
 done
-marlin-bench --json "$out/bench.json" "$@" | tee "$out/bench.md"
+marlin-bench --json "$out/bench.json" "$@" >"$out/bench.md"
+grep -E '^\| (L8B|L70B|big) \|' "$out/bench.md"
+tar -czf "$out/kernel-logs.tar.gz" -C "$out" kernel-logs && rm -rf "$logs"
