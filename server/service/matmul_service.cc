@@ -232,6 +232,9 @@ grpc::ServerUnaryReactor* MatmulServiceImpl::DeleteWeight(grpc::CallbackServerCo
   if (absl::Status st = ValidateWeightId(request->weight_id()); !st.ok()) {
     return FinishNow(context, st);
   }
+  if (absl::Status st = options_.shard_map.CheckOwner(request->weight_id()); !st.ok()) {
+    return FinishNow(context, st);
+  }
   absl::Status st = deps_.store->Delete(request->weight_id());
   if (st.ok()) {
     deps_.metrics->RemoveWeight(request->weight_id());
@@ -247,6 +250,9 @@ grpc::ServerUnaryReactor* MatmulServiceImpl::GetWeight(grpc::CallbackServerConte
     return FinishNow(context, st);
   }
   if (absl::Status st = ValidateWeightId(request->weight_id()); !st.ok()) {
+    return FinishNow(context, st);
+  }
+  if (absl::Status st = options_.shard_map.CheckOwner(request->weight_id()); !st.ok()) {
     return FinishNow(context, st);
   }
   std::shared_ptr<const Weight> w = deps_.store->Get(request->weight_id());

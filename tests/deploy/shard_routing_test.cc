@@ -342,10 +342,9 @@ TEST(ShardRoutingTest, UploadsAndMatmulsLandOnTheirOwners) {
       EXPECT_EQ(named->address, peers[owner]);
     }
     EXPECT_TRUE((*other_stream)->Close().ok());
-    // GetWeight and DeleteWeight are not ownership-checked by the service (a non-owner answers
-    // NOT_FOUND); either way a non-owner neither has nor drops the weight.
-    EXPECT_FALSE(direct[other]->GetWeight(id).ok());
-    EXPECT_FALSE(direct[other]->DeleteWeight(id).ok());
+    // GetWeight and DeleteWeight on a non-owner are refused the same way; the owner keeps it.
+    EXPECT_EQ(direct[other]->GetWeight(id).status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(direct[other]->DeleteWeight(id).code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_TRUE(direct[owner]->GetWeight(id).ok());
   }
 
