@@ -38,8 +38,8 @@ int main(int argc, char** argv) {
                  "Load every weight of this directory of .safetensors files before reporting "
                  "SERVING (naming scheme in docs/server.md)");
   app.add_option("--max-batch-rows", o.max_batch_rows,
-                 "A batch closes when it holds this many rows (64: the kernel runs up to 64 rows "
-                 "in one pass at about the cost of 16)")
+                 "A batch closes when it holds this many rows (64: the knee of the kernel's "
+                 "measured rows-per-second curve, docs/server.md)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
       ->capture_default_str();
   app.add_option("--max-queue-delay-us", o.max_queue_delay_us,
