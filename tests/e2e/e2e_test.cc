@@ -194,6 +194,42 @@ int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::strin
   return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;  // absent field = UNKNOWN (0)
 }
 
+// The services the server lists through grpc.reflection.v1alpha.ServerReflection (a bidi stream,
+// driven through the generic stub): ServerReflectionRequest{list_services: "*"} in, and every
+// ServiceResponse.name found in the ListServiceResponse out. Empty on any failure.
+std::string ReflectionListing(const std::shared_ptr<grpc::Channel>& channel) {
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  auto call =
+      stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  auto step = [&](int id) {
+    return cq.Next(&tag, &ok) && ok && tag == reinterpret_cast<void*>(id);
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  if (!step(1)) return "";
+  const std::string request = std::string("\x3a\x01*", 3);  // field 7 (list_services) = "*"
+  grpc::Slice slice(request);
+  grpc::ByteBuffer in(&slice, 1), out;
+  call->Write(in, reinterpret_cast<void*>(2));
+  if (!step(2)) return "";
+  call->Read(&out, reinterpret_cast<void*>(3));
+  if (!step(3)) return "";
+  call->WritesDone(reinterpret_cast<void*>(4));
+  step(4);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  step(5);
+  std::vector<grpc::Slice> slices;
+  if (!out.Dump(&slices).ok()) return "";
+  std::string bytes;
+  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  return bytes;  // the names appear verbatim inside the serialized response
+}
+
 class E2eTest : public ::testing::Test {
  protected:
   static ServerOptions DefaultOptions() {
@@ -680,6 +716,9 @@ TEST_F(E2eTest, ServerInfoAndHealth) {
   EXPECT_GT(info.device_memory_total(), 0u);
   EXPECT_EQ(HealthStatus(channel_), 1) << "SERVING";
   EXPECT_EQ(HealthStatus(channel_, "marlin.v1.MatmulService"), 1);
+  const std::string listing = ReflectionListing(channel_);
+  EXPECT_TRUE(absl::StrContains(listing, "marlin.v1.MatmulService")) << "reflection lists the API";
+  EXPECT_TRUE(absl::StrContains(listing, "grpc.health.v1.Health"));
 }
 
 // Queue bound and deadlines on a server whose batches wait long.
