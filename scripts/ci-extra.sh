@@ -8,7 +8,7 @@
 # tsan: TSan build (build-tsan), the batcher, service, server-app (e2e) and hardening tests.
 # fuzz: scripts/fuzz.sh ${FUZZ_SECONDS:-60} for every target.
 # soak: the bounded soak (MARLIN_SOAK_SECONDS, default 60) in the ASan build.
-# Each step prints its wall time. Not wired into .ci/run: see docs/hardening.md for the budget.
+# Each step prints its wall time. Not wired into .ci/run: see docs/reliability.md for the budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=("$@")
