@@ -86,6 +86,23 @@ absl::Span<const uint8_t> AsBytes(absl::Span<const T> values) {
                                    values.size() * sizeof(T));
 }
 
+// A dense upload of `count` values that must make a k x n weight.
+absl::StatusOr<UploadSource> DenseSource(absl::string_view weight_id, int64_t k, int64_t n,
+                                         WeightSourceKind kind, uint64_t count,
+                                         absl::Span<const uint8_t> bytes, WeightLayout layout) {
+  if (k <= 0 || n <= 0 || count != static_cast<uint64_t>(k) * static_cast<uint64_t>(n)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("upload ", weight_id, ": ", count, " values for a ", k, " x ", n, " weight"));
+  }
+  UploadSource source;
+  source.kind = kind;
+  source.k = k;
+  source.n = n;
+  source.layout = layout;
+  source.pieces.push_back(bytes);
+  return source;
+}
+
 absl::Status CheckRows(uint32_t rows, absl::Span<const uint16_t> activations) {
   if (rows == 0) return absl::InvalidArgumentError("matmul: rows must be > 0");
   if (activations.empty() || activations.size() % rows != 0) {
@@ -503,33 +520,19 @@ absl::StatusOr<WeightInfo> Client::Upload(absl::string_view weight_id, const Upl
 absl::StatusOr<WeightInfo> Client::UploadFp16(absl::string_view weight_id, int64_t k, int64_t n,
                                               absl::Span<const uint16_t> values,
                                               WeightLayout layout, const UploadOptions& options) {
-  if (k <= 0 || n <= 0 || values.size() != static_cast<uint64_t>(k) * static_cast<uint64_t>(n)) {
-    return absl::InvalidArgumentError(absl::StrCat("upload ", weight_id, ": ", values.size(),
-                                                   " values for a ", k, " x ", n, " weight"));
-  }
-  UploadSource source;
-  source.kind = WeightSourceKind::kDenseFp16;
-  source.k = k;
-  source.n = n;
-  source.layout = layout;
-  source.pieces.push_back(AsBytes(values));
-  return Upload(weight_id, source, options);
+  absl::StatusOr<UploadSource> source = DenseSource(
+      weight_id, k, n, WeightSourceKind::kDenseFp16, values.size(), AsBytes(values), layout);
+  if (!source.ok()) return source.status();
+  return Upload(weight_id, *source, options);
 }
 
 absl::StatusOr<WeightInfo> Client::UploadFp32(absl::string_view weight_id, int64_t k, int64_t n,
                                               absl::Span<const float> values, WeightLayout layout,
                                               const UploadOptions& options) {
-  if (k <= 0 || n <= 0 || values.size() != static_cast<uint64_t>(k) * static_cast<uint64_t>(n)) {
-    return absl::InvalidArgumentError(absl::StrCat("upload ", weight_id, ": ", values.size(),
-                                                   " values for a ", k, " x ", n, " weight"));
-  }
-  UploadSource source;
-  source.kind = WeightSourceKind::kDenseFp32;
-  source.k = k;
-  source.n = n;
-  source.layout = layout;
-  source.pieces.push_back(AsBytes(values));
-  return Upload(weight_id, source, options);
+  absl::StatusOr<UploadSource> source = DenseSource(
+      weight_id, k, n, WeightSourceKind::kDenseFp32, values.size(), AsBytes(values), layout);
+  if (!source.ok()) return source.status();
+  return Upload(weight_id, *source, options);
 }
 
 absl::StatusOr<WeightInfo> Client::UploadGptq(absl::string_view weight_id, int64_t k, int64_t n,
