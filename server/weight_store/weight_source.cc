@@ -11,7 +11,8 @@ namespace {
 template <typename T>
 std::vector<T> Copy(absl::string_view bytes, uint64_t offset, uint64_t count) {
   std::vector<T> out(count);
-  std::memcpy(out.data(), bytes.data() + offset, count * sizeof(T));
+  if (count > 0)
+    std::memcpy(out.data(), bytes.data() + offset, count * sizeof(T));  // data() may be null
   return out;
 }
 
