@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -32,52 +33,82 @@ absl::Status CudaStatus(cudaError_t err, const char* what);
 // Number of CUDA devices visible, 0 when there is no driver or no device (never fails).
 int DeviceCount();
 
-// Device memory, freed on destruction.
-class DeviceBuffer {
+// A move-only owner of one CUDA handle, released by `Release` on destruction (errors ignored).
+template <typename Handle, cudaError_t (*Release)(Handle)>
+class UniqueHandle {
  public:
-  static absl::StatusOr<DeviceBuffer> Create(size_t bytes);
-  DeviceBuffer() = default;
-  DeviceBuffer(DeviceBuffer&& other) noexcept;
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer();
+  UniqueHandle() = default;
+  explicit UniqueHandle(Handle handle) : handle_(handle) {}
+  UniqueHandle(UniqueHandle&& other) noexcept : handle_(std::exchange(other.handle_, Handle{})) {}
+  UniqueHandle& operator=(UniqueHandle&& other) noexcept {
+    if (this != &other) {
+      Reset();
+      handle_ = std::exchange(other.handle_, Handle{});
+    }
+    return *this;
+  }
+  UniqueHandle(const UniqueHandle&) = delete;
+  UniqueHandle& operator=(const UniqueHandle&) = delete;
+  ~UniqueHandle() { Reset(); }
 
-  void* get() const { return ptr_; }
+  Handle get() const { return handle_; }
+
+ private:
+  void Reset() {
+    if (handle_ != Handle{}) Release(handle_);
+    handle_ = Handle{};
+  }
+  Handle handle_{};
+};
+
+// Memory released by `Free` (device or pinned host memory), with its size.
+template <cudaError_t (*Free)(void*)>
+class OwnedMemory {
+ public:
+  OwnedMemory() = default;
+  OwnedMemory(OwnedMemory&& other) noexcept
+      : memory_(std::move(other.memory_)), bytes_(std::exchange(other.bytes_, 0)) {}
+  OwnedMemory& operator=(OwnedMemory&& other) noexcept {
+    if (this != &other) {
+      memory_ = std::move(other.memory_);
+      bytes_ = std::exchange(other.bytes_, 0);
+    }
+    return *this;
+  }
+
+  void* get() const { return memory_.get(); }
   template <typename T>
   T* as() const {
-    return static_cast<T*>(ptr_);
+    return static_cast<T*>(memory_.get());
   }
   size_t size() const { return bytes_; }
 
+ protected:
+  OwnedMemory(void* ptr, size_t bytes) : memory_(ptr), bytes_(bytes) {}
+
  private:
-  DeviceBuffer(void* ptr, size_t bytes) : ptr_(ptr), bytes_(bytes) {}
-  void* ptr_ = nullptr;
+  UniqueHandle<void*, Free> memory_;
   size_t bytes_ = 0;
 };
 
+// Device memory (cudaMalloc), freed on destruction.
+class DeviceBuffer : public OwnedMemory<&cudaFree> {
+ public:
+  static absl::StatusOr<DeviceBuffer> Create(size_t bytes);
+  DeviceBuffer() = default;
+
+ private:
+  using OwnedMemory::OwnedMemory;
+};
+
 // Page-locked host memory (cudaHostAlloc), freed on destruction.
-class PinnedBuffer {
+class PinnedBuffer : public OwnedMemory<&cudaFreeHost> {
  public:
   static absl::StatusOr<PinnedBuffer> Create(size_t bytes);
   PinnedBuffer() = default;
-  PinnedBuffer(PinnedBuffer&& other) noexcept;
-  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer();
-
-  void* get() const { return ptr_; }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-  size_t size() const { return bytes_; }
 
  private:
-  PinnedBuffer(void* ptr, size_t bytes) : ptr_(ptr), bytes_(bytes) {}
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
+  using OwnedMemory::OwnedMemory;
 };
 
 // A non-blocking stream, destroyed on destruction.
@@ -85,18 +116,13 @@ class Stream {
  public:
   static absl::StatusOr<Stream> Create();
   Stream() = default;
-  Stream(Stream&& other) noexcept;
-  Stream& operator=(Stream&& other) noexcept;
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  ~Stream();
 
-  cudaStream_t get() const { return stream_; }
+  cudaStream_t get() const { return stream_.get(); }
   absl::Status Synchronize() const;
 
  private:
   explicit Stream(cudaStream_t s) : stream_(s) {}
-  cudaStream_t stream_ = nullptr;
+  UniqueHandle<cudaStream_t, &cudaStreamDestroy> stream_;
 };
 
 // An event (timing enabled unless `disable_timing`), destroyed on destruction.
@@ -104,17 +130,12 @@ class Event {
  public:
   static absl::StatusOr<Event> Create(bool disable_timing = false);
   Event() = default;
-  Event(Event&& other) noexcept;
-  Event& operator=(Event&& other) noexcept;
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
-  ~Event();
 
-  cudaEvent_t get() const { return event_; }
+  cudaEvent_t get() const { return event_.get(); }
 
  private:
   explicit Event(cudaEvent_t e) : event_(e) {}
-  cudaEvent_t event_ = nullptr;
+  UniqueHandle<cudaEvent_t, &cudaEventDestroy> event_;
 };
 
 // An instantiated CUDA graph captured from a stream; destroyed on destruction.
@@ -124,18 +145,13 @@ class GraphExec {
   template <typename Fn>
   static absl::StatusOr<GraphExec> Capture(cudaStream_t stream, Fn&& record);
   GraphExec() = default;
-  GraphExec(GraphExec&& other) noexcept;
-  GraphExec& operator=(GraphExec&& other) noexcept;
-  GraphExec(const GraphExec&) = delete;
-  GraphExec& operator=(const GraphExec&) = delete;
-  ~GraphExec();
 
   absl::Status Launch(cudaStream_t stream) const;
 
  private:
   static absl::StatusOr<GraphExec> Instantiate(cudaGraph_t graph);
   explicit GraphExec(cudaGraphExec_t exec) : exec_(exec) {}
-  cudaGraphExec_t exec_ = nullptr;
+  UniqueHandle<cudaGraphExec_t, &cudaGraphExecDestroy> exec_;
 };
 
 template <typename Fn>
