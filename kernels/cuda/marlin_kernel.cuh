@@ -3,10 +3,10 @@
 //
 // Work decomposition. N is cut into column slices of kBlockNTiles 64-column tiles, K into stages of
 // kStageKTiles 16-row tiles. The (slice, stage) iterations, slice-major, are split evenly over a
-// grid of at most one block per SM ("striped"): every block streams the same number of weight
-// bytes whatever the layer shape. Inside a block, warp w takes warp column w % kWarpCols (a whole
-// 64-column tile, or half of one for tall batches) and every kWarpsK-th k-tile of each stage; the
-// kWarpsK partial sums meet in shared memory. A slice
+// grid of one block per SM (two for long runs of small batches: kBlocksPerSm), "striped": every
+// block streams the same number of weight bytes whatever the layer shape. Inside a block, warp w
+// takes warp column w % kWarpCols (a whole 64-column tile, or half of one for tall batches) and
+// every kWarpsK-th k-tile of each stage; the kWarpsK partial sums meet in shared memory. A slice
 // split between blocks is finished by whichever block arrives last: each writes its FP32 partial
 // to the workspace, and the last one (an atomic counter tells) adds them in k order and writes
 // FP16 - deterministic, and no block ever waits for another.
