@@ -128,28 +128,32 @@ v1::MatmulRequest MakeRequest(absl::string_view weight_id, uint32_t rows,
 // ---------------------------------------------------------------------------
 
 void CancellationToken::Cancel() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  // One thread runs the cancel_fns: running_ tracks a single call, and once cancelled_ is set
+  // Register runs cancel_fn itself instead of adding to active_.
+  if (cancelled_) return;
   cancelled_ = true;
   while (!active_.empty()) {
     auto [handle, fn] = std::move(active_.back());
     active_.pop_back();
     running_ = handle;
     running_thread_ = std::this_thread::get_id();
-    mu_.Unlock();
+    lock.unlock();
     fn();
-    mu_.Lock();
+    lock.lock();
     running_ = 0;
+    idle_.notify_all();
   }
 }
 
 bool CancellationToken::cancelled() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return cancelled_;
 }
 
 uint64_t CancellationToken::Register(std::function<void()> cancel_fn) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (!cancelled_) {
       uint64_t handle = next_++;
       active_.emplace_back(handle, std::move(cancel_fn));
@@ -162,15 +166,14 @@ uint64_t CancellationToken::Register(std::function<void()> cancel_fn) {
 
 void CancellationToken::Unregister(uint64_t handle) {
   if (handle == 0) return;
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   auto it = std::find_if(active_.begin(), active_.end(),
                          [handle](const auto& entry) { return entry.first == handle; });
   if (it != active_.end()) active_.erase(it);
   // The call completing from inside its own cancel_fn (same thread) must not wait for itself.
-  auto done = [this, handle]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  idle_.wait(lock, [this, handle]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return running_ != handle || running_thread_ == std::this_thread::get_id();
-  };
-  mu_.Await(absl::Condition(&done));
+  });
 }
 
 CancelRegistration::CancelRegistration(std::shared_ptr<CancellationToken> token,
@@ -430,11 +433,10 @@ Client::~Client() {
   // A sharded client's calls run on its shards: they wait for their own callbacks.
   impl_->shards.clear();
   // Asynchronous calls still running use the channel and stubs: wait for their callbacks.
-  absl::MutexLock lock(&impl_->async_mu);
-  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl_->async_mu) {
+  std::unique_lock<std::mutex> lock(impl_->async_mu);
+  impl_->async_idle.wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl_->async_mu) {
     return impl_->async_outstanding == 0;
-  };
-  impl_->async_mu.Await(absl::Condition(&idle));
+  });
 }
 
 absl::StatusOr<WeightInfo> Client::Upload(absl::string_view weight_id, const UploadSource& source,
@@ -731,7 +733,7 @@ void Client::MatmulAsync(absl::string_view weight_id, uint32_t rows,
   call->registration = std::make_unique<CancelRegistration>(options.cancel, &call->ctx);
   Impl* impl = impl_.get();
   {
-    absl::MutexLock lock(&impl->async_mu);
+    std::lock_guard<std::mutex> lock(impl->async_mu);
     ++impl->async_outstanding;
   }
   impl_->stub->async()->Matmul(
@@ -743,8 +745,9 @@ void Client::MatmulAsync(absl::string_view weight_id, uint32_t rows,
         // The call's gRPC state goes before the caller sees the answer (and may drop the client).
         delete call;
         done(std::move(result));
-        absl::MutexLock lock(&impl->async_mu);
-        --impl->async_outstanding;
+        // Notified under the lock: ~Client may free async_idle as soon as it sees 0.
+        std::lock_guard<std::mutex> lock(impl->async_mu);
+        if (--impl->async_outstanding == 0) impl->async_idle.notify_all();
       });
 }
 

@@ -30,19 +30,21 @@
 #ifndef MARLIN_CLIENT_CLIENT_H_
 #define MARLIN_CLIENT_CLIENT_H_
 
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
-#include "absl/strings/string_view.h"
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 
@@ -111,7 +113,8 @@ class CancellationToken {
   void Unregister(uint64_t handle);
 
  private:
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;         // std::mutex so that TSan sees it (docs/reliability.md)
+  std::condition_variable idle_;  // notified when a cancel_fn has returned
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<std::pair<uint64_t, std::function<void()>>> active_ ABSL_GUARDED_BY(mu_);

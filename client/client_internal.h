@@ -5,13 +5,15 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -37,7 +39,8 @@ struct Client::Impl {
   }
 
   // Asynchronous unary calls whose callback has not returned yet (~Client waits for them).
-  absl::Mutex async_mu;
+  std::mutex async_mu;                 // std::mutex so that TSan sees it (docs/reliability.md)
+  std::condition_variable async_idle;  // notified, under async_mu, when the count drops to 0
   int64_t async_outstanding ABSL_GUARDED_BY(async_mu) = 0;
 
   // Applies deadline, wait-for-ready and the bearer token to `ctx`. `timeout` overrides

@@ -2,14 +2,16 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <condition_variable>
 #include <deque>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "client/client_internal.h"
 
 namespace marlin {
@@ -21,7 +23,11 @@ struct MatmulStream::State {
   std::unique_ptr<grpc::ClientReaderWriter<v1::MatmulRequest, v1::MatmulResponse>> rw;
   std::unique_ptr<CancelRegistration> registration;
 
-  mutable absl::Mutex mu;
+  // std::mutex so that TSan sees it (docs/reliability.md). `changed` is notified whenever the
+  // writer's or the reader's wait condition may have become true: queue, in_flight, closing,
+  // read_done, write_done.
+  mutable std::mutex mu;
+  std::condition_variable changed;
   std::deque<v1::MatmulRequest> queue ABSL_GUARDED_BY(mu);
   // Every submitted request not yet completed (queued or on the wire), by request_id.
   absl::flat_hash_map<uint64_t, MatmulCallback> pending ABSL_GUARDED_BY(mu);
@@ -55,18 +61,16 @@ void MatmulStream::State::WriterLoop() {
   while (true) {
     v1::MatmulRequest req;
     {
-      absl::MutexLock lock(&mu);
+      std::unique_lock<std::mutex> lock(mu);
       const uint32_t max = options.max_in_flight;
-      auto ready = [this, max]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      changed.wait(lock, [this, max]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
         return read_done || (closing && queue.empty()) ||
                (!queue.empty() && (max == 0 || in_flight < max));
-      };
-      mu.Await(absl::Condition(&ready));
+      });
       if (read_done) break;
       if (queue.empty()) {  // closing with nothing left to send
-        mu.Unlock();
+        lock.unlock();
         rw->WritesDone();
-        mu.Lock();
         break;
       }
       req = std::move(queue.front());
@@ -75,8 +79,9 @@ void MatmulStream::State::WriterLoop() {
     }
     if (!rw->Write(req)) break;  // the RPC is over; the reader reports its status
   }
-  absl::MutexLock lock(&mu);
+  std::lock_guard<std::mutex> lock(mu);
   write_done = true;
+  changed.notify_all();
 }
 
 void MatmulStream::State::ReaderLoop() {
@@ -84,12 +89,13 @@ void MatmulStream::State::ReaderLoop() {
   while (rw->Read(&resp)) {
     MatmulCallback done;
     {
-      absl::MutexLock lock(&mu);
+      std::lock_guard<std::mutex> lock(mu);
       auto it = pending.find(resp.request_id());
       if (it == pending.end()) continue;  // not ours (or already failed): ignore
       done = std::move(it->second);
       pending.erase(it);
       if (in_flight > 0) --in_flight;
+      changed.notify_all();
     }
     if (resp.has_status() && resp.status().code() != 0) {
       done(absl::Status(static_cast<absl::StatusCode>(resp.status().code()),
@@ -99,16 +105,17 @@ void MatmulStream::State::ReaderLoop() {
     }
   }
   {
-    absl::MutexLock lock(&mu);
+    std::unique_lock<std::mutex> lock(mu);
     read_done = true;
+    changed.notify_all();
     // A writer blocked in Write() returns once the RPC is over; Finish() needs it out.
-    mu.Await(absl::Condition(&write_done));
+    changed.wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return write_done; });
   }
   grpc::Status status = rw->Finish();
   std::vector<MatmulCallback> orphans;
   absl::Status final;
   {
-    absl::MutexLock lock(&mu);
+    std::lock_guard<std::mutex> lock(mu);
     ended = true;
     final_status = FromGrpcStatus(status);
     final = final_status.ok() ? absl::AbortedError("matmul stream ended before the answer")
@@ -123,7 +130,7 @@ void MatmulStream::State::ReaderLoop() {
 
 MatmulStream* MatmulStream::State::ShardStream(absl::string_view weight_id, absl::Status* refused) {
   const int index = client->shard_map.OwnerIndex(weight_id);
-  absl::MutexLock lock(&mu);
+  std::lock_guard<std::mutex> lock(mu);
   if (closing || cancelled) {
     *refused = cancelled ? absl::CancelledError("matmul stream was cancelled")
                          : absl::FailedPreconditionError("matmul stream is closed");
@@ -149,7 +156,7 @@ absl::StatusOr<std::unique_ptr<MatmulStream>> MatmulStream::Create(
   state->options = options;
   if (client->sharded()) {
     state->sharded = true;
-    absl::MutexLock lock(&state->mu);
+    std::lock_guard<std::mutex> lock(state->mu);
     state->shards.resize(client->shards.size());
     return std::unique_ptr<MatmulStream>(new MatmulStream(std::move(state)));
   }
@@ -198,7 +205,7 @@ void MatmulStream::Submit(absl::string_view weight_id, uint32_t rows,
                       activations.size() * sizeof(uint16_t));
   absl::Status refused;
   {
-    absl::MutexLock lock(&state_->mu);
+    std::lock_guard<std::mutex> lock(state_->mu);
     if (state_->ended) {
       refused = state_->final_status.ok() ? absl::FailedPreconditionError("matmul stream has ended")
                                           : state_->final_status;
@@ -211,6 +218,7 @@ void MatmulStream::Submit(absl::string_view weight_id, uint32_t rows,
       // Once the reader saw the end, the request is never sent: it completes with the RPC's
       // final status when Finish() returns.
       if (!state_->read_done) state_->queue.push_back(std::move(req));
+      state_->changed.notify_all();
       return;
     }
   }
@@ -228,15 +236,16 @@ std::future<absl::StatusOr<MatmulResult>> MatmulStream::Submit(
 
 absl::Status MatmulStream::Close() {
   {
-    absl::MutexLock lock(&state_->mu);
+    std::lock_guard<std::mutex> lock(state_->mu);
     state_->closing = true;
+    state_->changed.notify_all();
   }
   if (state_->sharded) {
     // Closing is set: no shard stream opens from now on, and the vector stays as it is.
     absl::Status first;
     std::vector<MatmulStream*> shards;
     {
-      absl::MutexLock lock(&state_->mu);
+      std::lock_guard<std::mutex> lock(state_->mu);
       for (const auto& shard : state_->shards) shards.push_back(shard.get());
     }
     for (size_t i = 0; i < shards.size(); ++i) {
@@ -256,13 +265,13 @@ absl::Status MatmulStream::Close() {
     state_->reader.join();
     state_->registration.reset();
   }
-  absl::MutexLock lock(&state_->mu);
+  std::lock_guard<std::mutex> lock(state_->mu);
   return state_->final_status;
 }
 
 void MatmulStream::Cancel() {
   if (state_->sharded) {
-    absl::MutexLock lock(&state_->mu);
+    std::lock_guard<std::mutex> lock(state_->mu);
     state_->cancelled = true;
     for (const auto& shard : state_->shards) {
       if (shard != nullptr) shard->Cancel();
@@ -273,7 +282,7 @@ void MatmulStream::Cancel() {
 }
 
 uint64_t MatmulStream::pending() const {
-  absl::MutexLock lock(&state_->mu);
+  std::lock_guard<std::mutex> lock(state_->mu);
   if (state_->sharded) {
     uint64_t total = 0;
     for (const auto& shard : state_->shards) {

@@ -15,11 +15,11 @@
 #include <thread>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "client/matmul_stream.h"
 #include "kernels/cpu/cpu_gemm.h"
 #include "kernels/format/weight_format.h"
@@ -121,7 +121,10 @@ struct Request {
 
 // Counters of the point being run.
 struct PointState {
-  absl::Mutex mu;
+  std::mutex mu;  // std::mutex so that TSan sees it (docs/reliability.md)
+  // Notified, under mu (RunPoint destroys this when it sees the point drained), whenever
+  // outstanding, chains or verify_pending change.
+  std::condition_variable changed;
   std::vector<double> latencies_ms ABSL_GUARDED_BY(mu);
   std::map<std::string, uint64_t> errors_by_code ABSL_GUARDED_BY(mu);
   uint64_t sent ABSL_GUARDED_BY(mu) = 0;
@@ -298,7 +301,7 @@ Request Runner::Impl::NewRequest(absl::Time scheduled, bool measured) {
 
 void Runner::Impl::Send(PointState* ps, const Request& req, std::function<void()> then) {
   {
-    absl::MutexLock lock(&ps->mu);
+    std::lock_guard<std::mutex> lock(ps->mu);
     if (req.measured) {
       ++ps->sent;
     } else {
@@ -333,7 +336,7 @@ void Runner::Impl::Complete(PointState* ps, const Request& req,
   absl::Time now = absl::Now();
   bool verify = false;
   {
-    absl::MutexLock lock(&ps->mu);
+    std::lock_guard<std::mutex> lock(ps->mu);
     if (req.measured) {
       ps->last_completion = std::max(ps->last_completion, now);
       if (result.ok()) {
@@ -355,6 +358,7 @@ void Runner::Impl::Complete(PointState* ps, const Request& req,
     verify = req.verify && result.ok();
     if (verify) ++ps->verify_pending;
     --ps->outstanding;
+    ps->changed.notify_all();
   }
   if (verify) {
     verifier->Post([this, ps, req, output = std::move(result->output)]() mutable {
@@ -378,8 +382,9 @@ void Runner::Impl::Verify(PointState* ps, const Request& req, std::vector<uint16
       match = err <= config.verify_tolerance;
     }
   }
-  absl::MutexLock lock(&ps->mu);
+  std::lock_guard<std::mutex> lock(ps->mu);
   --ps->verify_pending;
+  ps->changed.notify_all();
   ++ps->verified;
   if (!match) ++ps->mismatches;
   ps->max_rel_error = std::max(ps->max_rel_error, err);
@@ -388,8 +393,9 @@ void Runner::Impl::Verify(PointState* ps, const Request& req, std::vector<uint16
 void Runner::Impl::Chain(PointState* ps) {
   absl::Time now = absl::Now();
   if (now >= ps->end) {
-    absl::MutexLock lock(&ps->mu);
+    std::lock_guard<std::mutex> lock(ps->mu);
     --ps->chains;
+    ps->changed.notify_all();
     return;
   }
   Send(ps, NewRequest(now, now >= ps->measure_start), [this, ps] { Chain(ps); });
@@ -399,7 +405,7 @@ void Runner::Impl::PrintProgress(PointState* ps, const std::string& label, bool 
   uint64_t sent, answers, errors;
   absl::Time now = absl::Now();
   {
-    absl::MutexLock lock(&ps->mu);
+    std::lock_guard<std::mutex> lock(ps->mu);
     sent = ps->sent + ps->warm_sent;
     answers = ps->answers + ps->warm_answers;
     errors = ps->errors + ps->warm_errors;
@@ -467,15 +473,14 @@ absl::StatusOr<PointResult> Runner::Impl::RunPoint(int64_t concurrency, double r
 
   if (rate <= 0) {
     {
-      absl::MutexLock lock(&ps.mu);
+      std::lock_guard<std::mutex> lock(ps.mu);
       ps.chains = concurrency;
     }
     for (int64_t c = 0; c < concurrency; ++c) Chain(&ps);
-    absl::MutexLock lock(&ps.mu);
-    auto drained = [&ps]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ps.mu) {
+    std::unique_lock<std::mutex> lock(ps.mu);
+    ps.changed.wait(lock, [&ps]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ps.mu) {
       return ps.chains == 0 && ps.outstanding == 0;
-    };
-    ps.mu.Await(absl::Condition(&drained));
+    });
   } else {
     std::mt19937_64 rng(config.seed + static_cast<uint64_t>(rate * 1000));
     std::exponential_distribution<double> gap(rate);
@@ -488,7 +493,7 @@ absl::StatusOr<PointResult> Runner::Impl::RunPoint(int64_t concurrency, double r
       Request req = NewRequest(t, t >= ps.measure_start);
       bool overloaded = false;
       {
-        absl::MutexLock lock(&ps.mu);
+        std::lock_guard<std::mutex> lock(ps.mu);
         if (static_cast<uint64_t>(ps.outstanding) >= config.max_outstanding) {
           overloaded = true;
           if (req.measured) {
@@ -503,14 +508,14 @@ absl::StatusOr<PointResult> Runner::Impl::RunPoint(int64_t concurrency, double r
       }
       if (!overloaded) Send(&ps, req, nullptr);
     }
-    absl::MutexLock lock(&ps.mu);
-    auto drained = [&ps]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ps.mu) { return ps.outstanding == 0; };
-    ps.mu.Await(absl::Condition(&drained));
+    std::unique_lock<std::mutex> lock(ps.mu);
+    ps.changed.wait(lock,
+                    [&ps]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ps.mu) { return ps.outstanding == 0; });
   }
   {
-    absl::MutexLock lock(&ps.mu);
-    auto verified = [&ps]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ps.mu) { return ps.verify_pending == 0; };
-    ps.mu.Await(absl::Condition(&verified));
+    std::unique_lock<std::mutex> lock(ps.mu);
+    ps.changed.wait(
+        lock, [&ps]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ps.mu) { return ps.verify_pending == 0; });
   }
   if (scraper.joinable()) scraper.join();
   if (before.has_value()) {
@@ -523,7 +528,7 @@ absl::StatusOr<PointResult> Runner::Impl::RunPoint(int64_t concurrency, double r
     PrintProgress(&ps, result.label, true);
   }
 
-  absl::MutexLock lock(&ps.mu);
+  std::lock_guard<std::mutex> lock(ps.mu);
   result.sent = ps.sent;
   result.answers = ps.answers;
   result.errors = ps.errors;

@@ -241,7 +241,7 @@ void MarlinServer::SetServing(bool serving) {
 }
 
 void MarlinServer::Shutdown() {
-  absl::MutexLock lock(&shutdown_mu_);
+  std::lock_guard<std::mutex> lock(shutdown_mu_);
   if (shut_down_) return;
   shut_down_ = true;
   const absl::Time start = absl::Now();

@@ -12,10 +12,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/auth/token_auth.h"
 #include "server/backend/backend.h"
@@ -113,7 +114,7 @@ class MarlinServer {
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   int metrics_port_ = 0;
-  absl::Mutex shutdown_mu_;
+  std::mutex shutdown_mu_;  // std::mutex so that TSan sees it (docs/reliability.md)
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
   std::atomic<bool> unhealthy_{false};
 };

@@ -29,12 +29,12 @@ const Clock* Clock::Real() {
 }
 
 absl::Time FakeClock::Now() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return now_;
 }
 
 void FakeClock::Advance(absl::Duration d) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   now_ += d;
 }
 
@@ -64,7 +64,7 @@ absl::Status Batcher::Enqueue(const std::string& key, std::shared_ptr<Item> item
   if (item->deadline() <= now) {
     return absl::DeadlineExceededError("deadline passed before the request was queued");
   }
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (closed_ || stopped_) return absl::UnavailableError("server is shutting down");
   if (queued_rows_ + rows > options_.max_queue_rows) {
     return absl::ResourceExhaustedError(absl::StrCat("batch queue full: ", queued_rows_,
@@ -77,7 +77,7 @@ absl::Status Batcher::Enqueue(const std::string& key, std::shared_ptr<Item> item
   q.rows += rows;
   queued_rows_ += rows;
   ++queued_requests_;
-  cv_.SignalAll();
+  cv_.notify_all();
   return absl::OkStatus();
 }
 
@@ -167,7 +167,7 @@ std::optional<Batch> Batcher::TryNext() {
   Aborted aborted;
   std::optional<Batch> batch;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     batch = TryNextLocked(&aborted);
   }
   RunAborts(aborted);
@@ -176,45 +176,48 @@ std::optional<Batch> Batcher::TryNext() {
 
 std::optional<Batch> Batcher::Next() {
   Aborted aborted;
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   while (true) {
     if (stopped_) break;
     std::optional<Batch> batch = TryNextLocked(&aborted);
     if (!aborted.empty()) {
-      mu_.Unlock();
+      lock.unlock();
       RunAborts(aborted);
-      mu_.Lock();
+      lock.lock();
     }
     if (batch.has_value()) return batch;
     if (stopped_ || (closed_ && queues_.empty())) break;
     const absl::Time wake = NextEventLocked();
     if (wake == absl::InfiniteFuture()) {
-      cv_.Wait(&mu_);
+      cv_.wait(lock);
     } else {
-      // The clock may be a fake one; wait for the same span of real time (at least 20 us).
-      cv_.WaitWithTimeout(&mu_, std::max(wake - clock_->Now(), absl::Microseconds(20)));
+      // The clock may be a fake one; wait for the same span of real time (at least 20 us; at most
+      // a minute, so that the steady clock's arithmetic cannot overflow). The loop re-checks.
+      const absl::Duration span =
+          std::clamp(wake - clock_->Now(), absl::Microseconds(20), absl::Minutes(1));
+      cv_.wait_for(lock, absl::ToChronoNanoseconds(span));
     }
   }
   return std::nullopt;
 }
 
 void Batcher::Close() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   closed_ = true;
-  cv_.SignalAll();
+  cv_.notify_all();
 }
 
 int64_t Batcher::AbortAll(const absl::Status& status) {
   Aborted aborted;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (auto& [key, q] : queues_) {
       for (auto& item : q.items) aborted.emplace_back(std::move(item), status);
     }
     queues_.clear();
     queued_rows_ = 0;
     queued_requests_ = 0;
-    cv_.SignalAll();
+    cv_.notify_all();
   }
   const int64_t n = static_cast<int64_t>(aborted.size());
   RunAborts(aborted);
@@ -222,28 +225,28 @@ int64_t Batcher::AbortAll(const absl::Status& status) {
 }
 
 void Batcher::Stop() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   stopped_ = true;
-  cv_.SignalAll();
+  cv_.notify_all();
 }
 
 absl::Time Batcher::NextEvent() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return NextEventLocked();
 }
 
 int64_t Batcher::queued_rows() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return queued_rows_;
 }
 
 int64_t Batcher::queued_requests() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return queued_requests_;
 }
 
 bool Batcher::closed() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return closed_;
 }
 

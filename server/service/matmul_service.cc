@@ -332,7 +332,7 @@ absl::StatusOr<std::shared_ptr<const Weight>> MatmulServiceImpl::Validate(
 
 absl::Status MatmulServiceImpl::Admit(const std::string& peer, int64_t rows) {
   {
-    absl::MutexLock lock(&idle_mu_);
+    std::lock_guard<std::mutex> lock(idle_mu_);
     const int64_t limit = options_.max_in_flight_per_connection;
     if (limit > 0) {
       int64_t& n = in_flight_by_peer_[peer];
@@ -354,8 +354,9 @@ void MatmulServiceImpl::Answered(absl::string_view weight, absl::StatusCode code
   deps_.metrics->RecordRequest(weight, code, rows);
   if (!accepted) return;
   deps_.metrics->AddInFlightRows(-rows);
-  absl::MutexLock lock(&idle_mu_);
-  --in_flight_;
+  std::lock_guard<std::mutex> lock(idle_mu_);
+  // Notified under the lock: WaitIdle's caller may destroy the service as soon as it sees 0.
+  if (--in_flight_ == 0) idle_cv_.notify_all();
   if (options_.max_in_flight_per_connection > 0) {
     auto it = in_flight_by_peer_.find(peer);
     if (it != in_flight_by_peer_.end() && --it->second <= 0) in_flight_by_peer_.erase(it);
@@ -445,33 +446,33 @@ class MatmulServiceImpl::StreamReactor
   StreamReactor(MatmulServiceImpl* service, grpc::CallbackServerContext* context)
       : service_(service), deadline_(DeadlineOf(context)), peer_(context->peer()) {
     service_->RegisterStream(this);
-    mu_.Lock();
+    mu_.lock();
     reading_ = true;
-    mu_.Unlock();
+    mu_.unlock();
     StartRead(&incoming_);
   }
 
   void OnReadDone(bool ok) override {
-    mu_.Lock();
+    mu_.lock();
     if (!ok || finished_) {
       reading_ = false;
       reads_done_ = true;
       return Execute(NextActionsLocked());
     }
     processing_ = true;  // the stream must not finish before this request is answered
-    mu_.Unlock();
+    mu_.unlock();
     auto call = std::make_shared<Call>();
     call->request = std::move(incoming_);
     incoming_.Clear();
     Process(call);
-    mu_.Lock();
+    mu_.lock();
     processing_ = false;
     reading_ = false;
     Execute(NextActionsLocked());
   }
 
   void OnWriteDone(bool ok) override {
-    mu_.Lock();
+    mu_.lock();
     writing_ = false;
     out_.pop_front();
     if (!ok) broken_ = true;
@@ -480,14 +481,14 @@ class MatmulServiceImpl::StreamReactor
 
   void OnCancel() override {
     cancelled_ = true;
-    mu_.Lock();
+    mu_.lock();
     Execute(NextActionsLocked());
   }
 
   void OnDone() override {
     service_->UnregisterStream(this);
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       done_ = true;
       if (holds_ > 0) return;  // the last holder deletes
     }
@@ -496,18 +497,18 @@ class MatmulServiceImpl::StreamReactor
 
   // Called under the service's stream registry lock: keeps the reactor alive for RequestFinish.
   void Hold() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     ++holds_;
   }
 
   // Ends the stream with UNAVAILABLE once its accepted requests are answered and written; releases
   // the Hold().
   void RequestFinish() {
-    mu_.Lock();
+    mu_.lock();
     finish_requested_ = true;
     --holds_;
     if (done_ && holds_ == 0) {
-      mu_.Unlock();
+      mu_.unlock();
       delete this;
       return;
     }
@@ -535,7 +536,7 @@ class MatmulServiceImpl::StreamReactor
           service_->deps_.store->Get(req.weight_id()) != nullptr ? req.weight_id() : "";
       service_->Answered(label, weight.status().code(), req.rows(), false);
       SetStatus(weight.status(), call->response.mutable_status());
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       out_.push_back(std::make_unique<v1::MatmulResponse>(std::move(call->response)));
       return;
     }
@@ -548,13 +549,13 @@ class MatmulServiceImpl::StreamReactor
       call->response.set_rows(0);
       call->response.set_n(0);
       SetStatus(st, call->response.mutable_status());
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       out_.push_back(std::make_unique<v1::MatmulResponse>(std::move(call->response)));
       return;
     }
     call->response.mutable_output()->resize(static_cast<size_t>(rows * n * 2));
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       ++pending_;
     }
     auto item = std::make_shared<MatmulItem>(
@@ -580,7 +581,7 @@ class MatmulServiceImpl::StreamReactor
 
   // An accepted request's answer (from an executor thread, or wherever it was aborted).
   void Deliver(std::unique_ptr<v1::MatmulResponse> response) {
-    mu_.Lock();
+    mu_.lock();
     --pending_;
     out_.push_back(std::move(response));
     Execute(NextActionsLocked());
@@ -634,22 +635,22 @@ class MatmulServiceImpl::StreamReactor
   void Execute(Actions a) ABSL_UNLOCK_FUNCTION(mu_) {
     while (true) {
       if (a.finish) {
-        mu_.Unlock();
+        mu_.unlock();
         Finish(a.status);  // OnDone may run and delete this
         return;
       }
       if (!a.read && !a.write) {
-        mu_.Unlock();
+        mu_.unlock();
         return;
       }
       ++holds_;
-      mu_.Unlock();
+      mu_.unlock();
       if (a.read) StartRead(&incoming_);
       if (a.write) StartWrite(a.write);
-      mu_.Lock();
+      mu_.lock();
       --holds_;
       if (done_ && holds_ == 0) {
-        mu_.Unlock();
+        mu_.unlock();
         delete this;
         return;
       }
@@ -663,7 +664,7 @@ class MatmulServiceImpl::StreamReactor
   std::atomic<bool> cancelled_{false};
   v1::MatmulRequest incoming_;  // the read target; one read outstanding at a time
 
-  absl::Mutex mu_;
+  std::mutex mu_;  // std::mutex, seen by TSan; no waits on it (nothing blocks in a reactor)
   std::deque<std::unique_ptr<v1::MatmulResponse>> out_ ABSL_GUARDED_BY(mu_);  // front: writing
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
@@ -686,24 +687,24 @@ grpc::ServerBidiReactor<v1::MatmulRequest, v1::MatmulResponse>* MatmulServiceImp
 }
 
 void MatmulServiceImpl::RegisterStream(StreamReactor* stream) {
-  absl::MutexLock lock(&streams_mu_);
+  std::lock_guard<std::mutex> lock(streams_mu_);
   streams_.insert(stream);
 }
 
 void MatmulServiceImpl::UnregisterStream(StreamReactor* stream) {
-  absl::MutexLock lock(&streams_mu_);
+  std::lock_guard<std::mutex> lock(streams_mu_);
   streams_.erase(stream);
 }
 
 int64_t MatmulServiceImpl::open_streams() const {
-  absl::MutexLock lock(&streams_mu_);
+  std::lock_guard<std::mutex> lock(streams_mu_);
   return static_cast<int64_t>(streams_.size());
 }
 
 void MatmulServiceImpl::FinishStreams() {
   std::vector<StreamReactor*> held;
   {
-    absl::MutexLock lock(&streams_mu_);
+    std::lock_guard<std::mutex> lock(streams_mu_);
     for (StreamReactor* s : streams_) {
       s->Hold();
       held.push_back(s);
@@ -744,26 +745,29 @@ absl::StatusOr<std::unique_ptr<MatmulServiceImpl>> MatmulServiceImpl::Create(
 
 MatmulServiceImpl::~MatmulServiceImpl() {
   {
-    absl::MutexLock lock(&upload_mu_);
+    std::lock_guard<std::mutex> lock(upload_mu_);
     upload_stop_ = true;
   }
+  upload_cv_.notify_all();
   for (std::thread& t : upload_threads_) t.join();
 }
 
 void MatmulServiceImpl::PostUpload(std::function<void()> task) {
-  absl::MutexLock lock(&upload_mu_);
-  upload_tasks_.push_back(std::move(task));
+  {
+    std::lock_guard<std::mutex> lock(upload_mu_);
+    upload_tasks_.push_back(std::move(task));
+  }
+  upload_cv_.notify_one();
 }
 
 void MatmulServiceImpl::UploadLoop() {
   while (true) {
     std::function<void()> task;
     {
-      absl::MutexLock lock(&upload_mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(upload_mu_) {
+      std::unique_lock<std::mutex> lock(upload_mu_);
+      upload_cv_.wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(upload_mu_) {
         return upload_stop_ || !upload_tasks_.empty();
-      };
-      upload_mu_.Await(absl::Condition(&ready));
+      });
       if (upload_tasks_.empty()) return;  // stopping and nothing left
       task = std::move(upload_tasks_.front());
       upload_tasks_.pop_front();
@@ -775,13 +779,17 @@ void MatmulServiceImpl::UploadLoop() {
 void MatmulServiceImpl::StartDrain() { draining_ = true; }
 
 bool MatmulServiceImpl::WaitIdle(absl::Time deadline) {
-  absl::MutexLock lock(&idle_mu_);
+  std::unique_lock<std::mutex> lock(idle_mu_);
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(idle_mu_) { return in_flight_ == 0; };
-  return idle_mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
+  if (deadline == absl::InfiniteFuture()) {
+    idle_cv_.wait(lock, idle);
+    return true;
+  }
+  return idle_cv_.wait_until(lock, absl::ToChronoTime(deadline), idle);
 }
 
 int64_t MatmulServiceImpl::in_flight_requests() const {
-  absl::MutexLock lock(&idle_mu_);
+  std::lock_guard<std::mutex> lock(idle_mu_);
   return in_flight_;
 }
 

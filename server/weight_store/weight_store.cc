@@ -25,19 +25,19 @@ absl::Status ValidateWeightId(absl::string_view id) {
 }
 
 bool MemoryLedger::TryAdd(uint64_t bytes, uint64_t limit) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (used_ + bytes > limit) return false;
   used_ += bytes;
   return true;
 }
 
 void MemoryLedger::Release(uint64_t bytes) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   used_ -= std::min(bytes, used_);
 }
 
 uint64_t MemoryLedger::used() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return used_;
 }
 
@@ -79,7 +79,7 @@ absl::StatusOr<WeightStore::Reservation> WeightStore::Reserve(absl::string_view 
                      " device bytes, over --max-weight-bytes=", options_.max_weight_bytes));
   }
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     const bool exists = weights_.find(id) != weights_.end();
     if (exists && !replace) {
       return absl::AlreadyExistsError(
@@ -118,7 +118,7 @@ absl::StatusOr<std::shared_ptr<const Weight>> WeightStore::Publish(
     return absl::InvalidArgumentError("reservation belongs to another store");
   }
   std::shared_ptr<const Weight> replaced;  // destroyed outside the lock
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = weights_.find(id);
   if (it != weights_.end() && !replace) {
     return absl::AlreadyExistsError(
@@ -143,14 +143,14 @@ absl::StatusOr<std::shared_ptr<const Weight>> WeightStore::Publish(
 }
 
 std::shared_ptr<const Weight> WeightStore::Get(absl::string_view id) const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = weights_.find(id);
   return it == weights_.end() ? nullptr : it->second;
 }
 
 absl::Status WeightStore::Delete(absl::string_view id) {
   std::shared_ptr<const Weight> removed;  // destroyed outside the lock
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = weights_.find(id);
   if (it == weights_.end()) {
     return absl::NotFoundError(absl::StrCat("no weight '", id, "'"));
@@ -161,7 +161,7 @@ absl::Status WeightStore::Delete(absl::string_view id) {
 }
 
 std::vector<std::shared_ptr<const Weight>> WeightStore::List() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::shared_ptr<const Weight>> out;
   out.reserve(weights_.size());
   for (const auto& [id, w] : weights_) out.push_back(w);
@@ -171,7 +171,7 @@ std::vector<std::shared_ptr<const Weight>> WeightStore::List() const {
 uint64_t WeightStore::accounted_bytes() const { return ledger_->used(); }
 
 size_t WeightStore::size() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return weights_.size();
 }
 

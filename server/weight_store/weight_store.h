@@ -18,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -25,7 +26,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/backend/backend.h"
 
@@ -46,7 +46,7 @@ class MemoryLedger {
   uint64_t used() const;
 
  private:
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;  // std::mutex so that TSan sees it (docs/reliability.md)
   uint64_t used_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
@@ -149,7 +149,7 @@ class WeightStore {
 
   const Options options_;
   const std::shared_ptr<MemoryLedger> ledger_;
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;  // std::mutex so that TSan sees it (docs/reliability.md)
   std::map<std::string, std::shared_ptr<const Weight>, std::less<>> weights_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t, std::less<>> versions_ ABSL_GUARDED_BY(mu_);  // last per id
 };

@@ -10,13 +10,16 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <map>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -67,6 +70,31 @@ uint32_t Crc(const std::string& data) {
                                      reinterpret_cast<const Bytef*>(data.data()),
                                      static_cast<uInt>(data.size())));
 }
+
+// A bound on the requests in flight on one stream: its writer Acquires before each write, its
+// reader Releases on each answer. std::mutex so that TSan sees the synchronization.
+class Window {
+ public:
+  explicit Window(int size) : size_(size) {}
+  // Waits at most `timeout` for room; false when none came.
+  bool Acquire(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!room_.wait_for(lock, timeout, [this] { return in_flight_ < size_; })) return false;
+    ++in_flight_;
+    return true;
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    --in_flight_;
+    room_.notify_one();
+  }
+
+ private:
+  const int size_;
+  std::mutex mu_;
+  std::condition_variable room_;
+  int in_flight_ = 0;  // guarded by mu_
+};
 
 std::vector<uint16_t> RandomHalves(size_t count, float scale, std::mt19937& rng) {
   std::uniform_real_distribution<float> d(-scale, scale);
@@ -457,20 +485,13 @@ TEST_F(E2eTest, SixtyFourStreamsOfTwoHundredRequestsAreExactAndBatched) {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
       auto stream = stub_->MatmulStream(&ctx);
-      // At most kWindow requests in flight per stream: 64 x 8 x 8 rows stay within the queue
+      // At most 8 requests in flight per stream: 64 x 8 x 8 rows stay within the queue
       // bound (--max-queue-rows); a client that sends more is refused RESOURCE_EXHAUSTED.
-      constexpr int kWindow = 8;
-      absl::Mutex mu;
-      int in_flight = 0;
+      Window window(8);
       std::thread writer([&] {
         for (const auto& r : reqs) {
-          {
-            absl::MutexLock lock(&mu);
-            mu.Await(absl::Condition(
-                +[](int* n) { return *n < kWindow; }, &in_flight));
-            ++in_flight;
-          }
-          if (!stream->Write(r)) break;
+          // Past the call's deadline the stream is over anyway.
+          if (!window.Acquire(std::chrono::seconds(60)) || !stream->Write(r)) break;
         }
         stream->WritesDone();
       });
@@ -478,10 +499,7 @@ TEST_F(E2eTest, SixtyFourStreamsOfTwoHundredRequestsAreExactAndBatched) {
       v1::MatmulResponse resp;
       int got = 0;
       while (stream->Read(&resp)) {
-        {
-          absl::MutexLock lock(&mu);
-          --in_flight;
-        }
+        window.Release();
         const uint64_t id = resp.request_id();
         const int i = static_cast<int>(id & 0xffffffff);
         if ((id >> 32) != static_cast<uint64_t>(s) || i >= kPerStream || seen[i] ||
@@ -814,19 +832,10 @@ TEST_F(E2eTest, ShutdownUnderLoadAnswersEveryAcceptedRequest) {
       auto stream = stub_->MatmulStream(&ctx);
       // A window of 16 requests per stream keeps 16 x 16 x 8 rows under --max-queue-rows, so
       // every refusal seen here can only come from the drain.
-      absl::Mutex mu;
-      int in_flight = 0;
+      Window window(16);
       std::thread writer([&] {
         for (uint64_t i = 0; !stop.load(); ++i) {
-          {
-            absl::MutexLock lock(&mu);
-            if (!mu.AwaitWithTimeout(absl::Condition(
-                                         +[](int* n) { return *n < 16; }, &in_flight),
-                                     absl::Milliseconds(100))) {
-              continue;  // re-check stop
-            }
-            ++in_flight;
-          }
+          if (!window.Acquire(std::chrono::milliseconds(100))) continue;  // re-check stop
           const int64_t rows = 1 + rng() % 8;
           if (!stream->Write(Request("load", rows, RandomRows(rows, 256, rng), i))) break;
         }
@@ -834,10 +843,7 @@ TEST_F(E2eTest, ShutdownUnderLoadAnswersEveryAcceptedRequest) {
       });
       v1::MatmulResponse resp;
       while (stream->Read(&resp)) {
-        {
-          absl::MutexLock lock(&mu);
-          --in_flight;
-        }
+        window.Release();
         ++responses;
         const int code = resp.status().code();
         if (code == 0) {
