@@ -24,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "kernels/bench/random_fill.h"
 #include "kernels/cuda/cuda_resources.h"
+#include "kernels/cuda/gemm_dispatch.h"
 #include "kernels/cuda/marlin_gemm.h"
 #include "nlohmann/json.hpp"
 
@@ -130,8 +131,23 @@ double TimePerCallUs(cudaStream_t stream, int calls, int replays,
 struct Row {
   std::string model, layer;
   int64_t k, n, m;
-  double cublas_us, marlin_us, ideal_us, compute_floor_us;
+  double cublas_us;
+  std::vector<double> path_us;  // one per timed path, in --paths order
+  double ideal_us, compute_floor_us;
+  double best_us() const { return *std::min_element(path_us.begin(), path_us.end()); }
 };
+
+// Parses --paths: kernel paths to time (each forced through the dispatch hook), or "auto".
+std::vector<cuda::GemmPath> ParsePaths(const std::string& list) {
+  std::vector<cuda::GemmPath> paths;
+  for (absl::string_view name : absl::StrSplit(list, ',')) {
+    for (cuda::GemmPath p :
+         {cuda::GemmPath::kAuto, cuda::GemmPath::kAmpere, cuda::GemmPath::kHopper}) {
+      if (name == cuda::GemmPathName(p)) paths.push_back(p);
+    }
+  }
+  return paths;
+}
 
 int Main(int argc, char** argv) {
   CLI::App app{"marlin-bench: FP16 x INT4 kernel vs cuBLAS FP16"};
@@ -150,7 +166,15 @@ int Main(int argc, char** argv) {
   app.add_option("--profile-layer", profile_layer,
                  "only launch the kernel 3 times on this layer, outside graphs (for ncu)");
   app.add_option("--profile-m", profile_m, "rows for --profile-layer");
+  std::string path_list = "auto";
+  app.add_option("--paths", path_list,
+                 "kernel paths to time side by side: auto (the dispatch table), ampere, hopper");
   CLI11_PARSE(app, argc, argv);
+  const std::vector<cuda::GemmPath> paths = ParsePaths(path_list);
+  if (paths.empty()) {
+    std::fprintf(stderr, "marlin-bench: --paths takes auto, ampere, hopper\n");
+    return 2;
+  }
   std::vector<int64_t> ms;
   for (absl::string_view s : absl::StrSplit(m_list, ',')) ms.push_back(std::stoll(std::string(s)));
   std::vector<std::string> wanted = absl::StrSplit(models, ',');
@@ -201,6 +225,7 @@ int Main(int argc, char** argv) {
       BENCH_CHECK(
           FillRandomUniform(sc.as<__half>(), sc.size() / 2, 0.001f, 0.01f, 8, stream.get()));
       BENCH_CHECK(FillRandomNormal(x.as<__half>(), x.size() / 2, 1.f, 9, stream.get()));
+      cuda::ForceGemmPathForTesting(paths.front());
       for (int i = 0; i < 3; ++i) {
         BENCH_CHECK(cuda::Gemm(x.as<__half>(), profile_m, {q.get(), sc.as<__half>(), shape},
                                y.as<__half>(), workspace, stream.get()));
@@ -248,10 +273,15 @@ int Main(int argc, char** argv) {
 
     for (int64_t m : ms) {
       const int marlin_calls = std::max(min_calls, int4_copies);
-      const double marlin_us = TimePerCallUs(stream.get(), marlin_calls, replays, [&](int i) {
-        return cuda::Gemm(x.as<__half>(), m, weights[i % int4_copies], y.as<__half>(), workspace,
-                          stream.get());
-      });
+      std::vector<double> path_us;
+      for (cuda::GemmPath path : paths) {
+        cuda::ForceGemmPathForTesting(path);
+        path_us.push_back(TimePerCallUs(stream.get(), marlin_calls, replays, [&](int i) {
+          return cuda::Gemm(x.as<__half>(), m, weights[i % int4_copies], y.as<__half>(), workspace,
+                            stream.get());
+        }));
+      }
+      cuda::ForceGemmPathForTesting(cuda::GemmPath::kAuto);
       const int cublas_calls = std::max(min_calls, fp16_copies);
       const double cublas_us = TimePerCallUs(stream.get(), cublas_calls, replays, [&](int i) {
         return cublas->Gemm(x.as<__half>(), fweights[i % fp16_copies].as<__half>(), y.as<__half>(),
@@ -260,61 +290,74 @@ int Main(int argc, char** argv) {
       const double bytes = q_bytes + s_bytes + m * layer.k * 2.0 + m * layer.n * 2.0;
       const double ideal_us = bytes / bandwidth * 1e6;
       const double compute_us = 2.0 * m * layer.k * layer.n / (tflops * 1e12) * 1e6;
-      rows.push_back({layer.model, layer.name, layer.k, layer.n, m, cublas_us, marlin_us, ideal_us,
-                      compute_us});
+      rows.push_back(
+          {layer.model, layer.name, layer.k, layer.n, m, cublas_us, path_us, ideal_us, compute_us});
     }
   }
 
-  std::printf("## Every layer\n\n");
+  std::string path_heads, path_rule;
+  for (cuda::GemmPath path : paths) {
+    absl::StrAppend(&path_heads, " ", cuda::GemmPathName(path), " us | ", cuda::GemmPathName(path),
+                    " speedup |");
+    path_rule += "---|---|";
+  }
+  std::printf("## Every layer (speedup = cuBLAS FP16 / path; floor = best path)\n\n");
   std::printf(
-      "| layer | K | N | M | cuBLAS FP16 us | ideal INT4 us | marlin-serve us | speedup | "
-      "%% of memory floor |\n|---|---|---|---|---|---|---|---|---|\n");
+      "| layer | K | N | M | cuBLAS FP16 us | ideal INT4 us |%s %% of memory floor |\n"
+      "|---|---|---|---|---|---|%s---|\n",
+      path_heads.c_str(), path_rule.c_str());
   for (const Row& r : rows) {
-    std::printf("| %s | %ld | %ld | %ld | %.1f | %.1f | %.1f | %.2f | %.0f%% |\n", r.layer.c_str(),
-                r.k, r.n, r.m, r.cublas_us, r.ideal_us, r.marlin_us, r.cublas_us / r.marlin_us,
-                100.0 * r.ideal_us / r.marlin_us);
+    std::printf("| %s | %ld | %ld | %ld | %.1f | %.1f |", r.layer.c_str(), r.k, r.n, r.m,
+                r.cublas_us, r.ideal_us);
+    for (double us : r.path_us) std::printf(" %.1f | %.2f |", us, r.cublas_us / us);
+    std::printf(" %.0f%% |\n", 100.0 * r.ideal_us / r.best_us());
   }
   std::printf("\n## Per model (sum over the layers of one block)\n\n");
-  std::printf(
-      "| model | M | cuBLAS FP16 us | marlin-serve us | speedup | ideal speedup |\n"
-      "|---|---|---|---|---|---|\n");
+  std::printf("| model | M | cuBLAS FP16 us |%s ideal speedup |\n|---|---|---|%s---|\n",
+              path_heads.c_str(), path_rule.c_str());
   nlohmann::json json;
   json["device"] = prop.name;
   json["copy_bandwidth_tbps"] = bandwidth / 1e12;
   json["cublas_fp16_tflops"] = tflops;
+  for (cuda::GemmPath path : paths) json["paths"].push_back(cuda::GemmPathName(path));
   for (const std::string model : {"L8B", "L70B", "big"}) {
     for (int64_t m : ms) {
-      double cub = 0, mar = 0, floor = 0;
+      double cub = 0, floor = 0;
+      std::vector<double> sums(paths.size(), 0.0);
       bool any = false;
       for (const Row& r : rows) {
         if (r.model != model || r.m != m) continue;
         any = true;
         cub += r.cublas_us;
-        mar += r.marlin_us;
+        for (size_t i = 0; i < paths.size(); ++i) sums[i] += r.path_us[i];
         floor += std::max(r.ideal_us, r.compute_floor_us);
       }
       if (!any) continue;
-      std::printf("| %s | %ld | %.0f | %.0f | %.2f | %.2f |\n", model.c_str(), m, cub, mar,
-                  cub / mar, cub / floor);
-      json["models"].push_back({{"model", model},
-                                {"m", m},
-                                {"cublas_us", cub},
-                                {"marlin_us", mar},
-                                {"speedup", cub / mar},
-                                {"ideal_speedup", cub / floor}});
+      std::printf("| %s | %ld | %.0f |", model.c_str(), m, cub);
+      nlohmann::json entry = {{"model", model}, {"m", m}, {"cublas_us", cub}};
+      for (size_t i = 0; i < paths.size(); ++i) {
+        std::printf(" %.0f | %.2f |", sums[i], cub / sums[i]);
+        entry[std::string(cuda::GemmPathName(paths[i])) + "_us"] = sums[i];
+        entry[std::string(cuda::GemmPathName(paths[i])) + "_speedup"] = cub / sums[i];
+      }
+      std::printf(" %.2f |\n", cub / floor);
+      entry["ideal_speedup"] = cub / floor;
+      json["models"].push_back(entry);
     }
   }
   for (const Row& r : rows) {
-    json["layers"].push_back({{"layer", r.layer},
-                              {"k", r.k},
-                              {"n", r.n},
-                              {"m", r.m},
-                              {"cublas_us", r.cublas_us},
-                              {"marlin_us", r.marlin_us},
-                              {"ideal_us", r.ideal_us},
-                              {"compute_floor_us", r.compute_floor_us},
-                              {"speedup", r.cublas_us / r.marlin_us},
-                              {"memory_floor_fraction", r.ideal_us / r.marlin_us}});
+    nlohmann::json entry = {{"layer", r.layer},
+                            {"k", r.k},
+                            {"n", r.n},
+                            {"m", r.m},
+                            {"cublas_us", r.cublas_us},
+                            {"ideal_us", r.ideal_us},
+                            {"compute_floor_us", r.compute_floor_us},
+                            {"memory_floor_fraction", r.ideal_us / r.best_us()}};
+    for (size_t i = 0; i < paths.size(); ++i) {
+      entry[std::string(cuda::GemmPathName(paths[i])) + "_us"] = r.path_us[i];
+    }
+    json["layers"].push_back(entry);
   }
   if (!json_path.empty()) std::ofstream(json_path) << json.dump(2) << "\n";
   return 0;

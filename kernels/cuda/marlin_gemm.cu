@@ -3,8 +3,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/gemm_dispatch.h"
+#include "kernels/cuda/hopper_gemm.h"
 #include "kernels/cuda/marlin_kernel.cuh"
 
 namespace marlin::cuda {
@@ -27,17 +30,39 @@ template <int kMTiles>
 using LargeBatchConfig = TileConfig<kMTiles, /*kBlockNTiles=*/4, /*kWarpSubtiles=*/4,
                                     /*kWarpsK=*/1, /*kStageKTiles=*/8, /*kStages=*/3>;
 
-// Rows one kernel pass multiplies; larger batches run as several passes.
+// Rows one Ampere-path pass multiplies; larger batches run as several passes.
 constexpr int64_t kMaxPassRows = 128;
 // Counters live at the head of the workspace, partial slots after them.
 constexpr size_t kCounterBytes = 4096;
 
 // Partial sums per SM: two slots for each resident block (a block splits at most its first and its
-// last slice); the tallest configuration, 128 rows x 256 columns with one block, needs the most.
+// last slice); the tallest Ampere configuration, 128 rows x 256 columns with one block, needs the
+// most, as many as the Hopper path's 256 x 128.
 constexpr size_t kMaxSlotFloatsPerSm = 2 * 128 * 256;
 
 size_t WorkspaceBytes(int sm_count) {
   return kCounterBytes + size_t{1} * sm_count * kMaxSlotFloatsPerSm * sizeof(float);
+}
+
+// Device compute capability as major * 10 + minor.
+absl::StatusOr<int> ComputeCapability(int device) {
+  int major = 0, minor = 0;
+  MARLIN_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  MARLIN_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return major * 10 + minor;
+}
+
+// The path this call takes: the forced one (tests, benchmark) or the dispatch table's.
+absl::StatusOr<GemmPath> PathFor(int sm, int64_t m, int64_t k, int64_t n) {
+  const GemmPath forced = ForcedGemmPath();
+  if (forced == GemmPath::kAuto) return ChooseGemmPath(sm, m, k, n);
+  if (!GemmPathAvailable(forced, sm)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "Gemm: the ", GemmPathName(forced), " path does not run on sm_", sm, " in this build"));
+  }
+  return forced;
 }
 
 template <typename C>
@@ -94,6 +119,12 @@ absl::StatusOr<GemmWorkspace> GemmWorkspace::Create(int device) {
   int sm_count = 0;
   MARLIN_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  absl::StatusOr<int> sm = ComputeCapability(device);
+  if (!sm.ok()) return sm.status();
+  if (*sm < 80) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device ", device, " is sm_", *sm, "; the kernels need sm_80 or later"));
+  }
   if (sm_count * 2 * sizeof(int) > kCounterBytes) {
     return absl::InternalError(absl::StrCat("device has ", sm_count, " SMs; workspace holds ",
                                             kCounterBytes / sizeof(int), " counters"));
@@ -101,7 +132,7 @@ absl::StatusOr<GemmWorkspace> GemmWorkspace::Create(int device) {
   absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Create(WorkspaceBytes(sm_count));
   if (!buffer.ok()) return buffer.status();
   MARLIN_CUDA_RETURN_IF_ERROR(cudaMemset(buffer->get(), 0, kCounterBytes));
-  return GemmWorkspace(*std::move(buffer), sm_count);
+  return GemmWorkspace(*std::move(buffer), sm_count, *sm);
 }
 
 absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
@@ -137,11 +168,18 @@ absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
   p.n_tiles = static_cast<int>(n / kTileN);
   p.counters = static_cast<int*>(workspace.get());
   p.partials = reinterpret_cast<float*>(static_cast<char*>(workspace.get()) + kCounterBytes);
-  for (int64_t row0 = 0; row0 < m; row0 += kMaxPassRows) {
+  absl::StatusOr<GemmPath> path = PathFor(workspace.compute_capability(), m, k, n);
+  if (!path.ok()) return path.status();
+  const int64_t pass_rows = *path == GemmPath::kHopper ? hopper::kMaxPassRows : kMaxPassRows;
+  for (int64_t row0 = 0; row0 < m; row0 += pass_rows) {
     p.x = x + row0 * k;
     p.y = y + row0 * n;
-    p.m_rows = static_cast<int>(std::min(kMaxPassRows, m - row0));
-    if (absl::Status s = LaunchRows(p, workspace.sm_count(), stream); !s.ok()) return s;
+    p.m_rows = static_cast<int>(std::min(pass_rows, m - row0));
+    const absl::Status s = *path == GemmPath::kHopper
+                               ? hopper::LaunchPass(p.x, p.m_rows, w, p.y, p.counters, p.partials,
+                                                    workspace.sm_count(), stream)
+                               : LaunchRows(p, workspace.sm_count(), stream);
+    if (!s.ok()) return s;
   }
   return absl::OkStatus();
 }

@@ -40,16 +40,20 @@ class GemmWorkspace {
   void* get() const { return buffer_.get(); }
   size_t size() const { return buffer_.size(); }
   int sm_count() const { return sm_count_; }
+  int compute_capability() const { return compute_capability_; }
 
  private:
-  GemmWorkspace(DeviceBuffer buffer, int sm_count)
-      : buffer_(std::move(buffer)), sm_count_(sm_count) {}
+  GemmWorkspace(DeviceBuffer buffer, int sm_count, int compute_capability)
+      : buffer_(std::move(buffer)), sm_count_(sm_count), compute_capability_(compute_capability) {}
   DeviceBuffer buffer_;
-  int sm_count_ = 0;  // the blocks one launch spreads over
+  int sm_count_ = 0;            // the blocks one launch spreads over
+  int compute_capability_ = 0;  // major * 10 + minor: picks the kernel path
 };
 
 // Enqueues y = x . dequant(w) on `stream`. Fails (without launching) with InvalidArgument when the
 // shape is not one the format accepts or m < 1, and with an InternalError on a launch failure.
+// On sm_90 the Hopper path (TMA + wgmma) or the Ampere path (mma.sync) runs, as gemm_dispatch.h's
+// measured table says; elsewhere the Ampere path.
 absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
                   const GemmWorkspace& workspace, cudaStream_t stream);
 

@@ -1,5 +1,7 @@
-// GPU tests of the FP16 x INT4 kernel against a float64 reference (ctest label `gpu`).
-// Without a CUDA device every test skips. Fresh random data each run; the seed is printed on
+// GPU tests of the FP16 x INT4 kernels against a float64 reference (ctest label `gpu`). Every
+// test runs once per kernel path, forced through gemm_dispatch.h's test hook: the Ampere path
+// (sm_80 and later) and the Hopper path (sm_90a only; skipped elsewhere). Without a CUDA device
+// every test skips. Fresh random data each run; the seed is printed on
 // failure. Tolerance: the kernel rounds each dequantized weight to FP16 exactly as the reference
 // does, accumulates in FP32 (error ~ sqrt(K) * 2^-24 relative, negligible) and rounds the output to
 // FP16 (at most 2^-11 relative per element, about 2^-11 / sqrt(3) in RMS), so a relative Frobenius
@@ -18,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_resources.h"
+#include "kernels/cuda/gemm_dispatch.h"
 #include "kernels/format/weight_format.h"
 
 namespace marlin::cuda {
@@ -87,15 +90,21 @@ DeviceWeightCopy Upload(const PackedWeight& packed) {
   return d;
 }
 
-class MarlinGemmTest : public ::testing::Test {
+class MarlinGemmTest : public ::testing::TestWithParam<GemmPath> {
  protected:
   void SetUp() override {
     if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
     seed_ = std::random_device{}();
     rng_.seed(seed_);
     workspace_ = std::make_unique<GemmWorkspace>(ValueOrDie(GemmWorkspace::Create(0)));
+    if (!GemmPathAvailable(GetParam(), workspace_->compute_capability())) {
+      GTEST_SKIP() << GemmPathName(GetParam()) << " path not available on sm_"
+                   << workspace_->compute_capability();
+    }
+    ForceGemmPathForTesting(GetParam());
     stream_ = ValueOrDie(Stream::Create());
   }
+  void TearDown() override { ForceGemmPathForTesting(GemmPath::kAuto); }
 
   // Runs the kernel on fresh x (m rows) and returns the FP16 output bits (poisoned beforehand).
   std::vector<uint16_t> RunOnDevice(const DeviceWeight& w, const std::vector<uint16_t>& x,
@@ -173,15 +182,15 @@ const std::vector<int64_t> kAllRowCounts = {1,  2,  3,  4,  5,   6,   7,   8,   
                                             11, 12, 13, 14, 15,  16,  17,  31,  32,  33,
                                             48, 63, 64, 65, 100, 127, 128, 129, 256, 1000};
 
-TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_SmallShape_Group128_AllRowCounts_Sm80Plus) {
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SmallShape_Group128_AllRowCounts) {
   for (int64_t m : kAllRowCounts) CheckShape(m, 128, 256, 128);
 }
 
-TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_SmallShape_PerChannel_AllRowCounts_Sm80Plus) {
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SmallShape_PerChannel_AllRowCounts) {
   for (int64_t m : kAllRowCounts) CheckShape(m, 128, 256, kPerChannel);
 }
 
-TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_OddTileCounts_Sm80Plus) {
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_OddTileCounts) {
   // K not a multiple of a pipeline stage (per-channel), N not a multiple of a block's slice.
   for (int64_t m : {1, 17, 40, 64}) {
     CheckShape(m, 80, 64, kPerChannel);
@@ -192,14 +201,14 @@ TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_OddTileCounts_Sm80Plus) {
 }
 
 // Small enough for compute-sanitizer memcheck/racecheck (scripts/device-kernel-check.sh runs it).
-TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape_Sm80Plus) {
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape) {
   for (int64_t m : {5, 20, 40, 64}) {
     CheckShape(m, 512, 192, 128);
     CheckShape(m, 272, 128, kPerChannel);
   }
 }
 
-TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_MediumShapes_SplitSlices_Sm80Plus) {
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_MediumShapes_SplitSlices) {
   for (int64_t m : {1, 16, 33, 64, 100}) {
     CheckShape(m, 4096, 512, 128);
     CheckShape(m, 1024, 4096, kPerChannel);
@@ -216,7 +225,7 @@ const Layer kBenchmarkLayers[] = {
     {"L70B.gateup", 8192, 57344}, {"L70B.down", 28672, 8192}, {"big", 16384, 16384},
 };
 
-TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_Group128_SampledColumns_Sm80Plus) {
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_Group128_SampledColumns) {
   for (const Layer& layer : kBenchmarkLayers) {
     SCOPED_TRACE(layer.name);
     const QuantizedWeight w = RandomWeight(WeightShape{layer.k, layer.n, 128}, rng_);
@@ -236,7 +245,7 @@ TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_Group128_SampledColumns
   }
 }
 
-TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_PerChannel_SampledColumns_Sm80Plus) {
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_PerChannel_SampledColumns) {
   for (const Layer& layer : {kBenchmarkLayers[1], kBenchmarkLayers[3]}) {
     SCOPED_TRACE(layer.name);
     CheckShape(16, layer.k, layer.n, kPerChannel, /*sampled_columns=*/48);
@@ -244,7 +253,7 @@ TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_PerChannel_SampledColum
   }
 }
 
-TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_BitIdenticalAcrossRuns_Sm80Plus) {
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BitIdenticalAcrossRuns) {
   for (int64_t m : {1, 33, 64}) {
     const QuantizedWeight w = RandomWeight(WeightShape{4096, 4096, 128}, rng_);
     DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)));
@@ -257,7 +266,7 @@ TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_BitIdenticalAcrossRuns_Sm80Plus) {
   }
 }
 
-TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_GraphReplayAndTwoStreams_Sm80Plus) {
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_GraphReplayAndTwoStreams) {
   const int64_t m = 24, k = 4096, n = 2048;
   const QuantizedWeight w = RandomWeight(WeightShape{k, n, 128}, rng_);
   DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)));
@@ -296,7 +305,7 @@ TEST_F(MarlinGemmTest, Fp16Int4_RowMajor_GraphReplayAndTwoStreams_Sm80Plus) {
   EXPECT_EQ(y2, expected);
 }
 
-TEST_F(MarlinGemmTest, RefusesShapesTheFormatRejects) {
+TEST_P(MarlinGemmTest, RefusesShapesTheFormatRejects) {
   DeviceWeight w{reinterpret_cast<const void*>(256), reinterpret_cast<const __half*>(256),
                  WeightShape{100, 256, 128}};
   auto x = reinterpret_cast<const __half*>(256);
@@ -312,6 +321,13 @@ TEST_F(MarlinGemmTest, RefusesShapesTheFormatRejects) {
   EXPECT_EQ(Gemm(reinterpret_cast<const __half*>(258), 4, w, y, *workspace_, stream_.get()).code(),
             absl::StatusCode::kInvalidArgument);
 }
+
+INSTANTIATE_TEST_SUITE_P(Paths, MarlinGemmTest,
+                         ::testing::Values(GemmPath::kAmpere, GemmPath::kHopper),
+                         [](const ::testing::TestParamInfo<GemmPath>& info) {
+                           return info.param == GemmPath::kHopper ? "HopperTmaWgmma_Sm90a"
+                                                                  : "AmpereMmaSync_Sm80Plus";
+                         });
 
 }  // namespace
 }  // namespace marlin::cuda

@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/dequant.cuh"
 #include "kernels/cuda/ptx_helpers.cuh"
+#include "kernels/cuda/striped_partition.cuh"
 
 namespace marlin::cuda {
 
@@ -74,33 +75,6 @@ struct GemmParams {
   int* counters;         // one arrival counter per block index, zero between calls
   float* partials;       // 2 slots of kSlotFloats per block
 };
-
-// A (slice, stage) position, advanced without divisions in the main loop.
-struct StageCursor {
-  int slice;
-  int stage;
-  __device__ __forceinline__ StageCursor(const GemmParams& p, int iter)
-      : slice(iter / p.stages_per_slice), stage(iter % p.stages_per_slice) {}
-  __device__ __forceinline__ void Advance(const GemmParams& p) {
-    if (++stage == p.stages_per_slice) {
-      stage = 0;
-      ++slice;
-    }
-  }
-};
-
-// First iteration of block b under the even split of total_iters over grid blocks.
-__device__ __forceinline__ int BlockBegin(const GemmParams& p, int b) {
-  return static_cast<int>(static_cast<int64_t>(b) * p.total_iters / p.grid);
-}
-// The block whose range holds iteration i.
-__device__ __forceinline__ int BlockOf(const GemmParams& p, int i) {
-  return static_cast<int>((static_cast<int64_t>(i + 1) * p.grid - 1) / p.total_iters);
-}
-// Block b's partial slot for `slice`: 0 when the slice holds the block's first iteration.
-__device__ __forceinline__ int SlotOf(const GemmParams& p, int b, int slice) {
-  return 2 * b + (BlockBegin(p, b) >= slice * p.stages_per_slice ? 0 : 1);
-}
 
 // Issues the cp.async copies of one stage (weights, activations, scales) into `stage_smem`.
 // Tiles past N or K and activation rows past M are not copied at all: ComputeStage skips such
@@ -383,19 +357,13 @@ __device__ void FinishSegment(const GemmParams& p, int begin, StageCursor at, fl
     }
     __threadfence();
     __syncthreads();
-    const int first_block = BlockOf(p, slice_begin);
-    const int last_block = BlockOf(p, slice_end - 1);
-    if (threadIdx.x == 0) {
-      const int arrived = atomicAdd(&p.counters[last_block], 1);
-      *last_flag = arrived == last_block - first_block;
-      if (*last_flag) p.counters[last_block] = 0;  // everyone is in: ready for the next call
-    }
+    if (threadIdx.x == 0) *last_flag = ArriveLast(p, slice);
     __syncthreads();
     if (*last_flag) {
       __threadfence();
       if (owner) {
         ZeroAccumulators<C>(acc);
-        for (int b = first_block; b <= last_block; ++b) {
+        for (int b = BlockOf(p, slice_begin); b <= BlockOf(p, slice_end - 1); ++b) {
           const int slot = SlotOf(p, b, slice);
 #pragma unroll
           for (int r4 = 0; r4 < kGroups; ++r4) AddPartial<C>(acc, r4, __ldcg(slot_ptr(slot, r4)));

@@ -1,0 +1,66 @@
+// The dispatch table and the test hook (no GPU needed).
+#include "kernels/cuda/gemm_dispatch.h"
+
+#include "gtest/gtest.h"
+
+namespace marlin::cuda {
+namespace {
+
+TEST(GemmDispatchTest, AmperePathOnlyBelowSm90) {
+  for (int sm : {80, 86, 89}) {
+    EXPECT_FALSE(GemmPathAvailable(GemmPath::kHopper, sm)) << sm;
+    EXPECT_TRUE(GemmPathAvailable(GemmPath::kAmpere, sm)) << sm;
+    for (int64_t m : {1, 16, 64, 256, 1000}) {
+      EXPECT_EQ(ChooseGemmPath(sm, m, 8192, 8192), GemmPath::kAmpere) << sm << " " << m;
+    }
+  }
+  EXPECT_FALSE(GemmPathAvailable(GemmPath::kAmpere, 75));
+}
+
+TEST(GemmDispatchTest, NeverChoosesAutoOrAnUnavailablePath) {
+  for (int sm : {80, 90}) {
+    for (int64_t m = 1; m <= 1024; m = m * 2 + 1) {
+      const GemmPath path = ChooseGemmPath(sm, m, 4096, 4096);
+      EXPECT_NE(path, GemmPath::kAuto);
+      EXPECT_TRUE(GemmPathAvailable(path, sm)) << GemmPathName(path) << " sm_" << sm << " m=" << m;
+    }
+  }
+}
+
+#ifdef MARLIN_HAS_SM90A
+TEST(GemmDispatchTest, HopperPathAvailableOnSm90WhenBuilt) {
+  EXPECT_TRUE(GemmPathAvailable(GemmPath::kHopper, 90));
+  EXPECT_FALSE(GemmPathAvailable(GemmPath::kHopper, 100));  // sm_90a code runs on sm_90 only
+}
+
+// The measured H100 table (gemm_dispatch.cc): the Hopper path for tall batches everywhere, for
+// medium batches on large weights, for small batches on the largest and the long-K weights.
+TEST(GemmDispatchTest, Sm90TableFollowsTheH100Measurements) {
+  struct Case {
+    int64_t m, k, n;
+    GemmPath want;
+  };
+  const Case cases[] = {
+      {256, 4096, 4096, GemmPath::kHopper}, {129, 4096, 6144, GemmPath::kHopper},
+      {128, 4096, 4096, GemmPath::kAmpere}, {64, 8192, 8192, GemmPath::kHopper},
+      {17, 14336, 4096, GemmPath::kHopper}, {32, 4096, 6144, GemmPath::kAmpere},
+      {16, 8192, 57344, GemmPath::kHopper}, {1, 28672, 8192, GemmPath::kHopper},
+      {16, 14336, 4096, GemmPath::kHopper}, {16, 8192, 10240, GemmPath::kAmpere},
+      {1, 4096, 28672, GemmPath::kAmpere},  {1, 4096, 4096, GemmPath::kAmpere},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(ChooseGemmPath(90, c.m, c.k, c.n), c.want) << c.m << "x" << c.k << "x" << c.n;
+  }
+}
+#endif
+
+TEST(GemmDispatchTest, ForcedPathRoundTrips) {
+  EXPECT_EQ(ForcedGemmPath(), GemmPath::kAuto);
+  ForceGemmPathForTesting(GemmPath::kHopper);
+  EXPECT_EQ(ForcedGemmPath(), GemmPath::kHopper);
+  ForceGemmPathForTesting(GemmPath::kAuto);
+  EXPECT_EQ(ForcedGemmPath(), GemmPath::kAuto);
+}
+
+}  // namespace
+}  // namespace marlin::cuda

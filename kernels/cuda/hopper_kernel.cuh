@@ -1,0 +1,428 @@
+// The FP16 x INT4 kernel for Hopper (sm_90a): TMA into an mbarrier ring, warp specialization,
+// dequantization in registers feeding wgmma. Included only by hopper_gemm.cu.
+//
+// The product is computed transposed, y^T = W^T x^T, so the weights are wgmma's A operand (64
+// output columns x 16 k, in registers: one packed word per lane and k-tile dequantizes straight
+// into a warp's A fragment) and the activations its B operand (16 k x kBatch rows, read by the
+// tensor cores from shared memory in the 128-byte-swizzled layout TMA writes). Column slices of
+// kBlockNTiles 64-column tiles and k stages of 64 rows are split over a persistent grid exactly
+// like the Ampere kernel (striped_partition.cuh), with the same last-arriver reduction.
+//
+// A block is three warpgroups. Warpgroup 0 is the producer: one thread waits for a free ring
+// slot, then issues three TMA copies (activations, packed weights, scales) completing on the
+// slot's `full` barrier. Warpgroups 1 and 2 consume: each multiplies kWgTiles of the slice's
+// tiles for all rows, then releases the slot on its `empty` barrier. setmaxnreg moves registers
+// from the producer to the consumers, whose accumulators are kWgTiles x kBatch / 2 per thread.
+#ifndef MARLIN_KERNELS_CUDA_HOPPER_KERNEL_CUH_
+#define MARLIN_KERNELS_CUDA_HOPPER_KERNEL_CUH_
+
+#include <cuda.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/dequant.cuh"
+#include "kernels/cuda/hopper_ptx.cuh"
+#include "kernels/cuda/ptx_helpers.cuh"
+#include "kernels/cuda/striped_partition.cuh"
+#include "kernels/cuda/wgmma_ops.cuh"
+
+namespace marlin::cuda::hopper {
+
+inline constexpr int kWarpgroupThreads = 128;
+inline constexpr int kConsumers = 2;  // consumer warpgroups per block
+inline constexpr int kThreads = kWarpgroupThreads * (1 + kConsumers);
+inline constexpr int kConsumerThreads = kWarpgroupThreads * kConsumers;
+inline constexpr int kStageKTiles = 4;  // 64 k rows a stage: one 128-byte row of activations
+inline constexpr int kGroupKTiles = 8;  // 128-row scale groups
+// Register budgets after setmaxnreg: 128 x 40 + 256 x 232 fits the 64 K register file.
+inline constexpr int kProducerRegisters = 40;
+inline constexpr int kConsumerRegisters = 232;
+// Dynamic shared memory a block may use on sm_90, less the 1 KB the ring's alignment may cost.
+inline constexpr int kRingBudgetBytes = 227 * 1024 - 1024;
+inline constexpr int kMaxStages = 12;
+inline constexpr int kConsumerBarrier = 1;  // named barrier id among the consumer warpgroups
+
+constexpr int RoundUp(int v, int to) { return (v + to - 1) / to * to; }
+
+template <int kBatch_, int kWgTiles_>
+struct HopperConfig {
+  static constexpr int kBatch = kBatch_;      // activation rows per pass (wgmma N), zero-padded
+  static constexpr int kWgTiles = kWgTiles_;  // 64-column tiles per consumer warpgroup
+  static constexpr int kBlockNTiles = kWgTiles * kConsumers;  // 64-column tiles per slice
+  static constexpr int kXBytes = kBatch * 128;                // kBatch rows x 64 k values
+  static constexpr int kWBytes = kStageKTiles * kBlockNTiles * 512;
+  static constexpr int kSBytes = kBlockNTiles * 64 * 2;
+  static constexpr int kStageBytes = RoundUp(kXBytes + kWBytes + kSBytes, 1024);
+  static constexpr int kStages =
+      kRingBudgetBytes / kStageBytes < kMaxStages ? kRingBudgetBytes / kStageBytes : kMaxStages;
+  static constexpr int kSmemBytes = kStages * kStageBytes + 1024;
+  static constexpr int kTxBytes = kXBytes + kWBytes + kSBytes;  // what one stage's copies bring
+  static constexpr int kAccFloats = kBatch / 2;                 // per tile, per thread
+  static constexpr int kSlotFloats = kBlockNTiles * 64 * kBatch;
+  static_assert(kXBytes % 1024 == 0, "swizzle atoms must stay 1024-byte aligned");
+  static_assert(kStages >= 3, "the ring needs depth");
+  static_assert(kAccFloats % 4 == 0, "partials move as float4");
+};
+
+struct HopperParams {
+  __half* y;   // m_rows x n output of this pass
+  int m_rows;  // rows of this pass, <= kBatch
+  int n;
+  int k_tiles;  // k / 16
+  int n_tiles;  // n / 64
+  bool per_channel;
+  int stages_per_slice;  // ceil(k_tiles / kStageKTiles)
+  int total_iters;       // slices * stages_per_slice
+  int grid;              // blocks launched
+  int* counters;         // one arrival counter per block index, zero between calls
+  float* partials;       // 2 slots of kSlotFloats per block
+};
+
+// The tensor maps of one pass: activations (FP16, {k, rows}, box {64, kBatch}, 128-byte swizzle),
+// packed weights (8-byte words, {64, n_tiles, k_tiles}, box {64, kBlockNTiles, kStageKTiles}) and
+// scales (FP16, {n, groups}, box {kBlockNTiles * 64, 1}).
+struct HopperMaps {
+  CUtensorMap x;
+  CUtensorMap w;
+  CUtensorMap s;
+};
+
+// Ring slot addresses.
+template <typename C>
+struct StageSmem {
+  uint32_t x, w, s;
+  __device__ __forceinline__ StageSmem(uint32_t ring, int slot)
+      : x(ring + slot * C::kStageBytes), w(x + C::kXBytes), s(w + C::kWBytes) {}
+};
+
+// Warpgroup 0, one thread: fills the ring for iterations [begin, end).
+template <typename C>
+__device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const HopperParams& p,
+                                              int begin, int end, uint32_t ring, uint32_t full,
+                                              uint32_t empty) {
+  StageCursor at(p, begin);
+  int slot = 0;
+  uint32_t phase = 0;
+  for (int iter = begin; iter < end; ++iter) {
+    ptx::BarrierWait(empty + 8 * slot, phase ^ 1);
+    const StageSmem<C> smem(ring, slot);
+    const uint32_t bar = full + 8 * slot;
+    const int k_tile0 = at.stage * kStageKTiles;
+    const int n_tile0 = at.slice * C::kBlockNTiles;
+    ptx::BarrierArriveExpectBytes(bar, C::kTxBytes);
+    ptx::TensorLoad2d(smem.x, &maps.x, k_tile0 * 16, 0, bar);
+    ptx::TensorLoad3d(smem.w, &maps.w, 0, n_tile0, k_tile0, bar);
+    ptx::TensorLoad2d(smem.s, &maps.s, n_tile0 * 64, p.per_channel ? 0 : k_tile0 / kGroupKTiles,
+                      bar);
+    at.Advance(p);
+    if (++slot == C::kStages) {
+      slot = 0;
+      phase ^= 1;
+    }
+  }
+}
+
+// A consumer thread's place: warpgroup, warp within it, lane.
+struct ConsumerRole {
+  int thread;  // 0 .. kConsumerThreads-1
+  int group;   // consumer warpgroup
+  int warp;    // warp within the warpgroup: its 16 A rows are columns 16 warp .. 16 warp + 15
+  int lane;
+  __device__ __forceinline__ explicit ConsumerRole(int consumer_thread)
+      : thread(consumer_thread),
+        group(thread / kWarpgroupThreads),
+        warp((thread / 32) % 4),
+        lane(thread % 32) {}
+};
+
+template <typename C>
+using HopperAccumulators = float[C::kWgTiles][C::kAccFloats];
+
+template <typename C>
+__device__ __forceinline__ void ZeroAccumulators(HopperAccumulators<C>& acc) {
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+    for (int i = 0; i < C::kAccFloats; ++i) acc[j][i] = 0.f;
+}
+
+// Keeps the compiler from moving accumulator reads or writes across a wgmma fence or wait.
+template <typename C>
+__device__ __forceinline__ void PinAccumulators(HopperAccumulators<C>& acc) {
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+    for (int i = 0; i < C::kAccFloats; ++i) ptx::PinRegister(acc[j][i]);
+}
+
+// The A fragment of one k-tile for this warp's 16 columns of a tile: the lane's packed word
+// `warp` dequantized, scaled per column (sub-tiles 2 warp and 2 warp + 1), in mma A order.
+__device__ __forceinline__ void DequantizeAFragment(uint32_t word, uint32_t scale_pair,
+                                                    uint32_t (&a)[4]) {
+  FragmentPair f = DequantizeWord(word);
+  const half2 scales = BitsToHalf2(scale_pair);
+  ScaleFragment(f.a, __low2half(scales));
+  ScaleFragment(f.b, __high2half(scales));
+  a[0] = *reinterpret_cast<const uint32_t*>(&f.a[0]);  // rows g, k 2t..2t+1
+  a[1] = *reinterpret_cast<const uint32_t*>(&f.b[0]);  // rows g + 8
+  a[2] = *reinterpret_cast<const uint32_t*>(&f.a[1]);  // rows g, k + 8
+  a[3] = *reinterpret_cast<const uint32_t*>(&f.b[1]);  // rows g + 8, k + 8
+}
+
+// One ring slot's packed words and scales for this thread's A fragments.
+template <typename C>
+struct StageWords {
+  uint32_t scale_pair[C::kWgTiles];
+  uint32_t word[kStageKTiles][C::kWgTiles];
+};
+
+// Reads all of a slot's words and scales at once, so their shared-memory latency is paid once.
+template <typename C>
+__device__ __forceinline__ StageWords<C> LoadStageWords(const ConsumerRole& role,
+                                                        const StageSmem<C>& smem) {
+  StageWords<C> w;
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j) {
+    const int tile = role.group * C::kWgTiles + j;
+    // Scales of a tile are stored column-in-sub-tile major: column 8 s + c at 8 c + s.
+    w.scale_pair[j] = ptx::LoadShared4(smem.s + tile * 128 + (role.lane / 4) * 16 + role.warp * 4);
+#pragma unroll
+    for (int kt = 0; kt < kStageKTiles; ++kt) {
+      w.word[kt][j] = ptx::LoadShared4(smem.w + (kt * C::kBlockNTiles + tile) * 512 +
+                                       role.lane * 16 + role.warp * 4);
+    }
+  }
+  return w;
+}
+
+// Dequantizes a slot's words and issues its wgmma group: 4 k-tiles x this warpgroup's tiles.
+template <typename C>
+__device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_smem,
+                                           HopperAccumulators<C>& acc) {
+  uint32_t a[kStageKTiles][C::kWgTiles][4];
+#pragma unroll
+  for (int kt = 0; kt < kStageKTiles; ++kt)
+#pragma unroll
+    for (int j = 0; j < C::kWgTiles; ++j) {
+      DequantizeAFragment(w.word[kt][j], w.scale_pair[j], a[kt][j]);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) ptx::PinRegister(a[kt][j][r]);
+    }
+  ptx::WgmmaFence();
+#pragma unroll
+  for (int kt = 0; kt < kStageKTiles; ++kt) {
+    const uint64_t b_desc = ptx::Swizzle128KMajorDescriptor(x_smem + kt * 32);
+    // Tiles past N multiply zeros (TMA fills them) and are never stored; a branch here would
+    // make the compiler serialize the wgmma pipeline.
+#pragma unroll
+    for (int j = 0; j < C::kWgTiles; ++j)
+      ptx::WgmmaF16F32<C::kBatch>(acc[j], a[kt][j], b_desc, true);
+  }
+  ptx::WgmmaCommit();
+}
+
+// Output row and column of accumulator i of tile j for this thread (wgmma_ops.cuh's layout).
+template <typename C>
+__device__ __forceinline__ int AccRow(const ConsumerRole& role, int i) {
+  return 8 * (i / 4) + 2 * (role.lane % 4) + i % 2;
+}
+template <typename C>
+__device__ __forceinline__ int AccCol(const ConsumerRole& role, int n_tile0, int j, int i) {
+  return (n_tile0 + role.group * C::kWgTiles + j) * 64 + 16 * role.warp + role.lane / 4 +
+         8 * ((i / 2) % 2);
+}
+
+// Stores accumulators 4 r4 .. 4 r4 + 3 of tile j (values v) where the row exists.
+template <typename C>
+__device__ __forceinline__ void StoreGroup(const HopperParams& p, const ConsumerRole& role,
+                                           int n_tile0, int j, int r4, float4 v) {
+  if (n_tile0 + role.group * C::kWgTiles + j >= p.n_tiles) return;
+  const float vals[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int i = 4 * r4 + e;
+    const int row = AccRow<C>(role, i);
+    if (row < p.m_rows) {
+      p.y[static_cast<int64_t>(row) * p.n + AccCol<C>(role, n_tile0, j, i)] =
+          __float2half_rn(vals[e]);
+    }
+  }
+}
+
+template <typename C>
+__device__ __forceinline__ float4 GroupOf(const HopperAccumulators<C>& acc, int j, int r4) {
+  return make_float4(acc[j][4 * r4], acc[j][4 * r4 + 1], acc[j][4 * r4 + 2], acc[j][4 * r4 + 3]);
+}
+
+// This thread's float4 `r4` of tile j in a partial slot (coalesced over the consumer threads).
+template <typename C>
+__device__ __forceinline__ float4* PartialAt(const HopperParams& p, int slot,
+                                             const ConsumerRole& role, int j, int r4) {
+  return reinterpret_cast<float4*>(p.partials + static_cast<int64_t>(slot) * C::kSlotFloats) +
+         (j * (C::kAccFloats / 4) + r4) * kConsumerThreads + role.thread;
+}
+
+// Whether the segment of `at.slice` ending at `at` covers the whole slice (else it is split
+// between blocks and summed by the reducers).
+template <typename P>
+__device__ __forceinline__ bool OwnsWholeSlice(const P& p, int begin, StageCursor at) {
+  return begin <= at.slice * p.stages_per_slice && at.stage + 1 == p.stages_per_slice;
+}
+
+// Consumers: finishes the segment of `at.slice` that ends here. A whole slice is stored; a split
+// one is written to this block's partial slot and summed after the main loop (SumSplitSlice).
+// The accumulators are touched only under conditions on kernel parameters, which the compiler
+// can tell are uniform: touching them, or summing partials, under a data-dependent condition (who
+// arrived last) inside the loop made it serialize every wgmma of the kernel.
+template <typename C>
+__device__ __forceinline__ void FinishSegment(const HopperParams& p, int begin, StageCursor at,
+                                              const ConsumerRole& role,
+                                              HopperAccumulators<C>& acc) {
+  const int n_tile0 = at.slice * C::kBlockNTiles;
+  if (OwnsWholeSlice(p, begin, at)) {
+#pragma unroll
+    for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+      for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
+        StoreGroup<C>(p, role, n_tile0, j, r4, GroupOf<C>(acc, j, r4));
+      }
+  } else {
+    const int slot = SlotOf(p, blockIdx.x, at.slice);
+#pragma unroll
+    for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+      for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
+        __stcg(PartialAt<C>(p, slot, role, j, r4), GroupOf<C>(acc, j, r4));
+      }
+  }
+  ZeroAccumulators<C>(acc);
+  PinAccumulators<C>(acc);
+}
+
+// Consumers, after the main loop: arrives at a split `slice` whose partial this block wrote, and
+// if it is the last of the slice's blocks, sums every block's partial in k order and stores it.
+template <typename C>
+__device__ __forceinline__ void SumSplitSlice(const HopperParams& p, int slice,
+                                              const ConsumerRole& role, int* last_flag) {
+  __threadfence();
+  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);
+  if (role.thread == 0) *last_flag = ArriveLast(p, slice);
+  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);
+  const bool last = *last_flag;
+  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);  // the flag is read before its next use
+  if (!last) return;
+  __threadfence();
+  const int first_block = BlockOf(p, slice * p.stages_per_slice);
+  const int last_block = BlockOf(p, (slice + 1) * p.stages_per_slice - 1);
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j) {
+    float4 sum[C::kAccFloats / 4];
+#pragma unroll
+    for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) sum[r4] = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int b = first_block; b <= last_block; ++b) {  // in k order: deterministic
+      const int from = SlotOf(p, b, slice);
+#pragma unroll
+      for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
+        const float4 v = __ldcg(PartialAt<C>(p, from, role, j, r4));
+        sum[r4].x += v.x;
+        sum[r4].y += v.y;
+        sum[r4].z += v.z;
+        sum[r4].w += v.w;
+      }
+    }
+#pragma unroll
+    for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
+      StoreGroup<C>(p, role, slice * C::kBlockNTiles, j, r4, sum[r4]);
+    }
+  }
+}
+
+// Warpgroups 1..kConsumers: multiply every ring slot, release it, finish slices. Two stages'
+// wgmma groups are in flight at a time: a stage's group runs while the next slot is waited for,
+// read, dequantized and issued (the compiler gives the two stages' A fragments separate
+// registers); a slot goes back to the producer once the group that reads it has completed.
+template <typename C>
+__device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, int end,
+                                              uint32_t ring, uint32_t full, uint32_t empty,
+                                              int* last_flag) {
+  const ConsumerRole role(threadIdx.x - kWarpgroupThreads);
+  // A block splits at most its first and its last slice with other blocks.
+  int first_split = -1, last_split = -1;
+  HopperAccumulators<C> acc;
+  ZeroAccumulators<C>(acc);
+  StageCursor at(p, begin);
+  int slot = 0;
+  uint32_t phase = 0;
+  int in_flight = -1;  // the slot whose wgmma group may still be reading it
+  auto release = [&](int s) {
+    __syncwarp();
+    if (role.lane == 0) ptx::BarrierArrive(empty + 8 * s);
+  };
+  for (int iter = begin; iter < end; ++iter) {
+    ptx::BarrierWait(full + 8 * slot, phase);
+    const StageSmem<C> smem(ring, slot);
+    const StageWords<C> words = LoadStageWords<C>(role, smem);
+    IssueStage<C>(words, smem.x, acc);
+    ptx::WgmmaWait<1>();  // the previous stage's group is done: its slot can go back
+    if (in_flight >= 0) release(in_flight);
+    in_flight = slot;
+    if (at.stage + 1 == p.stages_per_slice || iter + 1 == end) {
+      ptx::WgmmaWait<0>();
+      PinAccumulators<C>(acc);
+      release(slot);
+      in_flight = -1;
+      FinishSegment<C>(p, begin, at, role, acc);
+      if (!OwnsWholeSlice(p, begin, at)) (iter + 1 == end ? last_split : first_split) = at.slice;
+    }
+    at.Advance(p);
+    if (++slot == C::kStages) {
+      slot = 0;
+      phase ^= 1;
+    }
+  }
+  if (first_split >= 0) SumSplitSlice<C>(p, first_split, role, last_flag);
+  if (last_split >= 0 && last_split != first_split)
+    SumSplitSlice<C>(p, last_split, role, last_flag);
+}
+
+template <typename C>
+__global__ void __launch_bounds__(kThreads, 1)
+    HopperGemmKernel(const __grid_constant__ HopperMaps maps, const HopperParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) uint8_t smem[];
+  __shared__ __align__(8) uint64_t full_bars[C::kStages];
+  __shared__ __align__(8) uint64_t empty_bars[C::kStages];
+  __shared__ int last_flag;
+  // TMA's 128-byte swizzle repeats every 1024 bytes: the ring starts on such a boundary.
+  const uint32_t ring = (ptx::SharedAddress(smem) + 1023) & ~1023u;
+  const uint32_t full = ptx::SharedAddress(full_bars);
+  const uint32_t empty = ptx::SharedAddress(empty_bars);
+  const int begin = BlockBegin(p, blockIdx.x);
+  const int end = BlockBegin(p, blockIdx.x + 1);
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < C::kStages; ++s) {
+      ptx::BarrierInit(full + 8 * s, 1);                // the producer's expect_tx arrival
+      ptx::BarrierInit(empty + 8 * s, kConsumers * 4);  // one arrival per consumer warp
+    }
+    ptx::FenceBarrierInit();
+    ptx::PrefetchTensorMap(&maps.x);
+    ptx::PrefetchTensorMap(&maps.w);
+    ptx::PrefetchTensorMap(&maps.s);
+  }
+  __syncthreads();
+
+  if (threadIdx.x < kWarpgroupThreads) {
+    ptx::LowerRegisterBudget<kProducerRegisters>();
+    if (threadIdx.x == 0) ProduceStages<C>(maps, p, begin, end, ring, full, empty);
+  } else {
+    ptx::RaiseRegisterBudget<kConsumerRegisters>();
+    ConsumeStages<C>(p, begin, end, ring, full, empty, &last_flag);
+  }
+#endif
+}
+
+}  // namespace marlin::cuda::hopper
+
+#endif  // MARLIN_KERNELS_CUDA_HOPPER_KERNEL_CUH_

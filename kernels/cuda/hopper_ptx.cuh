@@ -1,0 +1,138 @@
+// Named wrappers for the sm_90 / sm_90a PTX the Hopper kernel uses: mbarriers, the bulk tensor
+// copy engine (TMA), warpgroup MMA bookkeeping, register reallocation and named barriers.
+//
+// Each helper emits one instruction (or one wait loop) and says which; the kernel never writes asm
+// itself. Addresses of shared memory are 32-bit `.shared` window addresses (ptx::SharedAddress).
+// The wgmma shapes themselves are in wgmma_ops.cuh.
+#ifndef MARLIN_KERNELS_CUDA_HOPPER_PTX_CUH_
+#define MARLIN_KERNELS_CUDA_HOPPER_PTX_CUH_
+
+#include <cuda.h>
+
+#include <cstdint>
+
+namespace marlin::cuda::ptx {
+
+// mbarrier.init: a barrier whose phase completes after `arrivals` arrivals (and their bytes).
+__device__ __forceinline__ void BarrierInit(uint32_t bar, uint32_t arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(arrivals));
+}
+
+// fence.mbarrier_init: makes barrier initializations visible to the async proxy (the TMA unit).
+__device__ __forceinline__ void FenceBarrierInit() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+// mbarrier.arrive.expect_tx: arrives and announces `bytes` of copies that will complete on `bar`.
+__device__ __forceinline__ void BarrierArriveExpectBytes(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+
+// mbarrier.arrive: one plain arrival.
+__device__ __forceinline__ void BarrierArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+// mbarrier.try_wait.parity in a loop: returns once the phase of parity `parity` has completed.
+__device__ __forceinline__ void BarrierWait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      "  .reg .pred done;\n"
+      "wait_%=:\n"
+      "  mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "  @!done bra wait_%=;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+
+// cp.async.bulk.tensor.2d: TMA copy of the box at (c0, c1) of `map` into shared memory,
+// completing its bytes on `bar`.
+__device__ __forceinline__ void TensorLoad2d(uint32_t smem, const CUtensorMap* map, int c0, int c1,
+                                             uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, "
+      "{%2, %3}], [%4];\n" ::"r"(smem),
+      "l"(map), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+
+// cp.async.bulk.tensor.3d: as TensorLoad2d for a rank-3 map.
+__device__ __forceinline__ void TensorLoad3d(uint32_t smem, const CUtensorMap* map, int c0, int c1,
+                                             int c2, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, "
+      "{%2, %3, %4}], [%5];\n" ::"r"(smem),
+      "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
+
+// prefetch.tensormap: pulls a tensor map (a __grid_constant__ parameter) into the cache early.
+__device__ __forceinline__ void PrefetchTensorMap(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
+}
+
+// wgmma.fence: orders earlier register writes (A fragments, accumulators) before the next wgmma.
+__device__ __forceinline__ void WgmmaFence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+
+// wgmma.commit_group: closes the group of wgmma operations issued so far.
+__device__ __forceinline__ void WgmmaCommit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+// wgmma.wait_group N: waits until at most `kPending` committed wgmma groups are in flight.
+template <int kPending>
+__device__ __forceinline__ void WgmmaWait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+
+// Tells the compiler `v` is read and written here, so it keeps a wgmma accumulator's uses on the
+// right side of WgmmaFence / WgmmaWait (it does not see the asynchronous proxy).
+__device__ __forceinline__ void PinRegister(float& v) { asm volatile("" : "+f"(v)::"memory"); }
+__device__ __forceinline__ void PinRegister(uint32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
+
+// setmaxnreg.inc: raises this warpgroup's per-thread register budget to kRegs.
+template <int kRegs>
+__device__ __forceinline__ void RaiseRegisterBudget() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+// setmaxnreg.dec: lowers this warpgroup's per-thread register budget to kRegs.
+template <int kRegs>
+__device__ __forceinline__ void LowerRegisterBudget() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+// bar.sync id, count: a barrier among `count` threads (a subset of the block) on barrier `id`.
+__device__ __forceinline__ void NamedBarrier(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// bar.arrive id, count: arrives at named barrier `id` (of `count` threads) without waiting.
+__device__ __forceinline__ void NamedBarrierArrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// ld.shared.b32: a 4-byte shared-memory load.
+__device__ __forceinline__ uint32_t LoadShared4(uint32_t smem) {
+  uint32_t v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(smem));
+  return v;
+}
+
+// The wgmma shared-memory descriptor of a K-major FP16 operand stored by TMA with the 128-byte
+// swizzle: rows of 128 bytes (64 k values), 8-row atoms 1024 bytes apart. `smem` must lie in a
+// 1024-byte-aligned atom; adding 32 bytes steps 16 k values along the row.
+__device__ __forceinline__ uint64_t Swizzle128KMajorDescriptor(uint32_t smem) {
+  constexpr uint64_t kAtomStride = 1024 >> 4;  // stride-dimension byte offset, in 16 B units
+  constexpr uint64_t kLeadingUnused = 1;       // ignored for swizzled K-major layouts
+  constexpr uint64_t kSwizzle128 = uint64_t{1} << 62;
+  return ((smem & 0x3ffff) >> 4) | (kLeadingUnused << 16) | (kAtomStride << 32) | kSwizzle128;
+}
+
+}  // namespace marlin::cuda::ptx
+
+#endif  // MARLIN_KERNELS_CUDA_HOPPER_PTX_CUH_
