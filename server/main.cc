@@ -43,8 +43,14 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
       ->capture_default_str();
   app.add_option("--max-queue-delay-us", o.max_queue_delay_us,
-                 "...or when its oldest request has waited this many microseconds")
+                 "...or when its oldest request has waited this many microseconds (the longest a "
+                 "request waits for company)")
       ->check(CLI::Range(int64_t{0}, int64_t{10'000'000}))
+      ->capture_default_str();
+  app.add_option("--work-conserving", o.work_conserving,
+                 "true: a lane with nothing to do takes waiting requests at once, so batches form "
+                 "only while every lane is busy; false: batches close only on --max-batch-rows "
+                 "or --max-queue-delay-us (a lone request waits the whole delay)")
       ->capture_default_str();
   app.add_option("--max-queue-rows", o.max_queue_rows,
                  "Rows that may wait in the batch queues (all weights); beyond it requests are "
@@ -79,6 +85,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
   app.add_option("--cuda-device", o.cuda_device, "CUDA device ordinal")->capture_default_str();
+  app.add_option("--answer-threads", o.answer_threads,
+                 "Threads that write finished batches' answers back, so that lanes go straight "
+                 "back to the backend; 0: the lane threads answer; -1: none below 8 hardware "
+                 "threads, else a quarter of them (at most 8)")
+      ->check(CLI::Range(-1, 64))
+      ->capture_default_str();
   app.add_option("--cpu-threads", o.cpu_threads,
                  "CPU backend threads per lane (0: hardware threads / lanes)")
       ->check(CLI::Range(0, 1024))

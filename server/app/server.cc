@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <climits>
 #include <mutex>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -22,6 +23,12 @@ uint64_t MaxMessageBytesFor(int64_t max_rows_per_request) {
   const uint64_t request =
       static_cast<uint64_t>(std::max<int64_t>(max_rows_per_request, 1)) * kPlannedMaxK * 2;
   return std::max<uint64_t>(request, kMaxUploadChunkBytes) + kMessageOverheadBytes;
+}
+
+int AnswerThreadsFor(int requested) {
+  if (requested >= 0) return requested;
+  const int hw = static_cast<int>(std::thread::hardware_concurrency());
+  return hw < 8 ? 0 : std::min(8, hw / 4);
 }
 
 namespace {
@@ -113,7 +120,8 @@ absl::StatusOr<std::unique_ptr<MarlinServer>> MarlinServer::Start(const ServerOp
   absl::StatusOr<std::unique_ptr<batcher::Batcher>> batcher =
       batcher::Batcher::Create({.max_batch_rows = options.max_batch_rows,
                                 .max_queue_delay = absl::Microseconds(options.max_queue_delay_us),
-                                .max_queue_rows = options.max_queue_rows});
+                                .max_queue_rows = options.max_queue_rows,
+                                .work_conserving = options.work_conserving});
   if (!batcher.ok()) return batcher.status();
   s->batcher_ = *std::move(batcher);
 
@@ -135,10 +143,12 @@ absl::StatusOr<std::unique_ptr<MarlinServer>> MarlinServer::Start(const ServerOp
 
   MarlinServer* self = s.get();
   absl::StatusOr<std::unique_ptr<BatchExecutor>> executor =
-      BatchExecutor::Create(s->backend_.get(), s->batcher_.get(), s->metrics_.get(), [self] {
-        self->unhealthy_ = true;
-        self->SetServing(false);
-      });
+      BatchExecutor::Create(s->backend_.get(), s->batcher_.get(), s->metrics_.get(),
+                            [self] {
+                              self->unhealthy_ = true;
+                              self->SetServing(false);
+                            },
+                            {.answer_threads = AnswerThreadsFor(options.answer_threads)});
   if (!executor.ok()) return executor.status();
   s->executor_ = *std::move(executor);
 
@@ -185,6 +195,8 @@ absl::StatusOr<std::unique_ptr<MarlinServer>> MarlinServer::Start(const ServerOp
       .Kv("device", s->backend_->device_name())
       .Kv("max_batch_rows", options.max_batch_rows)
       .Kv("max_queue_delay_us", options.max_queue_delay_us)
+      .Kv("work_conserving", options.work_conserving)
+      .Kv("answer_threads", AnswerThreadsFor(options.answer_threads))
       .Kv("max_queue_rows", options.max_queue_rows);
   if (!options.weights_dir.empty()) {
     if (absl::Status st = s->LoadWeightsDir(); !st.ok()) {

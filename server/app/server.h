@@ -36,6 +36,12 @@ struct ServerOptions {
   int64_t max_batch_rows = 64;
   int64_t max_queue_delay_us = 1000;
   int64_t max_queue_rows = 8192;
+  // An idle lane takes waiting requests at once (server/batcher); false: batches close only when
+  // full or after max_queue_delay_us.
+  bool work_conserving = true;
+  // Threads that write batches' answers back (server/service/executor.h); -1: automatic (none
+  // below 8 hardware threads, else a quarter of them, at most 8).
+  int answer_threads = -1;
   absl::Duration drain_timeout = absl::Seconds(30);
   // GOAWAY to a client connection this old (zero: never); its calls then get drain_timeout.
   absl::Duration max_connection_age = absl::ZeroDuration();
@@ -73,6 +79,9 @@ inline constexpr uint64_t kPlannedMaxK = 32768;
 // FP16 values (at least an upload chunk, 1 MiB) plus room for its other fields: 1024 x 32768 x 2
 // + 64 KiB = 64 MiB + 64 KiB.
 uint64_t MaxMessageBytesFor(int64_t max_rows_per_request);
+// ServerOptions::answer_threads resolved: `requested` when >= 0, else none below 8 hardware
+// threads (a hand-off costs more than it frees there) and a quarter of them above, at most 8.
+int AnswerThreadsFor(int requested);
 
 class MarlinServer {
  public:

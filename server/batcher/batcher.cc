@@ -77,8 +77,26 @@ absl::Status Batcher::Enqueue(const std::string& key, std::shared_ptr<Item> item
   q.rows += rows;
   queued_rows_ += rows;
   ++queued_requests_;
-  cv_.notify_all();
+  WakeLocked();
   return absl::OkStatus();
+}
+
+void Batcher::WakeLocked() {
+  if (waiting_ == 0) return;  // every lane is busy: the first to finish finds the queue
+  if (!options_.work_conserving) {
+    // A waiting lane sleeps until the next event it knew of; this request may be due earlier
+    // (size, or its deadline), so every waiting lane re-computes.
+    ++wakeups_;
+    cv_.notify_all();
+    return;
+  }
+  // A waiting lane takes this request at once. One lane is enough: the lanes already woken take
+  // what comes before they run, so a burst of requests wakes one lane, not one lane each.
+  if (waiting_ > signalled_) {
+    ++signalled_;
+    ++wakeups_;
+    cv_.notify_one();
+  }
 }
 
 void Batcher::SweepLocked(absl::Time now, Aborted* aborted) {
@@ -122,6 +140,8 @@ std::optional<Batch> Batcher::FormLocked(absl::Time now) {
       reason = CloseReason::kSize;
     } else if (now - q.items.front()->enqueued() >= options_.max_queue_delay) {
       reason = CloseReason::kDelay;
+    } else if (options_.work_conserving) {
+      reason = CloseReason::kIdleLane;  // the caller is a lane with nothing to do
     } else {
       ++start;
       continue;
@@ -187,7 +207,9 @@ std::optional<Batch> Batcher::Next() {
     }
     if (batch.has_value()) return batch;
     if (stopped_ || (closed_ && queues_.empty())) break;
+    // Work-conserving, a lane gets here only with every queue empty: it waits for an Enqueue.
     const absl::Time wake = NextEventLocked();
+    ++waiting_;
     if (wake == absl::InfiniteFuture()) {
       cv_.wait(lock);
     } else {
@@ -197,6 +219,10 @@ std::optional<Batch> Batcher::Next() {
           std::clamp(wake - clock_->Now(), absl::Microseconds(20), absl::Minutes(1));
       cv_.wait_for(lock, absl::ToChronoNanoseconds(span));
     }
+    --waiting_;
+    // Woken by Enqueue, by a broadcast, by the timer or spuriously: either way this lane now runs,
+    // so at most one fewer signal is outstanding. Under-counting only costs an extra wake-up.
+    if (signalled_ > 0) --signalled_;
   }
   return std::nullopt;
 }
@@ -248,6 +274,16 @@ int64_t Batcher::queued_requests() const {
 bool Batcher::closed() const {
   std::lock_guard<std::mutex> lock(mu_);
   return closed_;
+}
+
+int64_t Batcher::wakeups() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return wakeups_;
+}
+
+int Batcher::waiting_lanes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return waiting_;
 }
 
 }  // namespace marlin::batcher

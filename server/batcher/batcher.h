@@ -1,6 +1,14 @@
 // Dynamic batching of matmul requests: one FIFO queue per key (a weight version), closed into a
-// batch when it holds `max_batch_rows` rows or when its oldest request has waited
-// `max_queue_delay`. No gRPC here: the service wraps its calls in `Item`s.
+// batch when a lane asks for work (work-conserving), when it holds `max_batch_rows` rows, or when
+// its oldest request has waited `max_queue_delay`. No gRPC here: the service wraps its calls in
+// `Item`s.
+//
+// Work-conserving (the default): a backend lane that asks for work (Next/TryNext) takes what is
+// queued at once, up to `max_batch_rows`, so a lone request never waits for company while a lane
+// is idle. While every lane is busy, requests wait and form the next batch; the batch grows with
+// the load (a lane comes back to a longer queue). `max_queue_delay` stays the upper bound of the
+// wait for company: with `work_conserving = false` (the timed policy) a lane that asks takes only
+// queues that are full or whose oldest request has waited that long.
 //
 // Rules:
 //  - Requests join a batch whole and in arrival order; a request larger than a batch runs alone.
@@ -12,7 +20,8 @@
 //    cannot starve a quiet one.
 //  - Close() starts a drain: Enqueue answers UNAVAILABLE and every queue is ready at once.
 //
-// Time comes from a Clock so tests drive the batcher with a FakeClock and TryNext():
+// Time comes from a Clock so tests drive the batcher with a FakeClock and TryNext() (a lane that
+// asks for work now; not calling it is a lane that is busy):
 //
 //   FakeClock clock;
 //   ASSIGN_OR_RETURN(auto b, Batcher::Create({.max_batch_rows = 64}, &clock));
@@ -20,8 +29,10 @@
 //   clock.Advance(absl::Microseconds(500));
 //   std::optional<Batch> batch = b->TryNext();
 //
-// Worker threads call the blocking Next(), which returns std::nullopt once the batcher is closed
-// and empty (or stopped).
+// Lane threads call the blocking Next(), which returns std::nullopt once the batcher is closed
+// and empty (or stopped). Enqueue wakes one waiting lane only when it has something to take, and
+// no lane at all while every lane is busy: under load the lanes find the next batch without a
+// wake-up.
 #ifndef MARLIN_SERVER_BATCHER_BATCHER_H_
 #define MARLIN_SERVER_BATCHER_BATCHER_H_
 
@@ -83,8 +94,9 @@ class Item {
   absl::Time enqueued_;
 };
 
-// Why a batch closed.
-enum class CloseReason { kSize, kDelay, kDrain };
+// Why a batch closed: full, its oldest request waited max_queue_delay, the drain, or an idle lane
+// took it (work-conserving) before either.
+enum class CloseReason { kSize, kDelay, kDrain, kIdleLane };
 
 struct Batch {
   std::string key;
@@ -98,6 +110,9 @@ struct Options {
   int64_t max_batch_rows = 64;
   absl::Duration max_queue_delay = absl::Microseconds(1000);
   int64_t max_queue_rows = 8192;  // over all queues
+  // A lane that asks takes any waiting request at once (see the top of this file); false: only
+  // full queues and queues whose oldest request waited max_queue_delay.
+  bool work_conserving = true;
 };
 
 class Batcher {
@@ -113,10 +128,11 @@ class Batcher {
   // On error the item is not kept and Abort is not called: the caller answers it.
   absl::Status Enqueue(const std::string& key, std::shared_ptr<Item> item);
 
-  // Sweeps expired and cancelled requests (aborting them), then closes and returns the next ready
-  // batch, if any, at the clock's now. Never blocks.
+  // A lane asks for work without blocking: sweeps expired and cancelled requests (aborting them),
+  // then closes and returns the next ready batch, if any, at the clock's now.
   std::optional<Batch> TryNext();
-  // Blocks until a batch is ready; std::nullopt once closed and empty, or after Stop().
+  // A lane asks for work and waits until a batch is ready; std::nullopt once closed and empty, or
+  // after Stop().
   std::optional<Batch> Next();
 
   // Starts the drain: Enqueue refuses with UNAVAILABLE, every queue is ready at once.
@@ -132,6 +148,9 @@ class Batcher {
   int64_t queued_rows() const;
   int64_t queued_requests() const;
   bool closed() const;
+  // Times Enqueue woke waiting lanes, and lanes waiting in Next() now (tests).
+  int64_t wakeups() const;
+  int waiting_lanes() const;
   const Options& options() const { return options_; }
 
  private:
@@ -145,7 +164,10 @@ class Batcher {
   void SweepLocked(absl::Time now,
                    std::vector<std::pair<std::shared_ptr<Item>, absl::Status>>* aborted)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The next batch a lane asking at `now` takes (work-conserving: any queue).
   std::optional<Batch> FormLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After an Enqueue: wakes the lanes that may now have something to do.
+  void WakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Time NextEventLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<Batch> TryNextLocked(
       std::vector<std::pair<std::shared_ptr<Item>, absl::Status>>* aborted)
@@ -156,13 +178,17 @@ class Batcher {
   // std::mutex, not absl::Mutex: ThreadSanitizer sees it with Debian's uninstrumented Abseil.
   // ABSL_GUARDED_BY is documentation only: libstdc++'s std::mutex is no clang capability.
   mutable std::mutex mu_;
-  std::condition_variable cv_;  // notified by Enqueue, Close, AbortAll and Stop
+  // Notified by Enqueue (one lane, see WakeLocked), Close, AbortAll and Stop (all lanes).
+  std::condition_variable cv_;
   std::map<std::string, Queue> queues_ ABSL_GUARDED_BY(mu_);  // empty queues are erased
   std::string last_served_ ABSL_GUARDED_BY(mu_);              // round-robin cursor: key served last
   int64_t queued_rows_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t queued_requests_ ABSL_GUARDED_BY(mu_) = 0;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  int waiting_ ABSL_GUARDED_BY(mu_) = 0;    // lanes blocked in Next()
+  int signalled_ ABSL_GUARDED_BY(mu_) = 0;  // of those, woken by Enqueue and not yet running
+  int64_t wakeups_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace marlin::batcher

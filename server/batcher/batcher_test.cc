@@ -1,6 +1,8 @@
 #include "server/batcher/batcher.h"
 
 #include <atomic>
+#include <chrono>
+#include <future>
 #include <random>
 #include <thread>
 
@@ -49,6 +51,13 @@ class BatcherTest : public ::testing::Test {
     EXPECT_TRUE(b.ok()) << b.status();
     return *std::move(b);
   }
+  // The timed policy: a lane that asks takes only full queues and queues whose oldest request
+  // waited max_queue_delay. Most tests below pin down those size and delay rules with it (with
+  // the default work-conserving policy, TryNext would take any queue at once).
+  std::unique_ptr<Batcher> MakeTimed(Options options) {
+    options.work_conserving = false;
+    return Make(options);
+  }
   FakeClock clock_;
 };
 
@@ -62,7 +71,7 @@ TEST_F(BatcherTest, RejectsBadOptions) {
 }
 
 TEST_F(BatcherTest, ClosesOnSize) {
-  auto b = Make({.max_batch_rows = 16, .max_queue_delay = absl::Seconds(10)});
+  auto b = MakeTimed({.max_batch_rows = 16, .max_queue_delay = absl::Seconds(10)});
   for (int64_t rows : {4, 8}) ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(rows)).ok());
   EXPECT_FALSE(b->TryNext().has_value()) << "12 rows < 16 and no time passed";
   ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(4)).ok());
@@ -77,7 +86,7 @@ TEST_F(BatcherTest, ClosesOnSize) {
 }
 
 TEST_F(BatcherTest, JoinsWholeRequestsAndLeavesTheRestQueued) {
-  auto b = Make({.max_batch_rows = 16, .max_queue_delay = absl::Seconds(10)});
+  auto b = MakeTimed({.max_batch_rows = 16, .max_queue_delay = absl::Seconds(10)});
   for (int64_t rows : {6, 6, 6}) {
     ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(rows)).ok());
   }
@@ -89,7 +98,7 @@ TEST_F(BatcherTest, JoinsWholeRequestsAndLeavesTheRestQueued) {
 }
 
 TEST_F(BatcherTest, ClosesOnDelayOfTheOldest) {
-  auto b = Make({.max_batch_rows = 64, .max_queue_delay = absl::Microseconds(500)});
+  auto b = MakeTimed({.max_batch_rows = 64, .max_queue_delay = absl::Microseconds(500)});
   ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(3)).ok());
   clock_.Advance(absl::Microseconds(300));
   ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(2)).ok());
@@ -105,7 +114,7 @@ TEST_F(BatcherTest, ClosesOnDelayOfTheOldest) {
 }
 
 TEST_F(BatcherTest, LargeRequestRunsAlone) {
-  auto b = Make({.max_batch_rows = 8, .max_queue_delay = absl::Seconds(1)});
+  auto b = MakeTimed({.max_batch_rows = 8, .max_queue_delay = absl::Seconds(1)});
   ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(2)).ok());
   ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(20)).ok());
   ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(3)).ok());
@@ -120,7 +129,7 @@ TEST_F(BatcherTest, LargeRequestRunsAlone) {
 }
 
 TEST_F(BatcherTest, DeadlinePassedInQueueIsAbortedNeverBatched) {
-  auto b = Make({.max_batch_rows = 64, .max_queue_delay = absl::Milliseconds(10)});
+  auto b = MakeTimed({.max_batch_rows = 64, .max_queue_delay = absl::Milliseconds(10)});
   auto late = std::make_shared<TestItem>(4, clock_.Now() + absl::Milliseconds(2));
   auto fine = std::make_shared<TestItem>(4);
   ASSERT_TRUE(b->Enqueue("w", late).ok());
@@ -140,7 +149,7 @@ TEST_F(BatcherTest, DeadlinePassedInQueueIsAbortedNeverBatched) {
 }
 
 TEST_F(BatcherTest, AlreadyExpiredIsRefusedAtEnqueue) {
-  auto b = Make({});
+  auto b = MakeTimed({});
   auto item = std::make_shared<TestItem>(1, clock_.Now());
   EXPECT_EQ(b->Enqueue("w", item).code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(item->aborts(), 0);
@@ -148,7 +157,7 @@ TEST_F(BatcherTest, AlreadyExpiredIsRefusedAtEnqueue) {
 }
 
 TEST_F(BatcherTest, CancelledIsDropped) {
-  auto b = Make({.max_batch_rows = 8, .max_queue_delay = absl::Seconds(1)});
+  auto b = MakeTimed({.max_batch_rows = 8, .max_queue_delay = absl::Seconds(1)});
   auto a = std::make_shared<TestItem>(4);
   auto c = std::make_shared<TestItem>(4);
   auto d = std::make_shared<TestItem>(4);
@@ -163,7 +172,8 @@ TEST_F(BatcherTest, CancelledIsDropped) {
 }
 
 TEST_F(BatcherTest, BoundRefusesAtOnceOverAllQueues) {
-  auto b = Make({.max_batch_rows = 64, .max_queue_delay = absl::Seconds(1), .max_queue_rows = 10});
+  auto b =
+      MakeTimed({.max_batch_rows = 64, .max_queue_delay = absl::Seconds(1), .max_queue_rows = 10});
   ASSERT_TRUE(b->Enqueue("a", std::make_shared<TestItem>(6)).ok());
   ASSERT_TRUE(b->Enqueue("b", std::make_shared<TestItem>(4)).ok());
   auto over = std::make_shared<TestItem>(1);
@@ -178,7 +188,7 @@ TEST_F(BatcherTest, BoundRefusesAtOnceOverAllQueues) {
 }
 
 TEST_F(BatcherTest, WeightsBatchIndependently) {
-  auto b = Make({.max_batch_rows = 8, .max_queue_delay = absl::Seconds(1)});
+  auto b = MakeTimed({.max_batch_rows = 8, .max_queue_delay = absl::Seconds(1)});
   ASSERT_TRUE(b->Enqueue("a", std::make_shared<TestItem>(5)).ok());
   ASSERT_TRUE(b->Enqueue("b", std::make_shared<TestItem>(5)).ok());
   EXPECT_FALSE(b->TryNext().has_value()) << "10 rows in total, but 5 per weight";
@@ -190,7 +200,7 @@ TEST_F(BatcherTest, WeightsBatchIndependently) {
 }
 
 TEST_F(BatcherTest, FairnessBetweenWeights) {
-  auto b = Make({.max_batch_rows = 8, .max_queue_delay = absl::Microseconds(100)});
+  auto b = MakeTimed({.max_batch_rows = 8, .max_queue_delay = absl::Microseconds(100)});
   for (int i = 0; i < 10; ++i) ASSERT_TRUE(b->Enqueue("busy", std::make_shared<TestItem>(8)).ok());
   ASSERT_TRUE(b->Enqueue("quiet", std::make_shared<TestItem>(1)).ok());
   clock_.Advance(absl::Microseconds(100));  // every queue is ready now
@@ -211,7 +221,7 @@ TEST_F(BatcherTest, FairnessBetweenWeights) {
 }
 
 TEST_F(BatcherTest, CloseFlushesAndRefuses) {
-  auto b = Make({.max_batch_rows = 64, .max_queue_delay = absl::Seconds(10)});
+  auto b = MakeTimed({.max_batch_rows = 64, .max_queue_delay = absl::Seconds(10)});
   ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(2)).ok());
   b->Close();
   EXPECT_EQ(b->Enqueue("w", std::make_shared<TestItem>(1)).code(), absl::StatusCode::kUnavailable);
@@ -222,7 +232,7 @@ TEST_F(BatcherTest, CloseFlushesAndRefuses) {
 }
 
 TEST_F(BatcherTest, AbortAllAnswersEverythingQueued) {
-  auto b = Make({.max_batch_rows = 64, .max_queue_delay = absl::Seconds(10)});
+  auto b = MakeTimed({.max_batch_rows = 64, .max_queue_delay = absl::Seconds(10)});
   std::vector<std::shared_ptr<TestItem>> items;
   for (int i = 0; i < 5; ++i) {
     items.push_back(std::make_shared<TestItem>(1 + i));
@@ -236,12 +246,75 @@ TEST_F(BatcherTest, AbortAllAnswersEverythingQueued) {
   EXPECT_EQ(b->queued_rows(), 0);
 }
 
+// ---- Work-conserving (the default policy) ---------------------------------------------------
+
+TEST_F(BatcherTest, LoneRequestGoesAtOnceToAnIdleLane) {
+  auto b = Make({.max_batch_rows = 64, .max_queue_delay = absl::Seconds(10)});
+  ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(1)).ok());
+  std::optional<Batch> batch = b->TryNext();  // no time has passed
+  ASSERT_TRUE(batch.has_value()) << "an idle lane does not wait 10 s for company";
+  EXPECT_EQ(batch->reason, CloseReason::kIdleLane);
+  EXPECT_EQ(batch->rows, 1);
+  EXPECT_EQ(batch->closed, batch->items.front()->enqueued());
+  EXPECT_EQ(b->queued_requests(), 0);
+}
+
+TEST_F(BatcherTest, BatchesFormWhileTheLaneIsBusy) {
+  auto b = Make({.max_batch_rows = 8, .max_queue_delay = absl::Seconds(10)});
+  ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(1)).ok());
+  std::optional<Batch> first = b->TryNext();
+  ASSERT_TRUE(first.has_value());
+  EXPECT_THAT(RowsOf(*first), ElementsAre(1));
+  // The lane runs `first` (it does not ask): requests arrive and wait together.
+  for (int64_t rows : {1, 2, 3}) {
+    ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(rows)).ok());
+    clock_.Advance(absl::Microseconds(50));
+  }
+  std::optional<Batch> second = b->TryNext();  // the lane is back
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->reason, CloseReason::kIdleLane);
+  EXPECT_THAT(RowsOf(*second), ElementsAre(1, 2, 3));
+  EXPECT_EQ(second->closed - second->items.front()->enqueued(), absl::Microseconds(150));
+  // A longer wait still makes batches of at most max_batch_rows.
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(b->Enqueue("w", std::make_shared<TestItem>(3)).ok());
+  std::optional<Batch> full = b->TryNext();
+  ASSERT_TRUE(full.has_value());
+  EXPECT_EQ(full->reason, CloseReason::kSize);
+  EXPECT_THAT(RowsOf(*full), ElementsAre(3, 3));
+  ASSERT_TRUE(b->TryNext().has_value());  // 3, 3 (9 rows were waiting: still full)
+  std::optional<Batch> rest = b->TryNext();
+  ASSERT_TRUE(rest.has_value());
+  EXPECT_EQ(rest->reason, CloseReason::kIdleLane);
+  EXPECT_THAT(RowsOf(*rest), ElementsAre(3));
+  EXPECT_FALSE(b->TryNext().has_value());
+}
+
+TEST_F(BatcherTest, IdleLanesStillSweepAndServeRoundRobin) {
+  auto b = Make({.max_batch_rows = 64, .max_queue_delay = absl::Seconds(10)});
+  auto cancelled = std::make_shared<TestItem>(2);
+  ASSERT_TRUE(b->Enqueue("x", cancelled).ok());
+  ASSERT_TRUE(b->Enqueue("y", std::make_shared<TestItem>(1)).ok());
+  ASSERT_TRUE(b->Enqueue("x", std::make_shared<TestItem>(4)).ok());
+  cancelled->Cancel();
+  std::optional<Batch> first = b->TryNext();
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->key, "x");
+  EXPECT_THAT(RowsOf(*first), ElementsAre(4)) << "the cancelled request is never handed out";
+  EXPECT_EQ(cancelled->aborts(), 1);
+  std::optional<Batch> second = b->TryNext();
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->key, "y");
+}
+
 // The blocking path on the real clock: concurrent producers and consumers, every item either
 // batched once or aborted once.
-TEST(BatcherRealClockTest, EveryItemHandedOutExactlyOnce) {
+class BatcherRealClockTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(BatcherRealClockTest, EveryItemHandedOutExactlyOnce) {
   auto created = Batcher::Create({.max_batch_rows = 16,
                                   .max_queue_delay = absl::Microseconds(200),
-                                  .max_queue_rows = 1 << 20});
+                                  .max_queue_rows = 1 << 20,
+                                  .work_conserving = GetParam()});
   ASSERT_TRUE(created.ok());
   Batcher& b = **created;
   constexpr int kProducers = 4, kPerProducer = 500;
@@ -282,6 +355,58 @@ TEST(BatcherRealClockTest, EveryItemHandedOutExactlyOnce) {
   EXPECT_EQ(batched_items.load(), kProducers * kPerProducer);
   EXPECT_EQ(batched_rows.load(), total_rows);
   EXPECT_LE(max_rows.load(), 16);
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, BatcherRealClockTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "WorkConserving" : "Timed";
+                         });
+
+// A lane blocked in Next() gets a lone request at once, not after max_queue_delay.
+TEST(BatcherThreadsTest, WaitingLaneTakesALoneRequestAtOnce) {
+  auto created = Batcher::Create({.max_batch_rows = 64, .max_queue_delay = absl::Seconds(30)});
+  ASSERT_TRUE(created.ok());
+  Batcher& b = **created;
+  std::optional<Batch> got;
+  std::thread lane([&] { got = b.Next(); });
+  while (b.waiting_lanes() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(b.Enqueue("w", std::make_shared<TestItem>(1)).ok());
+  lane.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10)) << "waited for the 30 s delay";
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->reason, CloseReason::kIdleLane);
+  EXPECT_EQ(b.wakeups(), 1);
+}
+
+// While the only lane is busy, requests wake nobody and leave as one batch when it comes back.
+TEST(BatcherThreadsTest, BusyLaneFindsTheNextBatchWithoutAWakeup) {
+  auto created = Batcher::Create({.max_batch_rows = 64, .max_queue_delay = absl::Seconds(30)});
+  ASSERT_TRUE(created.ok());
+  Batcher& b = **created;
+  ASSERT_TRUE(b.Enqueue("w", std::make_shared<TestItem>(1)).ok());
+  std::promise<void> took_first, release;
+  std::shared_future<void> released = release.get_future().share();
+  std::vector<Batch> batches;
+  std::thread lane([&] {
+    std::optional<Batch> first = b.Next();
+    if (first.has_value()) batches.push_back(*std::move(first));
+    took_first.set_value();
+    released.wait();  // "running" the first batch
+    std::optional<Batch> second = b.Next();
+    if (second.has_value()) batches.push_back(*std::move(second));
+  });
+  took_first.get_future().wait();
+  for (int64_t rows : {2, 3, 4, 5}) {
+    ASSERT_TRUE(b.Enqueue("w", std::make_shared<TestItem>(rows)).ok());
+  }
+  EXPECT_EQ(b.wakeups(), 0) << "no lane was waiting";
+  release.set_value();
+  lane.join();
+  ASSERT_THAT(batches, SizeIs(2));
+  EXPECT_THAT(RowsOf(batches[0]), ElementsAre(1));
+  EXPECT_THAT(RowsOf(batches[1]), ElementsAre(2, 3, 4, 5));
+  EXPECT_EQ(batches[1].reason, CloseReason::kIdleLane);
 }
 
 }  // namespace

@@ -10,7 +10,10 @@
 namespace marlin {
 namespace {
 
-TEST(BatchExecutorTest, AnswersEveryItemWithTheCpuResult) {
+// Parameter: answer threads (0: the lane threads answer).
+class BatchExecutorTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(BatchExecutorTest, AnswersEveryItemWithTheCpuResult) {
   const WeightShape shape{.k = 256, .n = 128, .group_size = 128};
   std::mt19937 rng(3);
   std::normal_distribution<float> dist(0, 0.05f);
@@ -32,7 +35,8 @@ TEST(BatchExecutorTest, AnswersEveryItemWithTheCpuResult) {
   auto weight =
       (*store)->Publish("w", *(*backend)->Prepare(packed), *std::move(reservation), false);
   ASSERT_TRUE(weight.ok());
-  auto exec = BatchExecutor::Create(backend->get(), batcher->get(), metrics->get(), nullptr);
+  auto exec = BatchExecutor::Create(backend->get(), batcher->get(), metrics->get(), nullptr,
+                                    {.answer_threads = GetParam()});
   ASSERT_TRUE(exec.ok());
 
   constexpr int kItems = 300;
@@ -73,6 +77,23 @@ TEST(BatchExecutorTest, AnswersEveryItemWithTheCpuResult) {
   EXPECT_EQ((*weight)->requests_served(), static_cast<uint64_t>(kItems));
   EXPECT_EQ((*weight)->rows_served(), static_cast<uint64_t>(rows_total));
   EXPECT_EQ((*metrics)->Totals("marlin_batch_rows").sum, static_cast<double>(rows_total));
+  EXPECT_EQ((*metrics)->Totals("marlin_queue_seconds").count, static_cast<uint64_t>(kItems));
+}
+
+INSTANTIATE_TEST_SUITE_P(AnswerThreads, BatchExecutorTest, ::testing::Values(0, 1, 3));
+
+TEST(BatchExecutorOptionsTest, RefusesNegativeAnswerThreads) {
+  auto backend = backend::CpuBackend::Create(1, 1);
+  ASSERT_TRUE(backend.ok());
+  auto metrics = ServerMetrics::Create();
+  ASSERT_TRUE(metrics.ok());
+  auto batcher = batcher::Batcher::Create({});
+  ASSERT_TRUE(batcher.ok());
+  EXPECT_EQ(BatchExecutor::Create(backend->get(), batcher->get(), metrics->get(), nullptr,
+                                  {.answer_threads = -1})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -461,8 +461,8 @@ class MatmulServiceImpl::StreamReactor
     }
     processing_ = true;  // the stream must not finish before this request is answered
     mu_.unlock();
-    auto call = std::make_shared<Call>();
-    call->request = std::move(incoming_);
+    auto call = std::make_shared<Call>(this);
+    call->request = std::move(incoming_);  // a swap: the bytes are not copied
     incoming_.Clear();
     Process(call);
     mu_.lock();
@@ -516,9 +516,36 @@ class MatmulServiceImpl::StreamReactor
   }
 
  private:
-  struct Call {
+  // One request of the stream and its answer. It is also the batcher's item, so that a request
+  // costs one allocation besides protobuf's strings (no separate item, completion closure or
+  // answer message); it lives until its answer is written.
+  class Call final : public MatmulItem, public std::enable_shared_from_this<Call> {
+   public:
+    explicit Call(StreamReactor* stream)
+        : MatmulItem(stream->deadline_, &stream->cancelled_), stream_(stream) {}
+    using MatmulItem::Bind;
+
     v1::MatmulRequest request;
     v1::MatmulResponse response;
+
+   private:
+    // From an answer thread, a lane, or wherever the request was aborted. The stream stays alive
+    // until every accepted request is delivered.
+    void Complete(const absl::Status& status, const RunTiming& timing) override {
+      if (status.ok()) {
+        SetTiming(timing, response.mutable_timing());
+      } else {
+        response.clear_output();
+        response.set_rows(0);
+        response.set_n(0);
+        SetStatus(status, response.mutable_status());
+      }
+      stream_->service_->Answered(weight()->id(), status.code(), rows(), true, stream_->peer_);
+      ReleaseWeight();  // the call lives on until its answer is written
+      stream_->Deliver(shared_from_this());
+    }
+
+    StreamReactor* const stream_;
   };
   struct Actions {
     const v1::MatmulResponse* write = nullptr;
@@ -537,7 +564,7 @@ class MatmulServiceImpl::StreamReactor
       service_->Answered(label, weight.status().code(), req.rows(), false);
       SetStatus(weight.status(), call->response.mutable_status());
       std::lock_guard<std::mutex> lock(mu_);
-      out_.push_back(std::make_unique<v1::MatmulResponse>(std::move(call->response)));
+      out_.push_back(call);
       return;
     }
     const int64_t rows = req.rows();
@@ -550,40 +577,28 @@ class MatmulServiceImpl::StreamReactor
       call->response.set_n(0);
       SetStatus(st, call->response.mutable_status());
       std::lock_guard<std::mutex> lock(mu_);
-      out_.push_back(std::make_unique<v1::MatmulResponse>(std::move(call->response)));
+      out_.push_back(call);
       return;
     }
+    // The backend scatters the result straight into the answer's bytes.
     call->response.mutable_output()->resize(static_cast<size_t>(rows * n * 2));
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++pending_;
     }
-    auto item = std::make_shared<MatmulItem>(
-        *weight, req.activations().data(), rows, call->response.mutable_output()->data(), deadline_,
-        &cancelled_,
-        [this, call, id = (*weight)->id(), rows](const absl::Status& status,
-                                                 const RunTiming& timing) {
-          if (status.ok()) {
-            SetTiming(timing, call->response.mutable_timing());
-          } else {
-            call->response.clear_output();
-            call->response.set_rows(0);
-            call->response.set_n(0);
-            SetStatus(status, call->response.mutable_status());
-          }
-          service_->Answered(id, status.code(), rows, true, peer_);
-          Deliver(std::make_unique<v1::MatmulResponse>(std::move(call->response)));
-        });
-    if (absl::Status st = service_->deps_.batcher->Enqueue(BatchKey(**weight), item); !st.ok()) {
-      item->Finish(st, RunTiming{});
+    const std::string key = BatchKey(**weight);
+    call->Bind(*std::move(weight), req.activations().data(), rows,
+               call->response.mutable_output()->data());
+    if (absl::Status st = service_->deps_.batcher->Enqueue(key, call); !st.ok()) {
+      call->Finish(st, RunTiming{});
     }
   }
 
   // An accepted request's answer (from an executor thread, or wherever it was aborted).
-  void Deliver(std::unique_ptr<v1::MatmulResponse> response) {
+  void Deliver(std::shared_ptr<Call> call) {
     mu_.lock();
     --pending_;
-    out_.push_back(std::move(response));
+    out_.push_back(std::move(call));
     Execute(NextActionsLocked());
   }
 
@@ -604,7 +619,7 @@ class MatmulServiceImpl::StreamReactor
     }
     if (!dead && !writing_ && !out_.empty()) {
       writing_ = true;
-      a.write = out_.front().get();
+      a.write = &out_.front()->response;
     }
     const int64_t limit = service_->options_.max_in_flight_per_stream;
     if (!dead && !reading_ && !reads_done_ && !finish_requested_ &&
@@ -665,7 +680,7 @@ class MatmulServiceImpl::StreamReactor
   v1::MatmulRequest incoming_;  // the read target; one read outstanding at a time
 
   std::mutex mu_;  // std::mutex, seen by TSan; no waits on it (nothing blocks in a reactor)
-  std::deque<std::unique_ptr<v1::MatmulResponse>> out_ ABSL_GUARDED_BY(mu_);  // front: writing
+  std::deque<std::shared_ptr<Call>> out_ ABSL_GUARDED_BY(mu_);  // answers; front: writing
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool processing_ ABSL_GUARDED_BY(mu_) = false;  // OnReadDone is handling a request

@@ -402,12 +402,14 @@ TEST_F(ClientIntegrationTest, ThirtyTwoThreadsShareOneClientAndOneStream) {
   ASSERT_TRUE(client_->DeleteWeight("shared").ok());
 }
 
-// A server that holds every request in its queue for 3 s (batches close on the delay).
+// A server that holds every request in its queue for 3 s (batches close on the delay only, not
+// when a lane is idle).
 class SlowQueueTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start({"--max-queue-delay-us", "3000000", "--max-batch-rows", "4096"});
+        ServerProcess::Start({"--max-queue-delay-us", "3000000", "--max-batch-rows", "4096",
+                              "--work-conserving", "false"});
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = server->release();
   }

@@ -746,6 +746,7 @@ TEST_F(E2eTest, QueueBoundAndDeadlinesInQueue) {
   o.max_queue_rows = 8;
   o.max_rows_per_request = 8;
   o.max_queue_delay_us = 300'000;
+  o.work_conserving = false;  // batches wait the whole delay even with idle lanes
   StartServer(o);
   TestWeight w = DenseFp16({.k = 128, .n = 64, .group_size = 128}, 12);
   Put("slow", w);
@@ -887,6 +888,7 @@ TEST_F(E2eTest, DrainTimeoutAnswersTheRestUnavailable) {
   o.cuda_streams = 1;
   o.max_batch_rows = 100;
   o.max_queue_delay_us = 10'000'000;  // one 64-row request per weight waits until the drain
+  o.work_conserving = false;          // ...even though the lane is idle
   StartServer(o);
   constexpr int kWeights = 8;
   std::vector<TestWeight> weights;

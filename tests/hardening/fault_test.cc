@@ -194,6 +194,7 @@ TEST_F(FaultTest, ClientVanishesMidUpload) {
 TEST_F(FaultTest, StreamDeadlinePassesInTheQueue) {
   ServerOptions o = SmallServerOptions();
   o.max_queue_delay_us = 400'000;
+  o.work_conserving = false;  // requests wait the whole delay even with idle lanes
   o.max_batch_rows = 1024;
   Start(o);
   TestWeight w = RandomWeight(shape_, rng_);
