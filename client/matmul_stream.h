@@ -1,9 +1,12 @@
 // marlin::MatmulStream: many Matmul requests in flight on one MatmulStream RPC.
 //
-// Submit() assigns the request a request_id, queues it and returns at once; a writer thread sends
-// queued requests (at most `max_in_flight` unanswered at a time), a reader thread matches answers
-// to their requests by request_id (they may arrive out of order) and completes the caller's future
-// or runs its callback. Any number of threads may Submit concurrently; callbacks may Submit again.
+// Submit() assigns the request a request_id, queues it and returns at once; queued requests are
+// written one after the other (at most `max_in_flight` unanswered at a time) and answers are
+// matched to their requests by request_id (they may arrive out of order) to complete the caller's
+// future or run its callback. There are no threads of the stream's own: writes start on the
+// submitting thread or on gRPC's callback threads, and callbacks run on gRPC's callback threads,
+// one at a time per stream. Any number of threads may Submit concurrently; callbacks may Submit
+// again (never Close: Close waits for the stream's last callback).
 // When the RPC ends (error, server shutdown, Cancel), every request still open completes with the
 // RPC's status, and later Submits fail at once.
 //
@@ -42,13 +45,13 @@ class MatmulStream {
   // Use Client::OpenStream().
   static absl::StatusOr<std::unique_ptr<MatmulStream>> Create(Client::Impl* client,
                                                               const MatmulStreamOptions& options);
-  // Closes the stream (see Close) and waits for its threads.
+  // Closes the stream (see Close) and waits for the RPC to end.
   ~MatmulStream();
   MatmulStream(const MatmulStream&) = delete;
   MatmulStream& operator=(const MatmulStream&) = delete;
 
   // Queues one request (activations are copied: rows x K FP16 bits). `done` runs exactly once, on
-  // the stream's reader thread or, when the stream has ended, on the calling thread.
+  // a gRPC callback thread or, when the stream has ended, on the calling thread.
   void Submit(absl::string_view weight_id, uint32_t rows, absl::Span<const uint16_t> activations,
               MatmulCallback done);
   std::future<absl::StatusOr<MatmulResult>> Submit(absl::string_view weight_id, uint32_t rows,

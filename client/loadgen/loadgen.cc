@@ -111,6 +111,7 @@ struct Target {
 
 // One request of a point.
 struct Request {
+  int64_t chain = -1;  // closed loop: the chain that sends it (picks its stream); open loop: -1
   size_t target = 0;
   uint32_t rows = 0;
   int64_t offset_row = 0;
@@ -154,6 +155,10 @@ struct Runner::Impl {
   Config config;
   RunInfo info;
   std::unique_ptr<Client> client;
+  // config.connections clients (the first is `client`), each on a TCP connection of its own.
+  std::vector<Client*> connections;
+  std::vector<std::unique_ptr<Client>> extra_clients;
+  std::atomic<uint64_t> next_connection{0};
   std::vector<std::unique_ptr<MatmulStream>> streams;
   std::atomic<uint64_t> next_stream{0};
   std::vector<Target> targets;
@@ -168,7 +173,9 @@ struct Runner::Impl {
   Request NewRequest(absl::Time scheduled, bool measured);
   void Send(PointState* ps, const Request& req, std::function<void()> then);
   void Complete(PointState* ps, const Request& req, absl::StatusOr<MatmulResult> result);
-  void Chain(PointState* ps);
+  void Chain(PointState* ps, int64_t chain);
+  // Clients on connections of their own besides `client` (unsharded servers only).
+  absl::Status OpenConnections();
   void Verify(PointState* ps, const Request& req, std::vector<uint16_t> output);
   void PrintProgress(PointState* ps, const std::string& label, bool final);
 };
@@ -269,17 +276,40 @@ absl::Status Runner::Impl::Setup() {
   }
   if (!verify_enabled) info.verify_rule = "none";
 
+  if (absl::Status s = OpenConnections(); !s.ok()) return s;
   if (config.mode == Mode::kStream) {
     MatmulStreamOptions options;
     options.max_in_flight = server->limits.max_in_flight_per_stream;
     for (int i = 0; i < std::max(1, config.streams); ++i) {
-      absl::StatusOr<std::unique_ptr<MatmulStream>> stream = client->OpenStream(options);
+      absl::StatusOr<std::unique_ptr<MatmulStream>> stream =
+          connections[static_cast<size_t>(i) % connections.size()]->OpenStream(options);
       if (!stream.ok()) return stream.status();
       streams.push_back(*std::move(stream));
     }
   }
   executor = std::make_unique<Executor>();
   verifier = std::make_unique<Executor>();
+  return absl::OkStatus();
+}
+
+absl::Status Runner::Impl::OpenConnections() {
+  connections = {client.get()};
+  if (config.connections <= 1) return absl::OkStatus();
+  if (!config.client.shard_peers.empty()) {
+    return absl::InvalidArgumentError("--connections > 1 does not go with --shard-peers");
+  }
+  for (int i = 1; i < config.connections; ++i) {
+    ClientOptions options = config.client;
+    // gRPC shares one connection between channels whose arguments are equal; a user agent of its
+    // own makes this channel's arguments, and so its connection, distinct.
+    options.user_agent_prefix =
+        absl::StrCat(config.client.user_agent_prefix,
+                     config.client.user_agent_prefix.empty() ? "" : " ", "marlin-loadgen-conn-", i);
+    absl::StatusOr<std::unique_ptr<Client>> c = Client::Create(options);
+    if (!c.ok()) return c.status();
+    connections.push_back(c->get());
+    extra_clients.push_back(*std::move(c));
+  }
   return absl::OkStatus();
 }
 
@@ -323,9 +353,11 @@ void Runner::Impl::Send(PointState* ps, const Request& req, std::function<void()
   };
   tl_in_send = true;
   if (streams.empty()) {
-    client->MatmulAsync(t.id, req.rows, x, std::move(done));
+    connections[next_connection.fetch_add(1) % connections.size()]->MatmulAsync(t.id, req.rows, x,
+                                                                                std::move(done));
   } else {
-    size_t s = next_stream.fetch_add(1) % streams.size();
+    const size_t s = req.chain >= 0 ? static_cast<size_t>(req.chain) % streams.size()
+                                    : next_stream.fetch_add(1) % streams.size();
     streams[s]->Submit(t.id, req.rows, x, std::move(done));
   }
   tl_in_send = false;
@@ -390,7 +422,7 @@ void Runner::Impl::Verify(PointState* ps, const Request& req, std::vector<uint16
   ps->max_rel_error = std::max(ps->max_rel_error, err);
 }
 
-void Runner::Impl::Chain(PointState* ps) {
+void Runner::Impl::Chain(PointState* ps, int64_t chain) {
   absl::Time now = absl::Now();
   if (now >= ps->end) {
     std::lock_guard<std::mutex> lock(ps->mu);
@@ -398,7 +430,9 @@ void Runner::Impl::Chain(PointState* ps) {
     ps->changed.notify_all();
     return;
   }
-  Send(ps, NewRequest(now, now >= ps->measure_start), [this, ps] { Chain(ps); });
+  Request req = NewRequest(now, now >= ps->measure_start);
+  req.chain = chain;
+  Send(ps, req, [this, ps, chain] { Chain(ps, chain); });
 }
 
 void Runner::Impl::PrintProgress(PointState* ps, const std::string& label, bool final) {
@@ -476,7 +510,7 @@ absl::StatusOr<PointResult> Runner::Impl::RunPoint(int64_t concurrency, double r
       std::lock_guard<std::mutex> lock(ps.mu);
       ps.chains = concurrency;
     }
-    for (int64_t c = 0; c < concurrency; ++c) Chain(&ps);
+    for (int64_t c = 0; c < concurrency; ++c) Chain(&ps, c);
     std::unique_lock<std::mutex> lock(ps.mu);
     ps.changed.wait(lock, [&ps]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ps.mu) {
       return ps.chains == 0 && ps.outstanding == 0;

@@ -1,10 +1,12 @@
 // The engine of marlin-loadgen: drives a marlin-serve server with Matmul requests and measures it.
 //
 // Closed loop: for each concurrency C, C request chains each send a request as soon as their last
-// one was answered. Open loop: for each rate R, a dispatcher sends at Poisson arrival times and
-// latency counts from the scheduled send time, so a slow server cannot slow the arrivals down (no
-// coordinated omission). Each point runs `warmup` (not measured) then `duration`; no new request
-// starts after that, and every request sent is waited for, so sent == answers + errors.
+// one was answered; in stream mode chain i always uses stream i mod `streams` (with as many
+// streams as chains, one stream per concurrent request). Open loop: for each rate R, a dispatcher
+// sends at Poisson arrival times and latency counts from the scheduled send time, so a slow server
+// cannot slow the arrivals down (no coordinated omission). Each point runs `warmup` (not measured)
+// then `duration`; no new request starts after that, and every request sent is waited for, so sent
+// == answers + errors.
 //
 //   marlin::loadgen::Config config;
 //   config.client.target = "localhost:50051";
@@ -50,6 +52,10 @@ struct Config {
   double verify_tolerance = 1e-3;  // relative Frobenius error allowed off the CPU backend
   std::string metrics_address;     // host:port of the server's /metrics
   int streams = 1;                 // MatmulStreams in stream mode
+  // TCP connections the streams (or unary calls) are spread over. One connection's HTTP/2
+  // transport is worked by one thread at a time on each side: with one connection it is the
+  // ceiling of the whole run, however many streams share it.
+  int connections = 1;
   uint64_t seed = 1;
   bool progress = false;              // a live progress line on stderr
   bool progress_tty = false;          // rewrite it in place (\r) rather than print lines

@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   double verify_fraction = 0, verify_tolerance = 1e-3;
   std::string metrics;
   int streams = 1;
+  int connections = 1;
   uint64_t seed = 1;
   std::string progress = "auto";
   std::string json_path, csv_path, report_path;
@@ -92,8 +93,14 @@ int main(int argc, char** argv) {
                  "relative Frobenius error allowed on non-CPU backends")
       ->capture_default_str();
   app.add_option("--metrics", metrics, "host:port of the server's Prometheus /metrics");
-  app.add_option("--streams", streams, "stream mode: number of MatmulStreams")
+  app.add_option("--streams", streams,
+                 "stream mode: number of MatmulStreams (closed loop: chain i uses stream i mod N)")
       ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_option("--connections", connections,
+                 "TCP connections the streams or unary calls are spread over (one connection's "
+                 "transport is a ceiling of its own)")
+      ->check(CLI::Range(1, 256))
       ->capture_default_str();
   app.add_option("--seed", seed, "random seed")->capture_default_str();
   app.add_option("--progress", progress, "live progress line on stderr: auto, always, never")
@@ -164,6 +171,7 @@ int main(int argc, char** argv) {
   config.verify_tolerance = verify_tolerance;
   config.metrics_address = metrics;
   config.streams = streams;
+  config.connections = connections;
   config.seed = seed;
   bool tty = isatty(STDERR_FILENO) != 0;
   config.progress = progress == "always" || (progress == "auto" && tty);
