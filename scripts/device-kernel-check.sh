@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root, after scripts/stage-device.sh: the GPU tests
 # (kernel, CUDA backend, the end-to-end suite on the CUDA backend), compute-sanitizer memcheck and
-# racecheck on a small shape, a SASS summary, then the kernel benchmark. Logs go to $OUT (or
-# ./device-out): bench.md, bench.json and kernel-logs.tar.gz.
+# racecheck on a small shape (both kernel paths), a SASS summary (HGMMA = the Hopper path's wgmma,
+# HMMA = the Ampere path's mma.sync), then the kernel benchmark with both paths and the dispatch
+# side by side. Logs go to $OUT (or ./device-out): bench.md, bench.json and kernel-logs.tar.gz.
 #
 #   scripts/device-kernel-check.sh [marlin-bench arguments...]
 set -uo pipefail
@@ -12,7 +13,8 @@ mkdir -p "$logs"
 source device-bundle/env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$logs/gpu.txt"
 cuobjdump -sass device-bundle/bin/marlin-bench |
-  grep -oE '\b(HMMA|HGMMA|LDSM|LDGSTS|LDL|STL)[.A-Z0-9_]*' | sort | uniq -c >"$logs/sass.txt"
+  grep -oE '\b(HMMA|HGMMA|UTMALDG|WARPGROUP|LDSM|LDGSTS|LDL|STL)[.A-Z0-9_]*' | sort | uniq -c \
+  >"$logs/sass.txt"
 cat "$logs/sass.txt"
 run_test() {  # name, then the command
   local name=$1; shift
@@ -27,6 +29,6 @@ for tool in memcheck racecheck; do
     --gtest_filter='*SanitizerShape*' >"$logs/sanitizer-$tool.log" 2>&1
   echo "compute-sanitizer $tool exit: $? ($(tail -1 "$logs/sanitizer-$tool.log"))"
 done
-marlin-bench --json "$out/bench.json" "$@" >"$out/bench.md"
+marlin-bench --paths ampere,hopper,auto --json "$out/bench.json" "$@" >"$out/bench.md"
 grep -E '^\| (L8B|L70B|big) \|' "$out/bench.md"
 tar -czf "$out/kernel-logs.tar.gz" -C "$out" kernel-logs && rm -rf "$logs"

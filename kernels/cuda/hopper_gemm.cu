@@ -56,6 +56,9 @@ absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, const DeviceWei
   return HopperMaps{*x_map, *w_map, *s_map};
 }
 
+// Largest configuration launched with programmatic dependent launch.
+constexpr int kMaxOverlappedBatch = 64;
+
 template <typename C>
 absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
                     float* partials, int sm_count, cudaStream_t stream) {
@@ -77,8 +80,21 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   static_assert(2 * C::kSlotFloats <= 2 * 128 * 256, "SlotFloatsPerSm() too small");
   MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
       HopperGemmKernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
-  HopperGemmKernel<C><<<p.grid, kThreads, C::kSmemBytes, stream>>>(*maps, p);
-  MARLIN_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  // Programmatic dependent launch: this kernel may start while the previous one on the stream
+  // finishes (it streams weights first and waits for that kernel before anything else). Measured
+  // on the H100 (L70B block, same run): 2-4% faster up to 32 rows, 2-6% slower from 128 rows,
+  // where the calls are compute-bound; so only for the memory-bound configurations.
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = C::kBatch <= kMaxOverlappedBatch ? 1 : 0;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(p.grid);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = C::kSmemBytes;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, HopperGemmKernel<C>, *maps, p));
   return absl::OkStatus();
 }
 

@@ -96,25 +96,47 @@ struct StageSmem {
       : x(ring + slot * C::kStageBytes), w(x + C::kXBytes), s(w + C::kWBytes) {}
 };
 
-// Warpgroup 0, one thread: fills the ring for iterations [begin, end).
+// Issues one stage's weight and scale copies, announcing `tx_bytes` for the stage on `bar`.
+template <typename C>
+__device__ __forceinline__ void LoadWeightStage(const HopperMaps& maps, const HopperParams& p,
+                                                StageCursor at, const StageSmem<C>& smem,
+                                                uint32_t bar, uint32_t tx_bytes) {
+  const int k_tile0 = at.stage * kStageKTiles;
+  const int n_tile0 = at.slice * C::kBlockNTiles;
+  ptx::BarrierArriveExpectBytes(bar, tx_bytes);
+  ptx::TensorLoad3d(smem.w, &maps.w, 0, n_tile0, k_tile0, bar);
+  ptx::TensorLoad2d(smem.s, &maps.s, n_tile0 * 64, p.per_channel ? 0 : k_tile0 / kGroupKTiles, bar);
+}
+
+// Warpgroup 0, one thread: fills the ring for iterations [begin, end). Weights and scales never
+// change under a call, so the first ring's worth of them is requested before the grid waits for
+// the previous kernel on the stream (programmatic dependent launch): their streaming overlaps that
+// kernel's last blocks. Activations, which the previous kernel may have written, come after.
 template <typename C>
 __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const HopperParams& p,
                                               int begin, int end, uint32_t ring, uint32_t full,
                                               uint32_t empty) {
+  const int early = end - begin < C::kStages ? end - begin : C::kStages;
   StageCursor at(p, begin);
-  int slot = 0;
-  uint32_t phase = 0;
-  for (int iter = begin; iter < end; ++iter) {
+  for (int slot = 0; slot < early; ++slot) {
+    LoadWeightStage<C>(maps, p, at, StageSmem<C>(ring, slot), full + 8 * slot, C::kTxBytes);
+    at.Advance(p);
+  }
+  ptx::GridDependencyWait();
+  at = StageCursor(p, begin);
+  for (int slot = 0; slot < early; ++slot) {
+    ptx::TensorLoad2d(StageSmem<C>(ring, slot).x, &maps.x, at.stage * kStageKTiles * 16, 0,
+                      full + 8 * slot);
+    at.Advance(p);
+  }
+  int slot = early % C::kStages;
+  uint32_t phase = early == C::kStages ? 1 : 0;
+  for (int iter = begin + early; iter < end; ++iter) {
     ptx::BarrierWait(empty + 8 * slot, phase ^ 1);
     const StageSmem<C> smem(ring, slot);
     const uint32_t bar = full + 8 * slot;
-    const int k_tile0 = at.stage * kStageKTiles;
-    const int n_tile0 = at.slice * C::kBlockNTiles;
-    ptx::BarrierArriveExpectBytes(bar, C::kTxBytes);
-    ptx::TensorLoad2d(smem.x, &maps.x, k_tile0 * 16, 0, bar);
-    ptx::TensorLoad3d(smem.w, &maps.w, 0, n_tile0, k_tile0, bar);
-    ptx::TensorLoad2d(smem.s, &maps.s, n_tile0 * 64, p.per_channel ? 0 : k_tile0 / kGroupKTiles,
-                      bar);
+    LoadWeightStage<C>(maps, p, at, smem, bar, C::kTxBytes);
+    ptx::TensorLoad2d(smem.x, &maps.x, at.stage * kStageKTiles * 16, 0, bar);
     at.Advance(p);
     if (++slot == C::kStages) {
       slot = 0;
@@ -413,11 +435,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
 
+  // The next kernel on the stream may be scheduled now; it waits (GridDependencyWait) before it
+  // touches anything this one writes.
+  ptx::LaunchDependents();
   if (threadIdx.x < kWarpgroupThreads) {
     ptx::LowerRegisterBudget<kProducerRegisters>();
     if (threadIdx.x == 0) ProduceStages<C>(maps, p, begin, end, ring, full, empty);
   } else {
     ptx::RaiseRegisterBudget<kConsumerRegisters>();
+    ptx::GridDependencyWait();  // before the workspace and y, which the previous call used
     ConsumeStages<C>(p, begin, end, ring, full, empty, &last_flag);
   }
 #endif

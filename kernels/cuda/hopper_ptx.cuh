@@ -73,6 +73,17 @@ __device__ __forceinline__ void PrefetchTensorMap(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
 }
 
+// griddepcontrol.wait: waits until the grids this one depends on (programmatic dependent launch)
+// have completed and their memory is visible; returns at once without such a dependency.
+__device__ __forceinline__ void GridDependencyWait() {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+
+// griddepcontrol.launch_dependents: lets a dependent grid be scheduled before this one ends.
+__device__ __forceinline__ void LaunchDependents() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
 // wgmma.fence: orders earlier register writes (A fragments, accumulators) before the next wgmma.
 __device__ __forceinline__ void WgmmaFence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
