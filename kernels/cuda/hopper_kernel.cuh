@@ -293,7 +293,8 @@ __device__ __forceinline__ bool OwnsWholeSlice(const P& p, int begin, StageCurso
 }
 
 // Consumers: finishes the segment of `at.slice` that ends here. A whole slice is stored; a split
-// one is written to this block's partial slot and summed after the main loop (SumSplitSlice).
+// one is written to this block's partial slot, and the last block to arrive sums it after its
+// main loop (SumSlice).
 // The accumulators are touched only under conditions on kernel parameters, which the compiler
 // can tell are uniform: touching them, or summing partials, under a data-dependent condition (who
 // arrived last) inside the loop made it serialize every wgmma of the kernel.
@@ -322,18 +323,31 @@ __device__ __forceinline__ void FinishSegment(const HopperParams& p, int begin, 
   PinAccumulators<C>(acc);
 }
 
-// Consumers, after the main loop: arrives at a split `slice` whose partial this block wrote, and
-// if it is the last of the slice's blocks, sums every block's partial in k order and stores it.
-template <typename C>
-__device__ __forceinline__ void SumSplitSlice(const HopperParams& p, int slice,
-                                              const ConsumerRole& role, int* last_flag) {
+// Consumers: arrives at split `slice` once this block's partial of it is written. The result (is
+// this block the slice's last?) is meaningful in consumer thread 0 only; branching on it is left
+// for after the main loop (see FinishSegment), so the atomic's latency hides behind the stages.
+__device__ __forceinline__ bool ArriveAtSlice(const HopperParams& p, int slice,
+                                              const ConsumerRole& role) {
   __threadfence();
   ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);
-  if (role.thread == 0) *last_flag = ArriveLast(p, slice);
+  return role.thread == 0 && ArriveLast(p, slice);
+}
+
+// Consumers: consumer thread 0's `flag`, for all of them.
+__device__ __forceinline__ bool ShareFlag(bool flag, const ConsumerRole& role, int* flag_smem) {
+  if (role.thread == 0) *flag_smem = flag;
   ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);
-  const bool last = *last_flag;
-  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);  // the flag is read before its next use
-  if (!last) return;
+  const bool shared = *flag_smem;
+  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);  // read by all before its next write
+  return shared;
+}
+
+// Consumers, in the block that arrived last at `slice`: sums every block's partial of it in k
+// order (deterministic) and stores the result. Up to 16 rows, four blocks' loads are in flight
+// at a time (more would spill the taller configurations).
+template <typename C>
+__device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
+                                         const ConsumerRole& role) {
   __threadfence();
   const int first_block = BlockOf(p, slice * p.stages_per_slice);
   const int last_block = BlockOf(p, (slice + 1) * p.stages_per_slice - 1);
@@ -342,7 +356,8 @@ __device__ __forceinline__ void SumSplitSlice(const HopperParams& p, int slice,
     float4 sum[C::kAccFloats / 4];
 #pragma unroll
     for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) sum[r4] = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int b = first_block; b <= last_block; ++b) {  // in k order: deterministic
+#pragma unroll(C::kBatch <= 16 ? 4 : 1)
+    for (int b = first_block; b <= last_block; ++b) {
       const int from = SlotOf(p, b, slice);
 #pragma unroll
       for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
@@ -369,8 +384,10 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, 
                                               uint32_t ring, uint32_t full, uint32_t empty,
                                               int* last_flag) {
   const ConsumerRole role(threadIdx.x - kWarpgroupThreads);
-  // A block splits at most its first and its last slice with other blocks.
+  // A block splits at most its first and its last slice with other blocks. The first one's
+  // arrival happens in the loop; whether it came last is acted on after it.
   int first_split = -1, last_split = -1;
+  bool first_split_last = false;
   HopperAccumulators<C> acc;
   ZeroAccumulators<C>(acc);
   StageCursor at(p, begin);
@@ -395,7 +412,14 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, 
       release(slot);
       in_flight = -1;
       FinishSegment<C>(p, begin, at, role, acc);
-      if (!OwnsWholeSlice(p, begin, at)) (iter + 1 == end ? last_split : first_split) = at.slice;
+      if (!OwnsWholeSlice(p, begin, at)) {
+        if (iter + 1 == end) {
+          last_split = at.slice;
+        } else {
+          first_split = at.slice;
+          first_split_last = ArriveAtSlice(p, at.slice, role);
+        }
+      }
     }
     at.Advance(p);
     if (++slot == C::kStages) {
@@ -403,9 +427,12 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, 
       phase ^= 1;
     }
   }
-  if (first_split >= 0) SumSplitSlice<C>(p, first_split, role, last_flag);
-  if (last_split >= 0 && last_split != first_split)
-    SumSplitSlice<C>(p, last_split, role, last_flag);
+  if (first_split >= 0 && ShareFlag(first_split_last, role, last_flag)) {
+    SumSlice<C>(p, first_split, role);
+  }
+  if (last_split >= 0 && ShareFlag(ArriveAtSlice(p, last_split, role), role, last_flag)) {
+    SumSlice<C>(p, last_split, role);
+  }
 }
 
 template <typename C>
