@@ -2,8 +2,9 @@
 //
 // Closed loop: for each concurrency C, C request chains each send a request as soon as their last
 // one was answered; in stream mode chain i always uses stream i mod `streams` (with as many
-// streams as chains, one stream per concurrent request). Open loop: for each rate R, a dispatcher
-// sends at Poisson arrival times and latency counts from the scheduled send time, so a slow server
+// streams as chains, one stream per concurrent request). Open loop: for each rate R, dispatcher
+// threads (a quarter of the hardware threads, 1 to 8, each a Poisson process of its share of R)
+// send at Poisson arrival times and latency counts from the scheduled send time, so a slow server
 // cannot slow the arrivals down (no coordinated omission). Each point runs `warmup` (not measured)
 // then `duration`; no new request starts after that, and every request sent is waited for, so sent
 // == answers + errors.
