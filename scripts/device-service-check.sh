@@ -10,8 +10,9 @@
 #   - the null backend (the transport ceiling), and the old timed batching policy
 #     (--work-conserving=false) for comparison.
 # Streams are spread over --connections TCP connections (one connection's transport is a ceiling
-# of its own). About 60 points of (1 s warm-up + 2 s) plus weight uploads: ~5 minutes. Everything
-# is logged under $OUT (one tarball plus summary.txt, since few files come back).
+# of its own). 54 points of (1 s warm-up + 2 s) plus weight uploads and four server starts:
+# ~4-5 minutes (81 s locally with 0.3 s points and small weights). Everything is logged under
+# $OUT (one tarball plus summary.txt, since few files come back).
 #
 #   scripts/device-service-check.sh [seconds-per-point]
 set -uo pipefail
