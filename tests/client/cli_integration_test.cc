@@ -314,6 +314,47 @@ TEST_F(CliTest, LoadgenOpenLoopStreamMode) {
   EXPECT_EQ(p["rows_answered"].get<uint64_t>(), 4 * p["answers"].get<uint64_t>());
 }
 
+// Closed loop over several streams and connections (more chains than streams, streams not a
+// multiple of the connections): every request answered once and bit-exact on the CPU backend.
+TEST_F(CliTest, LoadgenStreamsOverSeveralConnections) {
+  const std::string json = dir_.File("conns.json");
+  CommandResult r = RunCommand({MARLIN_LOADGEN_PATH,
+                                "--server",
+                                server_->address(),
+                                "--create",
+                                "256,128",
+                                "--mode",
+                                "stream",
+                                "--streams",
+                                "5",
+                                "--connections",
+                                "3",
+                                "--concurrency",
+                                "1,12",
+                                "--duration",
+                                "0.5",
+                                "--warmup",
+                                "0.2",
+                                "--rows",
+                                "1-4",
+                                "--verify-fraction",
+                                "0.2",
+                                "--json",
+                                json,
+                                "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = nlohmann::json::parse(ReadFile(json));
+  ASSERT_EQ(j["points"].size(), 2u);
+  for (const auto& p : j["points"]) {
+    EXPECT_GT(p["answers"].get<uint64_t>(), 0u);
+    EXPECT_EQ(p["sent"].get<uint64_t>(),
+              p["answers"].get<uint64_t>() + p["errors"].get<uint64_t>());
+    EXPECT_EQ(p["errors"].get<uint64_t>(), 0u) << p["errors_by_code"];
+    EXPECT_GT(p["verify"]["checked"].get<uint64_t>(), 0u);
+    EXPECT_EQ(p["verify"]["mismatches"].get<uint64_t>(), 0u);
+  }
+}
+
 TEST_F(CliTest, LoadgenFailsClearlyOnADeadServer) {
   std::string dead = absl::StrCat("127.0.0.1:", ::marlin::testing::FreePort());
   CommandResult r = RunCommand({MARLIN_LOADGEN_PATH, "--server", dead, "--max-attempts", "1",
