@@ -103,29 +103,55 @@ class Cublas {
   DeviceBuffer workspace_;  // fixed cuBLAS workspace, required for graph capture
 };
 
+// One timed variant: a graph of `calls` back-to-back calls of `record(i)`.
+struct Variant {
+  int calls;
+  std::function<absl::Status(int)> record;
+};
+
+// Per-call time of each variant in us: the median over `replays` graph replays. The variants'
+// replays take turns (A B C A B C ...), so clock and temperature drift falls on all of them alike:
+// timed one after another, the same kernel read up to 25% slower in third place than in second at
+// M >= 128 (the card heats and slows under the tall products).
+std::vector<double> TimeSideBySide(cudaStream_t stream, int replays,
+                                   const std::vector<Variant>& variants) {
+  std::vector<GraphExec> graphs;
+  for (const Variant& v : variants) {
+    graphs.push_back(Check(GraphExec::Capture(stream, [&]() -> absl::Status {
+      for (int i = 0; i < v.calls; ++i) {
+        if (absl::Status s = v.record(i); !s.ok()) return s;
+      }
+      return absl::OkStatus();
+    })));
+  }
+  cuda::Event start = Check(cuda::Event::Create());
+  cuda::Event stop = Check(cuda::Event::Create());
+  for (GraphExec& g : graphs) {
+    for (int i = 0; i < 3; ++i) BENCH_CHECK(g.Launch(stream));  // warm-up, clocks included
+  }
+  std::vector<std::vector<float>> ms(variants.size(), std::vector<float>(replays));
+  for (int r = 0; r < replays; ++r) {
+    for (size_t v = 0; v < graphs.size(); ++v) {
+      BENCH_CHECK(cuda::CudaStatus(cudaEventRecord(start.get(), stream), "cudaEventRecord"));
+      BENCH_CHECK(graphs[v].Launch(stream));
+      BENCH_CHECK(cuda::CudaStatus(cudaEventRecord(stop.get(), stream), "cudaEventRecord"));
+      BENCH_CHECK(cuda::CudaStatus(cudaEventSynchronize(stop.get()), "cudaEventSynchronize"));
+      BENCH_CHECK(cuda::CudaStatus(cudaEventElapsedTime(&ms[v][r], start.get(), stop.get()),
+                                   "cudaEventElapsedTime"));
+    }
+  }
+  std::vector<double> us;
+  for (size_t v = 0; v < variants.size(); ++v) {
+    std::sort(ms[v].begin(), ms[v].end());
+    us.push_back(ms[v][replays / 2] * 1000.0 / variants[v].calls);
+  }
+  return us;
+}
+
 // Median over `replays` of a graph of `calls` back-to-back calls of `record(i)`, per call, in us.
 double TimePerCallUs(cudaStream_t stream, int calls, int replays,
                      const std::function<absl::Status(int)>& record) {
-  GraphExec graph = Check(GraphExec::Capture(stream, [&]() -> absl::Status {
-    for (int i = 0; i < calls; ++i) {
-      if (absl::Status s = record(i); !s.ok()) return s;
-    }
-    return absl::OkStatus();
-  }));
-  cuda::Event start = Check(cuda::Event::Create());
-  cuda::Event stop = Check(cuda::Event::Create());
-  for (int i = 0; i < 3; ++i) BENCH_CHECK(graph.Launch(stream));  // warm-up, clocks included
-  std::vector<float> ms(replays);
-  for (int r = 0; r < replays; ++r) {
-    BENCH_CHECK(cuda::CudaStatus(cudaEventRecord(start.get(), stream), "cudaEventRecord"));
-    BENCH_CHECK(graph.Launch(stream));
-    BENCH_CHECK(cuda::CudaStatus(cudaEventRecord(stop.get(), stream), "cudaEventRecord"));
-    BENCH_CHECK(cuda::CudaStatus(cudaEventSynchronize(stop.get()), "cudaEventSynchronize"));
-    BENCH_CHECK(cuda::CudaStatus(cudaEventElapsedTime(&ms[r], start.get(), stop.get()),
-                                 "cudaEventElapsedTime"));
-  }
-  std::sort(ms.begin(), ms.end());
-  return ms[replays / 2] * 1000.0 / calls;
+  return TimeSideBySide(stream, replays, {{calls, record}}).front();
 }
 
 struct Row {
@@ -272,21 +298,25 @@ int Main(int argc, char** argv) {
     BENCH_CHECK(stream.Synchronize());
 
     for (int64_t m : ms) {
+      // Our paths (each forced while its graph is captured) and cuBLAS, timed side by side.
       const int marlin_calls = std::max(min_calls, int4_copies);
-      std::vector<double> path_us;
+      std::vector<Variant> variants;
       for (cuda::GemmPath path : paths) {
-        cuda::ForceGemmPathForTesting(path);
-        path_us.push_back(TimePerCallUs(stream.get(), marlin_calls, replays, [&](int i) {
-          return cuda::Gemm(x.as<__half>(), m, weights[i % int4_copies], y.as<__half>(), workspace,
-                            stream.get());
-        }));
+        variants.push_back({marlin_calls, [&, path](int i) {
+                              cuda::ForceGemmPathForTesting(path);
+                              return cuda::Gemm(x.as<__half>(), m, weights[i % int4_copies],
+                                                y.as<__half>(), workspace, stream.get());
+                            }});
       }
+      variants.push_back({std::max(min_calls, fp16_copies), [&](int i) {
+                            return cublas->Gemm(x.as<__half>(),
+                                                fweights[i % fp16_copies].as<__half>(),
+                                                y.as<__half>(), m, layer.k, layer.n);
+                          }});
+      std::vector<double> path_us = TimeSideBySide(stream.get(), replays, variants);
       cuda::ForceGemmPathForTesting(cuda::GemmPath::kAuto);
-      const int cublas_calls = std::max(min_calls, fp16_copies);
-      const double cublas_us = TimePerCallUs(stream.get(), cublas_calls, replays, [&](int i) {
-        return cublas->Gemm(x.as<__half>(), fweights[i % fp16_copies].as<__half>(), y.as<__half>(),
-                            m, layer.k, layer.n);
-      });
+      const double cublas_us = path_us.back();
+      path_us.pop_back();
       const double bytes = q_bytes + s_bytes + m * layer.k * 2.0 + m * layer.n * 2.0;
       const double ideal_us = bytes / bandwidth * 1e6;
       const double compute_us = 2.0 * m * layer.k * layer.n / (tflops * 1e12) * 1e6;
