@@ -3,6 +3,9 @@
 #include "client/client.h"
 
 #include <atomic>
+#include <chrono>
+#include <future>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -81,6 +84,36 @@ TEST(CancellationTokenTest, CancelsRegisteredAndLaterCalls) {
   EXPECT_EQ(cancelled, 2);
   token.Cancel();  // idempotent
   EXPECT_EQ(cancelled, 2);
+}
+
+// A second Cancel() while the first is inside a call's cancel_fn must not let that call's
+// Unregister return early (its state would be freed under the running cancel_fn).
+TEST(CancellationTokenTest, UnregisterWaitsForARunningCancelFnDespiteASecondCancel) {
+  CancellationToken token;
+  std::promise<void> inside, release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<bool> fn_returned{false};
+  token.Register([] {});
+  const uint64_t slow = token.Register([&] {  // registered last: cancelled first
+    inside.set_value();
+    released.wait();
+    fn_returned = true;
+  });
+  std::thread first([&] { token.Cancel(); });
+  inside.get_future().wait();
+  std::thread second([&] { token.Cancel(); });
+  second.join();
+  std::atomic<bool> unregistered{false};
+  std::thread owner([&] {
+    token.Unregister(slow);
+    unregistered = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(unregistered.load()) << "Unregister returned while its cancel_fn was running";
+  release.set_value();
+  owner.join();
+  first.join();
+  EXPECT_TRUE(fn_returned.load());
 }
 
 TEST(TlsOptionsTest, FromFilesNamesTheMissingFile) {
