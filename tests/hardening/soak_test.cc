@@ -167,9 +167,10 @@ TEST(SoakTest, MixedLoadLevelsOff) {
     last_fds = std::max(last_fds, samples[i].fds);
   }
   std::printf(
-      "soak calls=%lld rss_kib middle_max=%lld last_max=%lld fds middle_max=%d "
-      "last_max=%d\n",
-      static_cast<long long>(calls.load()), static_cast<long long>(mid_rss),
+      "soak calls=%lld wrong=%lld hung=%lld rss_kib middle_max=%lld last_max=%lld fds "
+      "middle_max=%d last_max=%d\n",
+      static_cast<long long>(calls.load()), static_cast<long long>(wrong.load()),
+      static_cast<long long>(hung.load()), static_cast<long long>(mid_rss),
       static_cast<long long>(last_rss), mid_fds, last_fds);
   EXPECT_LE(last_rss, mid_rss + mid_rss / 10) << "resident memory keeps growing";
   EXPECT_LE(last_fds, mid_fds + 16) << "file descriptors keep growing";
