@@ -43,7 +43,8 @@ stop_server() {
 loadgen() {  # args: name, loadgen flags
   local name=$1; shift
   marlin-loadgen --server "$addr" --metrics "$metrics" --duration "$dur" --warmup 1 --progress never \
-    --connections "$conns" --json "$log/$name.json" --csv "$log/$name.csv" "$@" >"$log/$name.txt" 2>&1
+    --connections "$conns" --json "$log/$name.json" --csv "$log/$name.csv" \
+    --report "$log/$name.html" "$@" >"$log/$name.txt" 2>&1
   echo "== $name (exit $?)"; cat "$log/$name.txt"
 }
 # The highest req/s of a closed-loop run (column 10 of its CSV); 1000 when it did not run.
