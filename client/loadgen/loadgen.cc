@@ -128,6 +128,10 @@ struct PointState {
   // outstanding, chains or verify_pending change.
   std::condition_variable changed;
   std::vector<double> latencies_ms ABSL_GUARDED_BY(mu);
+  // Open loop: how late each measured request was handed to the client library (its send time
+  // minus its scheduled time). Latency counts from the schedule, so this part of it is the load
+  // generator's own delay, not the server's or the transport's.
+  std::vector<double> send_lag_ms ABSL_GUARDED_BY(mu);
   std::map<std::string, uint64_t> errors_by_code ABSL_GUARDED_BY(mu);
   uint64_t sent ABSL_GUARDED_BY(mu) = 0;
   uint64_t answers ABSL_GUARDED_BY(mu) = 0;
@@ -332,9 +336,11 @@ Request Runner::Impl::NewRequest(absl::Time scheduled, bool measured) {
 
 void Runner::Impl::Send(PointState* ps, const Request& req, std::function<void()> then) {
   {
+    const absl::Time now = absl::Now();
     std::lock_guard<std::mutex> lock(ps->mu);
     if (req.measured) {
       ++ps->sent;
+      if (req.chain < 0) ps->send_lag_ms.push_back(absl::ToDoubleMilliseconds(now - req.scheduled));
     } else {
       ++ps->warm_sent;
     }
@@ -589,6 +595,7 @@ absl::StatusOr<PointResult> Runner::Impl::RunPoint(int64_t concurrency, double r
   result.req_per_s = static_cast<double>(ps.answers) / result.elapsed_s;
   result.rows_per_s = static_cast<double>(ps.rows_answered) / result.elapsed_s;
   result.latency = Summarize(ps.latencies_ms);
+  result.send_lag = Summarize(ps.send_lag_ms);
   if (ps.answers > 0) {
     double n = static_cast<double>(ps.answers);
     result.mean_batch_rows = ps.sum_batch_rows / n;

@@ -71,6 +71,14 @@ nlohmann::json PointJson(const PointResult& p) {
                      {"p50", p.latency.p50_ms},  {"p90", p.latency.p90_ms},
                      {"p99", p.latency.p99_ms},  {"p99.9", p.latency.p999_ms},
                      {"max", p.latency.max_ms}};
+  if (p.send_lag.count > 0) {
+    j["send_lag_ms"] = {{"count", p.send_lag.count}, {"mean", p.send_lag.mean_ms},
+                        {"p50", p.send_lag.p50_ms},  {"p90", p.send_lag.p90_ms},
+                        {"p99", p.send_lag.p99_ms},  {"p99.9", p.send_lag.p999_ms},
+                        {"max", p.send_lag.max_ms}};
+  } else {
+    j["send_lag_ms"] = nullptr;
+  }
   j["server_from_answers"] = {{"mean_batch_rows", p.mean_batch_rows},
                               {"mean_queue_us", p.mean_queue_us},
                               {"mean_compute_us", p.mean_compute_us}};
@@ -97,9 +105,9 @@ nlohmann::json PointJson(const PointResult& p) {
 
 std::string FormatTable(const std::vector<PointResult>& points) {
   std::string out = absl::StrFormat(
-      "%-12s %-6s %8s %8s %6s %9s %10s %8s %8s %8s %8s %8s %7s %9s %9s %-9s %s\n", "point", "mode",
-      "sent", "answers", "errors", "req/s", "rows/s", "p50ms", "p90ms", "p99ms", "p99.9ms", "maxms",
-      "batch", "queue_us", "comp_us", "verified", "errors_by_code");
+      "%-12s %-6s %8s %8s %6s %9s %10s %8s %8s %8s %8s %8s %7s %9s %9s %-9s %-14s %s\n", "point",
+      "mode", "sent", "answers", "errors", "req/s", "rows/s", "p50ms", "p90ms", "p99ms", "p99.9ms",
+      "maxms", "batch", "queue_us", "comp_us", "verified", "errors_by_code", "lag_p99ms");
   for (const PointResult& p : points) {
     double batch = p.mean_batch_rows, queue = p.mean_queue_us, compute = p.mean_compute_us;
     if (p.metrics.has_value()) {
@@ -109,10 +117,11 @@ std::string FormatTable(const std::vector<PointResult>& points) {
     }
     absl::StrAppendFormat(&out,
                           "%-12s %-6s %8d %8d %6d %9.1f %10.1f %8.3f %8.3f %8.3f %8.3f %8.3f %7.1f "
-                          "%9.1f %9.1f %-9s %s\n",
+                          "%9.1f %9.1f %-9s %-14s %s\n",
                           p.label, p.mode, p.sent, p.answers, p.errors, p.req_per_s, p.rows_per_s,
                           p.latency.p50_ms, p.latency.p90_ms, p.latency.p99_ms, p.latency.p999_ms,
-                          p.latency.max_ms, batch, queue, compute, VerifyText(p), ErrorsText(p));
+                          p.latency.max_ms, batch, queue, compute, VerifyText(p), ErrorsText(p),
+                          p.send_lag.count > 0 ? absl::StrFormat("%.3f", p.send_lag.p99_ms) : "-");
   }
   return out;
 }
@@ -143,22 +152,26 @@ std::string ToCsv(const std::vector<PointResult>& points) {
       "label,loop,mode,concurrency,target_rate,elapsed_s,sent,answers,errors,req_per_s,"
       "rows_per_s,p50_ms,p90_ms,p99_ms,p999_ms,max_ms,mean_ms,mean_batch_rows,mean_queue_us,"
       "mean_compute_us,metrics_batch_rows,metrics_queue_us,metrics_compute_us,verified,"
-      "mismatches,errors_by_code\n";
+      "mismatches,errors_by_code,send_lag_p50_ms,send_lag_p99_ms,send_lag_max_ms\n";
   auto opt = [](const std::optional<ServerView>& m, std::optional<double> ServerView::*field) {
     if (!m.has_value() || !((*m).*field).has_value()) return std::string();
     return absl::StrFormat("%.3f", *((*m).*field));
   };
   for (const PointResult& p : points) {
+    auto lag = [&p](double LatencySummary::*field) {
+      return p.send_lag.count > 0 ? absl::StrFormat("%.4f", p.send_lag.*field) : std::string();
+    };
     absl::StrAppendFormat(
         &out,
         "%s,%s,%s,%d,%.3f,%.3f,%d,%d,%d,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%.4f,%.4f,%.3f,%.3f,"
-        "%.3f,%s,%s,%s,%d,%d,%s\n",
+        "%.3f,%s,%s,%s,%d,%d,%s,%s,%s,%s\n",
         CsvField(p.label), p.loop, p.mode, p.concurrency, p.target_rate, p.elapsed_s, p.sent,
         p.answers, p.errors, p.req_per_s, p.rows_per_s, p.latency.p50_ms, p.latency.p90_ms,
         p.latency.p99_ms, p.latency.p999_ms, p.latency.max_ms, p.latency.mean_ms, p.mean_batch_rows,
         p.mean_queue_us, p.mean_compute_us, opt(p.metrics, &ServerView::mean_batch_rows),
         opt(p.metrics, &ServerView::mean_queue_us), opt(p.metrics, &ServerView::mean_compute_us),
-        p.verified, p.mismatches, CsvField(p.errors_by_code.empty() ? "" : ErrorsText(p)));
+        p.verified, p.mismatches, CsvField(p.errors_by_code.empty() ? "" : ErrorsText(p)),
+        lag(&LatencySummary::p50_ms), lag(&LatencySummary::p99_ms), lag(&LatencySummary::max_ms));
   }
   return out;
 }

@@ -47,6 +47,10 @@ struct PointResult {
   double req_per_s = 0;
   double rows_per_s = 0;
   LatencySummary latency;
+  // Open loop only (count 0 otherwise): scheduled send time to the moment the request was handed
+  // to the client library. A large tail here means the load generator could not keep its
+  // schedule, and that much of `latency` is its own delay.
+  LatencySummary send_lag;
   // The server's view, from the timing in its answers.
   double mean_batch_rows = 0;
   double mean_queue_us = 0;

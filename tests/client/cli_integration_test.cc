@@ -267,6 +267,7 @@ TEST_F(CliTest, LoadgenShortRunCountsVerifiesAndReports) {
     EXPECT_LE(p["latency_ms"]["p50"].get<double>(), p["latency_ms"]["p99"].get<double>());
     ASSERT_FALSE(p["server_metrics"].is_null()) << p.value("metrics_error", "");
     EXPECT_GE(p["server_metrics"]["mean_batch_rows"].get<double>(), 1.0);
+    EXPECT_TRUE(p["send_lag_ms"].is_null());  // closed loop: sends follow answers, no schedule
   }
   std::vector<std::string> lines = absl::StrSplit(ReadFile(csv), '\n', absl::SkipEmpty());
   ASSERT_EQ(lines.size(), 3u);
@@ -312,6 +313,13 @@ TEST_F(CliTest, LoadgenOpenLoopStreamMode) {
   EXPECT_GT(p["sent"].get<uint64_t>(), 150u);  // ~300 expected
   EXPECT_EQ(p["verify"]["mismatches"].get<uint64_t>(), 0u);
   EXPECT_EQ(p["rows_answered"].get<uint64_t>(), 4 * p["answers"].get<uint64_t>());
+  // Open loop reports how late the load generator itself sent (one lag per measured request);
+  // latency counts from the same scheduled time and ends later, so its quantiles are not smaller.
+  ASSERT_TRUE(p["send_lag_ms"].is_object()) << p.dump();
+  EXPECT_EQ(p["send_lag_ms"]["count"].get<uint64_t>(), p["sent"].get<uint64_t>());
+  EXPECT_GE(p["send_lag_ms"]["p50"].get<double>(), 0.0);
+  EXPECT_LE(p["send_lag_ms"]["p50"].get<double>(), p["latency_ms"]["p50"].get<double>());
+  EXPECT_LE(p["send_lag_ms"]["max"].get<double>(), p["latency_ms"]["max"].get<double>());
 }
 
 // Closed loop over several streams and connections (more chains than streams, streams not a
