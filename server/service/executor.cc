@@ -28,6 +28,9 @@ void MatmulItem::Finish(const absl::Status& status, const RunTiming& timing) {
 
 void MatmulItem::Complete(const absl::Status& status, const RunTiming& timing) {
   Done done = std::move(done_);
+  // Before the answer goes out: a client that deletes the weight once answered must find its
+  // memory released, not held by a batch an answer thread is still walking.
+  ReleaseWeight();
   done(status, timing);
 }
 

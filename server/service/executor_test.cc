@@ -43,6 +43,8 @@ TEST_P(BatchExecutorTest, AnswersEveryItemWithTheCpuResult) {
   std::vector<std::vector<uint16_t>> xs(kItems), ys(kItems);
   std::vector<absl::Status> statuses(kItems, absl::UnknownError("unanswered"));
   std::vector<RunTiming> timings(kItems);
+  std::vector<MatmulItem*> items(kItems);
+  std::vector<char> weight_released(kItems, 0);  // the item let go of its weight before answering
   std::atomic<int> answered{0};
   for (int i = 0; i < kItems; ++i) {
     const int64_t rows = 1 + rng() % 8;
@@ -54,8 +56,10 @@ TEST_P(BatchExecutorTest, AnswersEveryItemWithTheCpuResult) {
                                              [&, i](const absl::Status& s, const RunTiming& t) {
                                                statuses[i] = s;
                                                timings[i] = t;
+                                               weight_released[i] = items[i]->weight() == nullptr;
                                                ++answered;
                                              });
+    items[i] = item.get();
     ASSERT_TRUE((*batcher)->Enqueue(BatchKey(**weight), item).ok());
   }
   (*batcher)->Close();
@@ -73,6 +77,7 @@ TEST_P(BatchExecutorTest, AnswersEveryItemWithTheCpuResult) {
     EXPECT_EQ(ys[i], want) << "item " << i;
     EXPECT_GE(timings[i].batch_rows, rows);
     EXPECT_LE(timings[i].batch_rows, 16);
+    EXPECT_TRUE(weight_released[i]) << "item " << i << " answered while holding its weight";
   }
   EXPECT_EQ((*weight)->requests_served(), static_cast<uint64_t>(kItems));
   EXPECT_EQ((*weight)->rows_served(), static_cast<uint64_t>(rows_total));
