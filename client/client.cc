@@ -522,8 +522,8 @@ absl::StatusOr<WeightInfo> Client::Upload(absl::string_view weight_id, const Upl
 absl::StatusOr<WeightInfo> Client::UploadFp16(absl::string_view weight_id, int64_t k, int64_t n,
                                               absl::Span<const uint16_t> values,
                                               WeightLayout layout, const UploadOptions& options) {
-  absl::StatusOr<UploadSource> source = DenseSource(
-      weight_id, k, n, WeightSourceKind::kDenseFp16, values.size(), AsBytes(values), layout);
+  absl::StatusOr<UploadSource> source = DenseSource(weight_id, k, n, WeightSourceKind::kDenseFp16,
+                                                    values.size(), AsBytes(values), layout);
   if (!source.ok()) return source.status();
   return Upload(weight_id, *source, options);
 }
@@ -531,8 +531,8 @@ absl::StatusOr<WeightInfo> Client::UploadFp16(absl::string_view weight_id, int64
 absl::StatusOr<WeightInfo> Client::UploadFp32(absl::string_view weight_id, int64_t k, int64_t n,
                                               absl::Span<const float> values, WeightLayout layout,
                                               const UploadOptions& options) {
-  absl::StatusOr<UploadSource> source = DenseSource(
-      weight_id, k, n, WeightSourceKind::kDenseFp32, values.size(), AsBytes(values), layout);
+  absl::StatusOr<UploadSource> source = DenseSource(weight_id, k, n, WeightSourceKind::kDenseFp32,
+                                                    values.size(), AsBytes(values), layout);
   if (!source.ok()) return source.status();
   return Upload(weight_id, *source, options);
 }

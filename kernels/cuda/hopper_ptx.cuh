@@ -122,11 +122,6 @@ __device__ __forceinline__ void NamedBarrier(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
-// bar.arrive id, count: arrives at named barrier `id` (of `count` threads) without waiting.
-__device__ __forceinline__ void NamedBarrierArrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-
 // ld.shared.b32: a 4-byte shared-memory load.
 __device__ __forceinline__ uint32_t LoadShared4(uint32_t smem) {
   uint32_t v;
