@@ -77,7 +77,7 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   p.grid = std::min(sm_count, p.total_iters);
   p.counters = counters;
   p.partials = partials;
-  static_assert(2 * C::kSlotFloats <= 2 * 128 * 256, "SlotFloatsPerSm() too small");
+  static_assert(2 * C::kSlotFloats <= kSlotFloatsPerSm, "kSlotFloatsPerSm too small");
   MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
       HopperGemmKernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
   // Programmatic dependent launch: this kernel may start while the previous one on the stream
@@ -99,8 +99,6 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
 }
 
 }  // namespace
-
-size_t SlotFloatsPerSm() { return 2 * 128 * 256; }
 
 absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
                         float* partials, int sm_count, cudaStream_t stream) {

@@ -19,8 +19,9 @@ namespace marlin::cuda::hopper {
 // Rows one pass multiplies; Gemm splits taller products into passes.
 inline constexpr int64_t kMaxPassRows = 256;
 
-// Partial-sum floats per SM that the largest configuration needs (two slots per block).
-size_t SlotFloatsPerSm();
+// Partial-sum floats per SM that the largest configuration needs (two slots per block); the
+// GemmWorkspace holds at least this many.
+inline constexpr size_t kSlotFloatsPerSm = 2 * 128 * 256;
 
 // Enqueues y = x . dequant(w) for 1 <= rows <= kMaxPassRows on `stream`; the caller validated
 // shapes, alignment and the workspace. `counters` and `partials` come from a GemmWorkspace.

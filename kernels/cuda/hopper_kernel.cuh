@@ -96,16 +96,24 @@ struct StageSmem {
       : x(ring + slot * C::kStageBytes), w(x + C::kXBytes), s(w + C::kWBytes) {}
 };
 
-// Issues one stage's weight and scale copies, announcing `tx_bytes` for the stage on `bar`.
+// Issues one stage's weight and scale copies on `bar`, announcing the whole stage's bytes
+// (activations included: LoadActivationStage adds them to the same phase).
 template <typename C>
 __device__ __forceinline__ void LoadWeightStage(const HopperMaps& maps, const HopperParams& p,
                                                 StageCursor at, const StageSmem<C>& smem,
-                                                uint32_t bar, uint32_t tx_bytes) {
+                                                uint32_t bar) {
   const int k_tile0 = at.stage * kStageKTiles;
   const int n_tile0 = at.slice * C::kBlockNTiles;
-  ptx::BarrierArriveExpectBytes(bar, tx_bytes);
+  ptx::BarrierArriveExpectBytes(bar, C::kTxBytes);
   ptx::TensorLoad3d(smem.w, &maps.w, 0, n_tile0, k_tile0, bar);
   ptx::TensorLoad2d(smem.s, &maps.s, n_tile0 * 64, p.per_channel ? 0 : k_tile0 / kGroupKTiles, bar);
+}
+
+// Issues one stage's activation copy (all kBatch rows of its 64 k values) on `bar`.
+template <typename C>
+__device__ __forceinline__ void LoadActivationStage(const HopperMaps& maps, StageCursor at,
+                                                    const StageSmem<C>& smem, uint32_t bar) {
+  ptx::TensorLoad2d(smem.x, &maps.x, at.stage * kStageKTiles * 16, 0, bar);
 }
 
 // Warpgroup 0, one thread: fills the ring for iterations [begin, end). Weights and scales never
@@ -119,14 +127,13 @@ __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const Hopp
   const int early = end - begin < C::kStages ? end - begin : C::kStages;
   StageCursor at(p, begin);
   for (int slot = 0; slot < early; ++slot) {
-    LoadWeightStage<C>(maps, p, at, StageSmem<C>(ring, slot), full + 8 * slot, C::kTxBytes);
+    LoadWeightStage<C>(maps, p, at, StageSmem<C>(ring, slot), full + 8 * slot);
     at.Advance(p);
   }
   ptx::GridDependencyWait();
   at = StageCursor(p, begin);
   for (int slot = 0; slot < early; ++slot) {
-    ptx::TensorLoad2d(StageSmem<C>(ring, slot).x, &maps.x, at.stage * kStageKTiles * 16, 0,
-                      full + 8 * slot);
+    LoadActivationStage<C>(maps, at, StageSmem<C>(ring, slot), full + 8 * slot);
     at.Advance(p);
   }
   int slot = early % C::kStages;
@@ -135,8 +142,8 @@ __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const Hopp
     ptx::BarrierWait(empty + 8 * slot, phase ^ 1);
     const StageSmem<C> smem(ring, slot);
     const uint32_t bar = full + 8 * slot;
-    LoadWeightStage<C>(maps, p, at, smem, bar, C::kTxBytes);
-    ptx::TensorLoad2d(smem.x, &maps.x, at.stage * kStageKTiles * 16, 0, bar);
+    LoadWeightStage<C>(maps, p, at, smem, bar);
+    LoadActivationStage<C>(maps, at, smem, bar);
     at.Advance(p);
     if (++slot == C::kStages) {
       slot = 0;
@@ -245,7 +252,6 @@ __device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_sm
 }
 
 // Output row and column of accumulator i of tile j for this thread (wgmma_ops.cuh's layout).
-template <typename C>
 __device__ __forceinline__ int AccRow(const ConsumerRole& role, int i) {
   return 8 * (i / 4) + 2 * (role.lane % 4) + i % 2;
 }
@@ -264,7 +270,7 @@ __device__ __forceinline__ void StoreGroup(const HopperParams& p, const Consumer
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
     const int i = 4 * r4 + e;
-    const int row = AccRow<C>(role, i);
+    const int row = AccRow(role, i);
     if (row < p.m_rows) {
       p.y[static_cast<int64_t>(row) * p.n + AccCol<C>(role, n_tile0, j, i)] =
           __float2half_rn(vals[e]);

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/gemm_dispatch.h"
@@ -39,6 +38,7 @@ constexpr size_t kCounterBytes = 4096;
 // last slice); the tallest Ampere configuration, 128 rows x 256 columns with one block, needs the
 // most, as many as the Hopper path's 256 x 128.
 constexpr size_t kMaxSlotFloatsPerSm = 2 * 128 * 256;
+static_assert(hopper::kSlotFloatsPerSm <= kMaxSlotFloatsPerSm, "workspace too small for Hopper");
 
 size_t WorkspaceBytes(int sm_count) {
   return kCounterBytes + size_t{1} * sm_count * kMaxSlotFloatsPerSm * sizeof(float);

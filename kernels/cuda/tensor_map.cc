@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/types/span.h"
 
 namespace marlin::cuda {
 namespace {
@@ -48,7 +49,8 @@ absl::StatusOr<CUtensorMap> EncodeTiledMap(const TiledMapSpec& spec) {
   if (r != CUDA_SUCCESS) {
     return absl::InvalidArgumentError(absl::StrCat(
         "cuTensorMapEncodeTiled failed (CUresult ", static_cast<int>(r), ") for dims {",
-        absl::StrJoin(spec.dims, ", "), "} box {", absl::StrJoin(spec.box, ", "), "}"));
+        absl::StrJoin(absl::MakeConstSpan(spec.dims.data(), spec.rank), ", "), "} box {",
+        absl::StrJoin(absl::MakeConstSpan(spec.box.data(), spec.rank), ", "), "}"));
   }
   return map;
 }
