@@ -349,34 +349,39 @@ __device__ __forceinline__ bool ShareFlag(bool flag, const ConsumerRole& role, i
 }
 
 // Consumers, in the block that arrived last at `slice`: sums every block's partial of it in k
-// order (deterministic) and stores the result. Up to 16 rows, four blocks' loads are in flight
-// at a time (more would spill the taller configurations).
+// order (deterministic) and stores the result. The thread's float4s of all its tiles go in chunks
+// of at most 8, with 32 loads in flight up to 64 rows and 16 beyond (more would spill the taller
+// configurations).
 template <typename C>
 __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
                                          const ConsumerRole& role) {
   __threadfence();
-  const int first_block = BlockOf(p, slice * p.stages_per_slice);
-  const int last_block = BlockOf(p, (slice + 1) * p.stages_per_slice - 1);
+  const SliceBlocks blocks(p, slice);
+  constexpr int kTileVecs = C::kAccFloats / 4;  // float4s of one tile
+  constexpr int kVecs = C::kWgTiles * kTileVecs;
+  constexpr int kChunk = kVecs < 8 ? kVecs : 8;
+  static_assert(kVecs % kChunk == 0, "chunks split the float4s evenly");
 #pragma unroll
-  for (int j = 0; j < C::kWgTiles; ++j) {
-    float4 sum[C::kAccFloats / 4];
+  for (int c0 = 0; c0 < kVecs; c0 += kChunk) {
+    float4 sum[kChunk];
 #pragma unroll
-    for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) sum[r4] = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll(C::kBatch <= 16 ? 4 : 1)
-    for (int b = first_block; b <= last_block; ++b) {
-      const int from = SlotOf(p, b, slice);
+    for (int i = 0; i < kChunk; ++i) sum[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+    SumPartials<kChunk, (kVecs <= 16 ? 32 : 16) / kChunk>(
+        blocks,
+        [&](int slot, int i) {
+          const int v = c0 + i;
+          return __ldcg(PartialAt<C>(p, slot, role, v / kTileVecs, v % kTileVecs));
+        },
+        [&](int i, float4 v) {
+          sum[i].x += v.x;
+          sum[i].y += v.y;
+          sum[i].z += v.z;
+          sum[i].w += v.w;
+        });
 #pragma unroll
-      for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
-        const float4 v = __ldcg(PartialAt<C>(p, from, role, j, r4));
-        sum[r4].x += v.x;
-        sum[r4].y += v.y;
-        sum[r4].z += v.z;
-        sum[r4].w += v.w;
-      }
-    }
-#pragma unroll
-    for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
-      StoreGroup<C>(p, role, slice * C::kBlockNTiles, j, r4, sum[r4]);
+    for (int i = 0; i < kChunk; ++i) {
+      const int v = c0 + i;
+      StoreGroup<C>(p, role, slice * C::kBlockNTiles, v / kTileVecs, v % kTileVecs, sum[i]);
     }
   }
 }

@@ -338,7 +338,6 @@ __device__ void FinishSegment(const GemmParams& p, int begin, StageCursor at, fl
   constexpr int kGroups = C::kAccFloats / 4;
   const int slice = at.slice;
   const int slice_begin = slice * p.stages_per_slice;
-  const int slice_end = slice_begin + p.stages_per_slice;
   const int n_tile = slice * C::kBlockNTiles + role.tile;
   const bool owner = role.k == 0 && n_tile < p.n_tiles;
 
@@ -362,11 +361,20 @@ __device__ void FinishSegment(const GemmParams& p, int begin, StageCursor at, fl
     if (*last_flag) {
       __threadfence();
       if (owner) {
+        const SliceBlocks blocks(p, slice);
         ZeroAccumulators<C>(acc);
-        for (int b = BlockOf(p, slice_begin); b <= BlockOf(p, slice_end - 1); ++b) {
-          const int slot = SlotOf(p, b, slice);
+        if constexpr (kGroups <= 16) {
+          // Two blocks' loads in flight where the registers allow it without spilling.
+          constexpr int kBlocksInFlight = C::kBlocksPerSm == 1 && kGroups <= 12 ? 2 : 1;
+          SumPartials<kGroups, kBlocksInFlight>(
+              blocks, [&](int slot, int r4) { return __ldcg(slot_ptr(slot, r4)); },
+              [&](int r4, float4 v) { AddPartial<C>(acc, r4, v); });
+        } else {  // the tallest configurations have no registers to spare: one load at a time
+          for (int b = blocks.first; b <= blocks.last; ++b) {
+            const int slot = blocks.SlotOfBlock(b);
 #pragma unroll
-          for (int r4 = 0; r4 < kGroups; ++r4) AddPartial<C>(acc, r4, __ldcg(slot_ptr(slot, r4)));
+            for (int r4 = 0; r4 < kGroups; ++r4) AddPartial<C>(acc, r4, __ldcg(slot_ptr(slot, r4)));
+          }
         }
         StoreOutput<C>(p, n_tile, role, acc);
       }
