@@ -59,6 +59,11 @@ struct HopperConfig {
   static constexpr int kSmemBytes = kStages * kStageBytes + 1024;
   static constexpr int kTxBytes = kXBytes + kWBytes + kSBytes;  // what one stage's copies bring
   static constexpr int kAccFloats = kBatch / 2;                 // per tile, per thread
+  // Whether two stages' wgmma groups may be in flight: the accumulators and two stages' A
+  // fragments must fit the consumers' registers (at 128 rows they do not; ptxas serialized the
+  // groups and spilled, C7512).
+  static constexpr bool kTwoGroupsInFlight =
+      kWgTiles * kAccFloats + 2 * kStageKTiles * kWgTiles * 4 <= 160;
   static constexpr int kSlotFloats = kBlockNTiles * 64 * kBatch;
   static_assert(kXBytes % 1024 == 0, "swizzle atoms must stay 1024-byte aligned");
   static_assert(kStages >= 3, "the ring needs depth");
@@ -225,9 +230,11 @@ __device__ __forceinline__ StageWords<C> LoadStageWords(const ConsumerRole& role
   return w;
 }
 
-// Dequantizes a slot's words and issues its wgmma group: 4 k-tiles x this warpgroup's tiles.
+// Dequantizes a slot's words and issues its wgmma group: 4 k-tiles x this warpgroup's tiles. The
+// first k-tile overwrites the accumulators instead of adding to them when `accumulate` is false
+// (a segment's first stage), so they need no zeroing between segments.
 template <typename C>
-__device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_smem,
+__device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_smem, bool accumulate,
                                            HopperAccumulators<C>& acc) {
   uint32_t a[kStageKTiles][C::kWgTiles][4];
 #pragma unroll
@@ -246,7 +253,7 @@ __device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_sm
     // make the compiler serialize the wgmma pipeline.
 #pragma unroll
     for (int j = 0; j < C::kWgTiles; ++j)
-      ptx::WgmmaF16F32<C::kBatch>(acc[j], a[kt][j], b_desc, true);
+      ptx::WgmmaF16F32<C::kBatch>(acc[j], a[kt][j], b_desc, kt > 0 || accumulate);
   }
   ptx::WgmmaCommit();
 }
@@ -291,6 +298,13 @@ __device__ __forceinline__ float4* PartialAt(const HopperParams& p, int slot,
          (j * (C::kAccFloats / 4) + r4) * kConsumerThreads + role.thread;
 }
 
+// Whether float4 `r4` of a tile (rows 8 r4 + 2 (lane % 4) and the next) holds a row of this pass;
+// partials of missing rows are neither written nor read (at 1 row, 7 of every 8).
+__device__ __forceinline__ bool GroupHasRows(const HopperParams& p, const ConsumerRole& role,
+                                             int r4) {
+  return AccRow(role, 4 * r4) < p.m_rows;
+}
+
 // Whether the segment of `at.slice` ending at `at` covers the whole slice (else it is split
 // between blocks and summed by the reducers).
 template <typename P>
@@ -322,16 +336,16 @@ __device__ __forceinline__ void FinishSegment(const HopperParams& p, int begin, 
     for (int j = 0; j < C::kWgTiles; ++j)
 #pragma unroll
       for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
-        __stcg(PartialAt<C>(p, slot, role, j, r4), GroupOf<C>(acc, j, r4));
+        if (GroupHasRows(p, role, r4)) {
+          __stcg(PartialAt<C>(p, slot, role, j, r4), GroupOf<C>(acc, j, r4));
+        }
       }
   }
-  ZeroAccumulators<C>(acc);
-  PinAccumulators<C>(acc);
 }
 
 // Consumers: arrives at split `slice` once this block's partial of it is written. The result (is
-// this block the slice's last?) is meaningful in consumer thread 0 only; branching on it is left
-// for after the main loop (see FinishSegment), so the atomic's latency hides behind the stages.
+// this block the slice's last?) is meaningful in consumer thread 0 only; for the split finished
+// inside the main loop, branching on it is left for after the loop (see FinishSegment).
 __device__ __forceinline__ bool ArriveAtSlice(const HopperParams& p, int slice,
                                               const ConsumerRole& role) {
   __threadfence();
@@ -370,7 +384,9 @@ __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
         blocks,
         [&](int slot, int i) {
           const int v = c0 + i;
-          return __ldcg(PartialAt<C>(p, slot, role, v / kTileVecs, v % kTileVecs));
+          return GroupHasRows(p, role, v % kTileVecs)
+                     ? __ldcg(PartialAt<C>(p, slot, role, v / kTileVecs, v % kTileVecs))
+                     : make_float4(0.f, 0.f, 0.f, 0.f);
         },
         [&](int i, float4 v) {
           sum[i].x += v.x;
@@ -386,62 +402,90 @@ __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
   }
 }
 
-// Warpgroups 1..kConsumers: multiply every ring slot, release it, finish slices. Two stages'
-// wgmma groups are in flight at a time: a stage's group runs while the next slot is waited for,
-// read, dequantized and issued (the compiler gives the two stages' A fragments separate
-// registers); a slot goes back to the producer once the group that reads it has completed.
+// A block's ring in shared memory and the flag ShareFlag passes the verdict of an arrival in.
+struct BlockSync {
+  uint32_t ring;         // the first slot
+  uint32_t full, empty;  // kStages mbarriers each, 8 bytes apart
+  int* last_flag;
+};
+
+// Warpgroups 1..kConsumers: multiply every ring slot, release it, finish slices. Up to 64 rows
+// and at 256, two stages' wgmma groups are in flight within a segment: a stage's group runs while
+// the next slot is waited for, read, dequantized and issued; a slot goes back to the producer
+// once the group that reads it has completed.
 template <typename C>
 __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, int end,
-                                              uint32_t ring, uint32_t full, uint32_t empty,
-                                              int* last_flag) {
+                                              const BlockSync& sync) {
   const ConsumerRole role(threadIdx.x - kWarpgroupThreads);
+  const uint32_t full = sync.full, empty = sync.empty;
   // A block splits at most its first and its last slice with other blocks. The first one's
   // arrival happens in the loop; whether it came last is acted on after it.
   int first_split = -1, last_split = -1;
   bool first_split_last = false;
   HopperAccumulators<C> acc;
   ZeroAccumulators<C>(acc);
-  StageCursor at(p, begin);
   int slot = 0;
   uint32_t phase = 0;
-  int in_flight = -1;  // the slot whose wgmma group may still be reading it
   auto release = [&](int s) {
     __syncwarp();
     if (role.lane == 0) ptx::BarrierArrive(empty + 8 * s);
   };
-  for (int iter = begin; iter < end; ++iter) {
-    ptx::BarrierWait(full + 8 * slot, phase);
-    const StageSmem<C> smem(ring, slot);
-    const StageWords<C> words = LoadStageWords<C>(role, smem);
-    IssueStage<C>(words, smem.x, acc);
-    ptx::WgmmaWait<1>();  // the previous stage's group is done: its slot can go back
-    if (in_flight >= 0) release(in_flight);
-    in_flight = slot;
-    if (at.stage + 1 == p.stages_per_slice || iter + 1 == end) {
-      ptx::WgmmaWait<0>();
-      PinAccumulators<C>(acc);
-      release(slot);
-      in_flight = -1;
-      FinishSegment<C>(p, begin, at, role, acc);
-      if (!OwnsWholeSlice(p, begin, at)) {
-        if (iter + 1 == end) {
-          last_split = at.slice;
-        } else {
-          first_split = at.slice;
-          first_split_last = ArriveAtSlice(p, at.slice, role);
-        }
+  // One segment (this block's stages of one slice) per outer iteration. The inner loop has no
+  // branch that touches the accumulators: reading them there for a segment's end made ptxas wait
+  // for every wgmma group at the loop's back edge (C7517; the SASS had a full
+  // WARPGROUP.DEPBAR on every iteration, so no two groups were ever in flight).
+  for (int segment_begin = begin; segment_begin < end;) {
+    const int slice = segment_begin / p.stages_per_slice;
+    const int segment_end = min(end, (slice + 1) * p.stages_per_slice);
+    int in_flight = -1;  // the slot whose wgmma group may still be reading it
+    auto consume = [&](bool first) {
+      ptx::BarrierWait(full + 8 * slot, phase);
+      const StageSmem<C> smem(sync.ring, slot);
+      const StageWords<C> words = LoadStageWords<C>(role, smem);
+      IssueStage<C>(words, smem.x, /*accumulate=*/!first, acc);
+      // The previous stage's group is done (with one group in flight, this one too): its slot
+      // can go back.
+      ptx::WgmmaWait<C::kTwoGroupsInFlight ? 1 : 0>();
+      if (in_flight >= 0) release(in_flight);
+      in_flight = slot;
+      if (++slot == C::kStages) {
+        slot = 0;
+        phase ^= 1;
+      }
+    };
+    int iter = segment_begin;
+    if constexpr (C::kTwoGroupsInFlight) {
+      // Two stages per trip, each its own copy of the code, and a third for an odd last stage:
+      // wgmma reads its A fragments from registers until its group retires, so the next stage
+      // must dequantize into other registers (one copy in a loop rewrote them under the group in
+      // flight: wrong sums from 64 rows on).
+      for (; iter + 1 < segment_end; iter += 2) {
+        consume(iter == segment_begin);
+        consume(false);
+      }
+      if (iter < segment_end) consume(iter == segment_begin);
+    } else {
+      for (; iter < segment_end; ++iter) consume(iter == segment_begin);
+    }
+    ptx::WgmmaWait<0>();
+    PinAccumulators<C>(acc);
+    release(in_flight);
+    const StageCursor last(p, segment_end - 1);
+    FinishSegment<C>(p, begin, last, role, acc);
+    if (!OwnsWholeSlice(p, begin, last)) {
+      if (segment_end == end) {
+        last_split = slice;
+      } else {
+        first_split = slice;
+        first_split_last = ArriveAtSlice(p, slice, role);
       }
     }
-    at.Advance(p);
-    if (++slot == C::kStages) {
-      slot = 0;
-      phase ^= 1;
-    }
+    segment_begin = segment_end;
   }
-  if (first_split >= 0 && ShareFlag(first_split_last, role, last_flag)) {
+  if (first_split >= 0 && ShareFlag(first_split_last, role, sync.last_flag)) {
     SumSlice<C>(p, first_split, role);
   }
-  if (last_split >= 0 && ShareFlag(ArriveAtSlice(p, last_split, role), role, last_flag)) {
+  if (last_split >= 0 && ShareFlag(ArriveAtSlice(p, last_split, role), role, sync.last_flag)) {
     SumSlice<C>(p, last_split, role);
   }
 }
@@ -455,16 +499,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   __shared__ __align__(8) uint64_t empty_bars[C::kStages];
   __shared__ int last_flag;
   // TMA's 128-byte swizzle repeats every 1024 bytes: the ring starts on such a boundary.
-  const uint32_t ring = (ptx::SharedAddress(smem) + 1023) & ~1023u;
-  const uint32_t full = ptx::SharedAddress(full_bars);
-  const uint32_t empty = ptx::SharedAddress(empty_bars);
+  const BlockSync sync{.ring = (ptx::SharedAddress(smem) + 1023) & ~1023u,
+                       .full = ptx::SharedAddress(full_bars),
+                       .empty = ptx::SharedAddress(empty_bars),
+                       .last_flag = &last_flag};
   const int begin = BlockBegin(p, blockIdx.x);
   const int end = BlockBegin(p, blockIdx.x + 1);
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
-      ptx::BarrierInit(full + 8 * s, 1);                // the producer's expect_tx arrival
-      ptx::BarrierInit(empty + 8 * s, kConsumers * 4);  // one arrival per consumer warp
+      ptx::BarrierInit(sync.full + 8 * s, 1);                // the producer's expect_tx arrival
+      ptx::BarrierInit(sync.empty + 8 * s, kConsumers * 4);  // one arrival per consumer warp
     }
     ptx::FenceBarrierInit();
     ptx::PrefetchTensorMap(&maps.x);
@@ -478,11 +523,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   ptx::LaunchDependents();
   if (threadIdx.x < kWarpgroupThreads) {
     ptx::LowerRegisterBudget<kProducerRegisters>();
-    if (threadIdx.x == 0) ProduceStages<C>(maps, p, begin, end, ring, full, empty);
+    if (threadIdx.x == 0) ProduceStages<C>(maps, p, begin, end, sync.ring, sync.full, sync.empty);
   } else {
     ptx::RaiseRegisterBudget<kConsumerRegisters>();
     ptx::GridDependencyWait();  // before the workspace and y, which the previous call used
-    ConsumeStages<C>(p, begin, end, ring, full, empty, &last_flag);
+    ConsumeStages<C>(p, begin, end, sync);
   }
 #endif
 }
