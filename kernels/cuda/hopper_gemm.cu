@@ -13,14 +13,32 @@
 namespace marlin::cuda::hopper {
 namespace {
 
-// Up to 128 rows each consumer warpgroup takes two 64-column tiles (256-column slices, as the
-// Ampere path); 256 rows need 128 accumulators a thread per tile, so one tile each (128-column
-// slices). Taller products run as 256-row passes.
-using Rows16 = HopperConfig<16, 2>;
-using Rows32 = HopperConfig<32, 2>;
-using Rows64 = HopperConfig<64, 2>;
-using Rows128 = HopperConfig<128, 2>;
-using Rows256 = HopperConfig<256, 1>;
+// The configurations: rows per pass (wgmma N) x 64-column tiles per consumer warpgroup. Wide
+// ones (two tiles, 256-column slices) stream more weight bytes per stage and reread the
+// activations for half as many slices; narrow ones (one tile, 128-column slices) halve the
+// partial sums a split slice needs and the blocks it is split over, and at 128 rows or more leave
+// the registers for two wgmma groups in flight. Taller products run as 256-row passes.
+using Rows16Wide = HopperConfig<16, 2>;
+using Rows16Narrow = HopperConfig<16, 1>;
+using Rows32Wide = HopperConfig<32, 2>;
+using Rows32Narrow = HopperConfig<32, 1>;
+using Rows64Wide = HopperConfig<64, 2>;
+using Rows64Narrow = HopperConfig<64, 1>;
+using Rows128Narrow = HopperConfig<128, 1>;
+using Rows256Narrow = HopperConfig<256, 1>;
+
+// Whether a pass of `rows` over a k x n weight takes the narrow configuration. Measured with
+// marlin-bench on the H100 (Llama-3 8B/70B layers and 16384^2, wide and narrow timed alternately in
+// one call, docs/perf/kernel-h100.md): up to 32 rows narrow won only where n <= 4096 (L8B.o and
+// L8B.down: 13.2 -> 11.5 and 22.2 -> 20.1 us at 32 rows) and lost on the 28672-column gate/up (29.5
+// -> 34.6 us at 16); at 33-64 rows it won on every weight under 2^27 elements (L8B.o 20.5 -> 14.2
+// us) and lost above (L70B.down 69 -> 74 us); at 128 rows it won or tied everywhere (L8B block
+// 0.91 -> 1.21x cuBLAS).
+bool NarrowConfiguration(int rows, int64_t k, int64_t n) {
+  if (rows <= 32) return n <= 4096;
+  if (rows <= 64) return k * n < (int64_t{1} << 27);
+  return true;
+}
 
 template <typename C>
 absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, const DeviceWeight& w) {
@@ -102,12 +120,23 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
 
 absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
                         float* partials, int sm_count, cudaStream_t stream) {
-  if (rows <= 16) return Launch<Rows16>(x, rows, w, y, counters, partials, sm_count, stream);
-  if (rows <= 32) return Launch<Rows32>(x, rows, w, y, counters, partials, sm_count, stream);
-  if (rows <= 64) return Launch<Rows64>(x, rows, w, y, counters, partials, sm_count, stream);
-  if (rows <= 128) return Launch<Rows128>(x, rows, w, y, counters, partials, sm_count, stream);
+  const bool narrow = NarrowConfiguration(rows, w.shape.k, w.shape.n);
+  if (rows <= 16) {
+    return narrow ? Launch<Rows16Narrow>(x, rows, w, y, counters, partials, sm_count, stream)
+                  : Launch<Rows16Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+  }
+  if (rows <= 32) {
+    return narrow ? Launch<Rows32Narrow>(x, rows, w, y, counters, partials, sm_count, stream)
+                  : Launch<Rows32Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+  }
+  if (rows <= 64) {
+    return narrow ? Launch<Rows64Narrow>(x, rows, w, y, counters, partials, sm_count, stream)
+                  : Launch<Rows64Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+  }
+  if (rows <= 128)
+    return Launch<Rows128Narrow>(x, rows, w, y, counters, partials, sm_count, stream);
   if (rows <= kMaxPassRows) {
-    return Launch<Rows256>(x, rows, w, y, counters, partials, sm_count, stream);
+    return Launch<Rows256Narrow>(x, rows, w, y, counters, partials, sm_count, stream);
   }
   return absl::InternalError(absl::StrCat("Hopper pass of ", rows, " rows"));
 }

@@ -59,11 +59,10 @@ struct HopperConfig {
   static constexpr int kSmemBytes = kStages * kStageBytes + 1024;
   static constexpr int kTxBytes = kXBytes + kWBytes + kSBytes;  // what one stage's copies bring
   static constexpr int kAccFloats = kBatch / 2;                 // per tile, per thread
-  // Whether two stages' wgmma groups may be in flight: the accumulators and two stages' A
-  // fragments must fit the consumers' registers (at 128 rows they do not; ptxas serialized the
-  // groups and spilled, C7512).
-  static constexpr bool kTwoGroupsInFlight =
-      kWgTiles * kAccFloats + 2 * kStageKTiles * kWgTiles * 4 <= 160;
+  // Two stages' wgmma groups are in flight: the accumulators and two stages' A fragments must fit
+  // the consumers' registers (two tiles at 128 rows did not; ptxas serialized the groups, C7512).
+  static_assert(kWgTiles * kAccFloats + 2 * kStageKTiles * kWgTiles * 4 <= 160,
+                "no registers for two wgmma groups in flight");
   static constexpr int kSlotFloats = kBlockNTiles * 64 * kBatch;
   static_assert(kXBytes % 1024 == 0, "swizzle atoms must stay 1024-byte aligned");
   static_assert(kStages >= 3, "the ring needs depth");
@@ -409,10 +408,10 @@ struct BlockSync {
   int* last_flag;
 };
 
-// Warpgroups 1..kConsumers: multiply every ring slot, release it, finish slices. Up to 64 rows
-// and at 256, two stages' wgmma groups are in flight within a segment: a stage's group runs while
-// the next slot is waited for, read, dequantized and issued; a slot goes back to the producer
-// once the group that reads it has completed.
+// Warpgroups 1..kConsumers: multiply every ring slot, release it, finish slices. Two stages'
+// wgmma groups are in flight within a segment: a stage's group runs while the next slot is waited
+// for, read, dequantized and issued; a slot goes back to the producer once the group that reads
+// it has completed.
 template <typename C>
 __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, int end,
                                               const BlockSync& sync) {
@@ -443,9 +442,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, 
       const StageSmem<C> smem(sync.ring, slot);
       const StageWords<C> words = LoadStageWords<C>(role, smem);
       IssueStage<C>(words, smem.x, /*accumulate=*/!first, acc);
-      // The previous stage's group is done (with one group in flight, this one too): its slot
-      // can go back.
-      ptx::WgmmaWait<C::kTwoGroupsInFlight ? 1 : 0>();
+      ptx::WgmmaWait<1>();  // the previous stage's group is done: its slot can go back
       if (in_flight >= 0) release(in_flight);
       in_flight = slot;
       if (++slot == C::kStages) {
@@ -453,20 +450,16 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, 
         phase ^= 1;
       }
     };
+    // Two stages per trip, each its own copy of the code, and a third for an odd last stage:
+    // wgmma reads its A fragments from registers until its group retires, so the next stage must
+    // dequantize into other registers (one copy in a loop rewrote them under the group in flight:
+    // wrong sums from 64 rows on).
     int iter = segment_begin;
-    if constexpr (C::kTwoGroupsInFlight) {
-      // Two stages per trip, each its own copy of the code, and a third for an odd last stage:
-      // wgmma reads its A fragments from registers until its group retires, so the next stage
-      // must dequantize into other registers (one copy in a loop rewrote them under the group in
-      // flight: wrong sums from 64 rows on).
-      for (; iter + 1 < segment_end; iter += 2) {
-        consume(iter == segment_begin);
-        consume(false);
-      }
-      if (iter < segment_end) consume(iter == segment_begin);
-    } else {
-      for (; iter < segment_end; ++iter) consume(iter == segment_begin);
+    for (; iter + 1 < segment_end; iter += 2) {
+      consume(iter == segment_begin);
+      consume(false);
     }
+    if (iter < segment_end) consume(iter == segment_begin);
     ptx::WgmmaWait<0>();
     PinAccumulators<C>(acc);
     release(in_flight);

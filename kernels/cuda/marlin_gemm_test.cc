@@ -209,9 +209,10 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape) {
 }
 
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_MediumShapes_SplitSlices) {
-  for (int64_t m : {1, 16, 33, 64, 100}) {
+  for (int64_t m : {1, 16, 24, 33, 64, 100}) {
     CheckShape(m, 4096, 512, 128);
     CheckShape(m, 1024, 4096, kPerChannel);
+    CheckShape(m, 1024, 8192, 128);  // the Hopper path's wide configurations up to 32 rows
   }
 }
 
