@@ -43,10 +43,7 @@ bool GemmPathAvailable(GemmPath path, int sm) {
   return false;
 }
 
-GemmPath ChooseGemmPath(int sm, int64_t m, int64_t k, int64_t n) {
-  static_cast<void>(m);
-  static_cast<void>(k);
-  static_cast<void>(n);
+GemmPath ChooseGemmPath(int sm, int64_t /*m*/, int64_t /*k*/, int64_t /*n*/) {
   return GemmPathAvailable(GemmPath::kHopper, sm) ? GemmPath::kHopper : GemmPath::kAmpere;
 }
 

@@ -133,8 +133,9 @@ absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half
     return narrow ? Launch<Rows64Narrow>(x, rows, w, y, counters, partials, sm_count, stream)
                   : Launch<Rows64Wide>(x, rows, w, y, counters, partials, sm_count, stream);
   }
-  if (rows <= 128)
+  if (rows <= 128) {
     return Launch<Rows128Narrow>(x, rows, w, y, counters, partials, sm_count, stream);
+  }
   if (rows <= kMaxPassRows) {
     return Launch<Rows256Narrow>(x, rows, w, y, counters, partials, sm_count, stream);
   }
