@@ -3,9 +3,10 @@
 # (kernel, CUDA backend, the end-to-end suite on the CUDA backend), compute-sanitizer memcheck and
 # racecheck on a small shape (both kernel paths), a SASS summary (HGMMA = the Hopper path's wgmma,
 # HMMA = the Ampere path's mma.sync), then the kernel benchmark with both paths and the dispatch
-# side by side. Logs go to $OUT (or ./device-out): bench.md, bench.json and kernel-logs.tar.gz.
+# side by side (BENCH_PATHS overrides which: marlin-bench --paths). Logs go to $OUT (or
+# ./device-out): bench.md, bench.json and kernel-logs.tar.gz.
 #
-#   scripts/device-kernel-check.sh [marlin-bench arguments...]
+#   [BENCH_PATHS=hopper:striped,hopper:cluster] scripts/device-kernel-check.sh [marlin-bench args...]
 set -uo pipefail
 out=${OUT:-device-out}
 logs="$out/kernel-logs"
@@ -29,6 +30,6 @@ for tool in memcheck racecheck; do
     --gtest_filter='*SanitizerShape*' >"$logs/sanitizer-$tool.log" 2>&1
   echo "compute-sanitizer $tool exit: $? ($(tail -1 "$logs/sanitizer-$tool.log"))"
 done
-marlin-bench --paths ampere,hopper,auto --json "$out/bench.json" "$@" >"$out/bench.md"
+marlin-bench --paths "${BENCH_PATHS:-ampere,hopper:striped,hopper:cluster,auto}" --json "$out/bench.json" "$@" >"$out/bench.md"
 grep -E '^\| (L8B|L70B|big) \|' "$out/bench.md"
 tar -czf "$out/kernel-logs.tar.gz" -C "$out" kernel-logs && rm -rf "$logs"

@@ -163,16 +163,43 @@ struct Row {
   double best_us() const { return *std::min_element(path_us.begin(), path_us.end()); }
 };
 
-// Parses --paths: kernel paths to time (each forced through the dispatch hook), or "auto".
-std::vector<cuda::GemmPath> ParsePaths(const std::string& list) {
-  std::vector<cuda::GemmPath> paths;
+// One timed variant of our kernel: a path and, for the Hopper path, a partition (each forced
+// through the dispatch hooks while its graph is captured).
+struct KernelPath {
+  cuda::GemmPath path;
+  cuda::HopperPartition partition;
+  std::string name;  // as given to --paths
+  void Force() const {
+    cuda::ForceGemmPathForTesting(path);
+    cuda::ForceHopperPartitionForTesting(partition);
+  }
+};
+
+// Parses --paths: auto, ampere, hopper, hopper:striped, hopper:cluster. Empty on a bad name.
+std::vector<KernelPath> ParsePaths(const std::string& list) {
+  std::vector<KernelPath> paths;
   for (absl::string_view name : absl::StrSplit(list, ',')) {
+    const size_t before = paths.size();
     for (cuda::GemmPath p :
          {cuda::GemmPath::kAuto, cuda::GemmPath::kAmpere, cuda::GemmPath::kHopper}) {
-      if (name == cuda::GemmPathName(p)) paths.push_back(p);
+      for (cuda::HopperPartition q : {cuda::HopperPartition::kAuto, cuda::HopperPartition::kStriped,
+                                      cuda::HopperPartition::kClusterSplit}) {
+        std::string known = cuda::GemmPathName(p);
+        if (q != cuda::HopperPartition::kAuto) {
+          if (p != cuda::GemmPath::kHopper) continue;
+          absl::StrAppend(&known, ":", cuda::HopperPartitionName(q));
+        }
+        if (name == known) paths.push_back({p, q, known});
+      }
     }
+    if (paths.size() == before) return {};
   }
   return paths;
+}
+
+void RestoreDispatch() {
+  cuda::ForceGemmPathForTesting(cuda::GemmPath::kAuto);
+  cuda::ForceHopperPartitionForTesting(cuda::HopperPartition::kAuto);
 }
 
 int Main(int argc, char** argv) {
@@ -194,11 +221,14 @@ int Main(int argc, char** argv) {
   app.add_option("--profile-m", profile_m, "rows for --profile-layer");
   std::string path_list = "auto";
   app.add_option("--paths", path_list,
-                 "kernel paths to time side by side: auto (the dispatch table), ampere, hopper");
+                 "kernel paths to time side by side: auto (the dispatch table), ampere, hopper, "
+                 "hopper:striped, hopper:cluster (the Hopper path with its partition forced)");
   CLI11_PARSE(app, argc, argv);
-  const std::vector<cuda::GemmPath> paths = ParsePaths(path_list);
+  const std::vector<KernelPath> paths = ParsePaths(path_list);
   if (paths.empty()) {
-    std::fprintf(stderr, "marlin-bench: --paths takes auto, ampere, hopper\n");
+    std::fprintf(stderr,
+                 "marlin-bench: --paths takes auto, ampere, hopper, hopper:striped, "
+                 "hopper:cluster\n");
     return 2;
   }
   std::vector<int64_t> ms;
@@ -251,7 +281,7 @@ int Main(int argc, char** argv) {
       BENCH_CHECK(
           FillRandomUniform(sc.as<__half>(), sc.size() / 2, 0.001f, 0.01f, 8, stream.get()));
       BENCH_CHECK(FillRandomNormal(x.as<__half>(), x.size() / 2, 1.f, 9, stream.get()));
-      cuda::ForceGemmPathForTesting(paths.front());
+      paths.front().Force();
       for (int i = 0; i < 3; ++i) {
         BENCH_CHECK(cuda::Gemm(x.as<__half>(), profile_m, {q.get(), sc.as<__half>(), shape},
                                y.as<__half>(), workspace, stream.get()));
@@ -301,9 +331,9 @@ int Main(int argc, char** argv) {
       // Our paths (each forced while its graph is captured) and cuBLAS, timed side by side.
       const int marlin_calls = std::max(min_calls, int4_copies);
       std::vector<Variant> variants;
-      for (cuda::GemmPath path : paths) {
+      for (const KernelPath& path : paths) {
         variants.push_back({marlin_calls, [&, path](int i) {
-                              cuda::ForceGemmPathForTesting(path);
+                              path.Force();
                               return cuda::Gemm(x.as<__half>(), m, weights[i % int4_copies],
                                                 y.as<__half>(), workspace, stream.get());
                             }});
@@ -314,7 +344,7 @@ int Main(int argc, char** argv) {
                                                 y.as<__half>(), m, layer.k, layer.n);
                           }});
       std::vector<double> path_us = TimeSideBySide(stream.get(), replays, variants);
-      cuda::ForceGemmPathForTesting(cuda::GemmPath::kAuto);
+      RestoreDispatch();
       const double cublas_us = path_us.back();
       path_us.pop_back();
       const double bytes = q_bytes + s_bytes + m * layer.k * 2.0 + m * layer.n * 2.0;
@@ -326,9 +356,8 @@ int Main(int argc, char** argv) {
   }
 
   std::string path_heads, path_rule;
-  for (cuda::GemmPath path : paths) {
-    absl::StrAppend(&path_heads, " ", cuda::GemmPathName(path), " us | ", cuda::GemmPathName(path),
-                    " speedup |");
+  for (const KernelPath& path : paths) {
+    absl::StrAppend(&path_heads, " ", path.name, " us | ", path.name, " speedup |");
     path_rule += "---|---|";
   }
   std::printf("## Every layer (speedup = cuBLAS FP16 / path; floor = best path)\n\n");
@@ -349,7 +378,7 @@ int Main(int argc, char** argv) {
   json["device"] = prop.name;
   json["copy_bandwidth_tbps"] = bandwidth / 1e12;
   json["cublas_fp16_tflops"] = tflops;
-  for (cuda::GemmPath path : paths) json["paths"].push_back(cuda::GemmPathName(path));
+  for (const KernelPath& path : paths) json["paths"].push_back(path.name);
   for (const std::string model : {"L8B", "L70B", "big"}) {
     for (int64_t m : ms) {
       double cub = 0, floor = 0;
@@ -367,8 +396,8 @@ int Main(int argc, char** argv) {
       nlohmann::json entry = {{"model", model}, {"m", m}, {"cublas_us", cub}};
       for (size_t i = 0; i < paths.size(); ++i) {
         std::printf(" %.0f | %.2f |", sums[i], cub / sums[i]);
-        entry[std::string(cuda::GemmPathName(paths[i])) + "_us"] = sums[i];
-        entry[std::string(cuda::GemmPathName(paths[i])) + "_speedup"] = cub / sums[i];
+        entry[paths[i].name + "_us"] = sums[i];
+        entry[paths[i].name + "_speedup"] = cub / sums[i];
       }
       std::printf(" %.2f |\n", cub / floor);
       entry["ideal_speedup"] = cub / floor;
@@ -385,7 +414,7 @@ int Main(int argc, char** argv) {
                             {"compute_floor_us", r.compute_floor_us},
                             {"memory_floor_fraction", r.ideal_us / r.best_us()}};
     for (size_t i = 0; i < paths.size(); ++i) {
-      entry[std::string(cuda::GemmPathName(paths[i])) + "_us"] = r.path_us[i];
+      entry[paths[i].name + "_us"] = r.path_us[i];
     }
     json["layers"].push_back(entry);
   }

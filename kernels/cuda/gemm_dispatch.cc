@@ -8,6 +8,7 @@ namespace marlin::cuda {
 namespace {
 
 std::atomic<GemmPath> forced_path{GemmPath::kAuto};
+std::atomic<HopperPartition> forced_partition{HopperPartition::kAuto};
 
 // The H100 table (marlin-bench --paths ampere,hopper over the Llama-3 8B/70B layers and 16384^2,
 // docs/perf/kernel-h100.md): since the split-slice sums stopped waiting for one block at a time,
@@ -50,5 +51,23 @@ GemmPath ChooseGemmPath(int sm, int64_t /*m*/, int64_t /*k*/, int64_t /*n*/) {
 void ForceGemmPathForTesting(GemmPath path) { forced_path.store(path); }
 
 GemmPath ForcedGemmPath() { return forced_path.load(); }
+
+const char* HopperPartitionName(HopperPartition partition) {
+  switch (partition) {
+    case HopperPartition::kAuto:
+      return "auto";
+    case HopperPartition::kStriped:
+      return "striped";
+    case HopperPartition::kClusterSplit:
+      return "cluster";
+  }
+  return "?";
+}
+
+void ForceHopperPartitionForTesting(HopperPartition partition) {
+  forced_partition.store(partition);
+}
+
+HopperPartition ForcedHopperPartition() { return forced_partition.load(); }
 
 }  // namespace marlin::cuda

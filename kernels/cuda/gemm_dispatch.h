@@ -4,6 +4,7 @@
 //
 //   GemmPath path = ChooseGemmPath(/*sm=*/90, m, k, n);
 //   ForceGemmPathForTesting(GemmPath::kHopper);  // tests and the benchmark only
+//   ForceHopperPartitionForTesting(HopperPartition::kClusterSplit);
 #ifndef MARLIN_KERNELS_CUDA_GEMM_DISPATCH_H_
 #define MARLIN_KERNELS_CUDA_GEMM_DISPATCH_H_
 
@@ -30,6 +31,21 @@ GemmPath ChooseGemmPath(int sm, int64_t m, int64_t k, int64_t n);
 // the table). Gemm fails with FailedPrecondition when the forced path cannot run on the device.
 void ForceGemmPathForTesting(GemmPath path);
 GemmPath ForcedGemmPath();
+
+// How a Hopper pass spreads its (column slice, k stage) iterations over the grid.
+enum class HopperPartition {
+  kAuto,          // the measured rule in hopper_gemm.cu decides per pass
+  kStriped,       // even runs of iterations per block; split slices summed through global memory
+  kClusterSplit,  // a cluster of blocks per slice, its k stages split between them, partials
+                  // summed through distributed shared memory; only where every slice gets a
+                  // co-resident cluster (else striped)
+};
+
+const char* HopperPartitionName(HopperPartition partition);
+
+// Test and benchmark hook, like ForceGemmPathForTesting, for the Hopper path's partition.
+void ForceHopperPartitionForTesting(HopperPartition partition);
+HopperPartition ForcedHopperPartition();
 
 }  // namespace marlin::cuda
 

@@ -2,11 +2,16 @@
 #include "kernels/cuda/hopper_gemm.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_resources.h"
+#include "kernels/cuda/gemm_dispatch.h"
 #include "kernels/cuda/hopper_kernel.cuh"
 #include "kernels/cuda/tensor_map.h"
 
@@ -77,6 +82,85 @@ absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, const DeviceWei
 // Largest configuration launched with programmatic dependent launch.
 constexpr int kMaxOverlappedBatch = 64;
 
+// The fewest k stages a block of the cluster split takes; shorter runs are all pipeline fill.
+constexpr int kMinStagesPerRank = 4;
+
+// How many clusters of `ranks` blocks of configuration C the current device holds at once (0 where
+// such clusters cannot launch); asked of the driver once per device and cluster size.
+template <typename C>
+absl::StatusOr<int> MaxActiveClusters(int ranks, int sm_count) {
+  if (ranks == 1) return sm_count;  // one block per SM, no cluster launched
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, int> known;  // (device, ranks) -> clusters
+  int device = 0;
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mu);
+  const auto it = known.find({device, ranks});
+  if (it != known.end()) return it->second;
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = ranks;
+  cluster.val.clusterDim.y = 1;
+  cluster.val.clusterDim.z = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(ranks * sm_count);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = C::kSmemBytes;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, HopperGemmKernel<C>, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // a cluster size this device refuses: none of that size
+    clusters = 0;
+  }
+  known[{device, ranks}] = clusters;
+  return clusters;
+}
+
+// The cluster split's blocks per slice for a pass of `slices` slices of `stages_per_slice` stages:
+// the size that keeps the most SMs busy with every slice's cluster co-resident and every block at
+// least kMinStagesPerRank stages; 0 when no size fits (more slices than SMs).
+template <typename C>
+absl::StatusOr<int> BestClusterRanks(int slices, int stages_per_slice, int sm_count) {
+  int best = 0;
+  for (int ranks = 1; ranks <= kMaxClusterRanks; ++ranks) {
+    if (ranks > 1 && stages_per_slice / ranks < kMinStagesPerRank) break;
+    absl::StatusOr<int> clusters = MaxActiveClusters<C>(ranks, sm_count);
+    if (!clusters.ok()) return clusters.status();
+    if (slices <= *clusters && slices * ranks <= sm_count) best = ranks;
+  }
+  return best;
+}
+
+// Whether a pass of `rows` rows takes its best cluster split (`ranks` blocks per slice, `blocks`
+// in all) over the striped partition. Measured with marlin-bench on the H100, both partitions
+// timed alternately in one call (docs/perf/kernel-h100.md): the split won wherever it cut a slice
+// in at most two (16 rows: L8B gate/up, one 4096-deep slice per block, 29.2 -> 25.4 us; 16384^2
+// 55.9 -> 52.3; L70B.o at 64 and 128 rows 26.1 -> 25.2 and 39.1 -> 36.4) and, up to 16 rows, where
+// blocks run at most 24 stages (1 row: L8B.o 10.3 -> 9.4, L8B.qkv 13.2 -> 12.1). It lost with 3
+// blocks per slice on long runs (16 rows: L70B.down 51.1 -> 57.8, L8B.down 20.1 -> 23.1), when it
+// split slices at 256 rows (L70B.o 64.0 -> 72.8; unsplit, 16384^2 won: 214.9 -> 198.4) and with
+// under ~70% of the SMs busy. The H100 holds 30 co-resident clusters of 4 blocks and 39 of 3, so
+// a 32-slice layer splits 3 ways on 96 SMs: enough for short runs, not for long ones.
+bool ClusterSplitPays(int rows, int ranks, int blocks, int stages_per_rank, int sm_count) {
+  if (10 * blocks < 7 * sm_count) return false;
+  if (ranks == 1) return true;  // one block per slice: nothing to sum
+  if (rows > 128) return false;
+  return ranks == 2 || (rows <= 16 && stages_per_rank <= 24);
+}
+
+// The pass's cluster_ranks (0: striped): the forced partition, else the measured rule.
+template <typename C>
+absl::StatusOr<int> ChooseClusterRanks(int rows, int slices, int stages_per_slice, int sm_count) {
+  const HopperPartition forced = ForcedHopperPartition();
+  if (forced == HopperPartition::kStriped) return 0;
+  absl::StatusOr<int> ranks = BestClusterRanks<C>(slices, stages_per_slice, sm_count);
+  if (!ranks.ok() || *ranks == 0 || forced == HopperPartition::kClusterSplit) return ranks;
+  const bool pays = ClusterSplitPays(rows, *ranks, slices * *ranks,
+                                     (stages_per_slice + *ranks - 1) / *ranks, sm_count);
+  return pays ? *ranks : 0;
+}
+
 template <typename C>
 absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
                     float* partials, int sm_count, cudaStream_t stream) {
@@ -92,26 +176,34 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   const int slices = (p.n_tiles + C::kBlockNTiles - 1) / C::kBlockNTiles;
   p.stages_per_slice = (p.k_tiles + kStageKTiles - 1) / kStageKTiles;
   p.total_iters = slices * p.stages_per_slice;
-  p.grid = std::min(sm_count, p.total_iters);
   p.counters = counters;
   p.partials = partials;
   static_assert(2 * C::kSlotFloats <= kSlotFloatsPerSm, "kSlotFloatsPerSm too small");
   MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
       HopperGemmKernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+  absl::StatusOr<int> ranks = ChooseClusterRanks<C>(rows, slices, p.stages_per_slice, sm_count);
+  if (!ranks.ok()) return ranks.status();
+  p.cluster_ranks = *ranks;
+  p.grid = p.cluster_ranks > 0 ? slices * p.cluster_ranks : std::min(sm_count, p.total_iters);
   // Programmatic dependent launch: this kernel may start while the previous one on the stream
   // finishes (it streams weights first and waits for that kernel before anything else). Measured
   // on the H100 (L70B block, same run): 2-4% faster up to 32 rows, 2-6% slower from 128 rows,
   // where the calls are compute-bound; so only for the memory-bound configurations.
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = C::kBatch <= kMaxOverlappedBatch ? 1 : 0;
+  cudaLaunchAttribute attributes[2]{};
+  attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[0].val.programmaticStreamSerializationAllowed =
+      C::kBatch <= kMaxOverlappedBatch ? 1 : 0;
+  attributes[1].id = cudaLaunchAttributeClusterDimension;
+  attributes[1].val.clusterDim.x = std::max(1, p.cluster_ranks);
+  attributes[1].val.clusterDim.y = 1;
+  attributes[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(p.grid);
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = C::kSmemBytes;
   config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
+  config.attrs = attributes;
+  config.numAttrs = p.cluster_ranks > 1 ? 2 : 1;
   MARLIN_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, HopperGemmKernel<C>, *maps, p));
   return absl::OkStatus();
 }

@@ -13,6 +13,11 @@
 // slot's `full` barrier. Warpgroups 1 and 2 consume: each multiplies kWgTiles of the slice's
 // tiles for all rows, then releases the slot on its `empty` barrier. setmaxnreg moves registers
 // from the producer to the consumers, whose accumulators are kWgTiles x kBatch / 2 per thread.
+//
+// Where every slice can have a co-resident cluster of blocks (small and mid-size layers), the host
+// picks the cluster split instead of the striped partition: block b takes k part b % r of slice
+// b / r, leaves its partial in its own shared memory, and the cluster sums the r partials over
+// distributed shared memory: no global partials, fences or arrival counters.
 #ifndef MARLIN_KERNELS_CUDA_HOPPER_KERNEL_CUH_
 #define MARLIN_KERNELS_CUDA_HOPPER_KERNEL_CUH_
 
@@ -42,6 +47,7 @@ inline constexpr int kConsumerRegisters = 232;
 inline constexpr int kRingBudgetBytes = 227 * 1024 - 1024;
 inline constexpr int kMaxStages = 12;
 inline constexpr int kConsumerBarrier = 1;  // named barrier id among the consumer warpgroups
+inline constexpr int kMaxClusterRanks = 8;  // blocks per cluster, the portable limit
 
 constexpr int RoundUp(int v, int to) { return (v + to - 1) / to * to; }
 
@@ -67,6 +73,7 @@ struct HopperConfig {
   static_assert(kXBytes % 1024 == 0, "swizzle atoms must stay 1024-byte aligned");
   static_assert(kStages >= 3, "the ring needs depth");
   static_assert(kAccFloats % 4 == 0, "partials move as float4");
+  static_assert(kSlotFloats * 4 <= kStages * kStageBytes, "a partial must fit the idle ring");
 };
 
 struct HopperParams {
@@ -81,7 +88,17 @@ struct HopperParams {
   int grid;              // blocks launched
   int* counters;         // one arrival counter per block index, zero between calls
   float* partials;       // 2 slots of kSlotFloats per block
+  // 0: the striped partition. r >= 1: the cluster split, r blocks (one cluster) per slice; block b
+  // takes stages [(b % r) S / r, (b % r + 1) S / r) of slice b / r, S = stages_per_slice.
+  int cluster_ranks;
 };
+
+// First iteration of block b under the pass's partition (block `grid` gives the end).
+__device__ __forceinline__ int FirstIteration(const HopperParams& p, int b) {
+  if (p.cluster_ranks == 0) return BlockBegin(p, b);
+  const int r = p.cluster_ranks;
+  return b / r * p.stages_per_slice + b % r * p.stages_per_slice / r;
+}
 
 // The tensor maps of one pass: activations (FP16, {k, rows}, box {64, kBatch}, 128-byte swizzle),
 // packed weights (8-byte words, {64, n_tiles, k_tiles}, box {64, kBlockNTiles, kStageKTiles}) and
@@ -401,6 +418,56 @@ __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
   }
 }
 
+// Byte offset of a consumer thread's float4 `vec` (tile vec / kTileVecs) in a stashed partial:
+// thread-minor, so a warp's 16-byte stores and loads cover 512 contiguous bytes.
+__device__ __forceinline__ uint32_t StashOffset(int thread, int vec) {
+  return static_cast<uint32_t>(vec * kConsumerThreads + thread) * 16;
+}
+
+// Consumers, cluster split: leaves this block's partial of its slice in its own shared memory at
+// `stash` (the ring, idle once both warpgroups are past their last stage), rows of the pass only.
+template <typename C>
+__device__ __forceinline__ void StashPartial(const HopperParams& p, const ConsumerRole& role,
+                                             uint32_t stash, HopperAccumulators<C>& acc) {
+  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);  // the ring's last stage is read
+  constexpr int kTileVecs = C::kAccFloats / 4;
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+    for (int r4 = 0; r4 < kTileVecs; ++r4) {
+      if (GroupHasRows(p, role, r4)) {
+        ptx::StoreShared16(stash + StashOffset(role.thread, j * kTileVecs + r4),
+                           GroupOf<C>(acc, j, r4));
+      }
+    }
+}
+
+// Consumers, cluster split, after a cluster-wide sync that follows every block's StashPartial:
+// this block sums its share of the slice's float4s (thread t's float4 v belongs to rank
+// (v + t) % r) over the r blocks' stashes in rank order (deterministic) and stores them.
+template <typename C>
+__device__ __forceinline__ void ReduceClusterSlice(const HopperParams& p, int slice,
+                                                   const ConsumerRole& role, uint32_t stash) {
+  const int ranks = p.cluster_ranks;
+  const int rank = static_cast<int>(ptx::ClusterRank());
+  constexpr int kTileVecs = C::kAccFloats / 4;
+  constexpr int kVecs = C::kWgTiles * kTileVecs;
+#pragma unroll
+  for (int v = 0; v < kVecs; ++v) {
+    if ((v + role.thread) % ranks != rank || !GroupHasRows(p, role, v % kTileVecs)) continue;
+    const uint32_t at = stash + StashOffset(role.thread, v);
+    float4 sum = ptx::LoadClusterShared16(ptx::MapToClusterRank(at, 0));
+    for (int q = 1; q < ranks; ++q) {
+      const float4 part = ptx::LoadClusterShared16(ptx::MapToClusterRank(at, q));
+      sum.x += part.x;
+      sum.y += part.y;
+      sum.z += part.z;
+      sum.w += part.w;
+    }
+    StoreGroup<C>(p, role, slice * C::kBlockNTiles, v / kTileVecs, v % kTileVecs, sum);
+  }
+}
+
 // A block's ring in shared memory and the flag ShareFlag passes the verdict of an arrival in.
 struct BlockSync {
   uint32_t ring;         // the first slot
@@ -464,6 +531,10 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, 
     PinAccumulators<C>(acc);
     release(in_flight);
     const StageCursor last(p, segment_end - 1);
+    if (p.cluster_ranks > 1) {  // one segment: its partial stays here for ReduceClusterSlice
+      StashPartial<C>(p, role, sync.ring, acc);
+      break;
+    }
     FinishSegment<C>(p, begin, last, role, acc);
     if (!OwnsWholeSlice(p, begin, last)) {
       if (segment_end == end) {
@@ -496,8 +567,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                        .full = ptx::SharedAddress(full_bars),
                        .empty = ptx::SharedAddress(empty_bars),
                        .last_flag = &last_flag};
-  const int begin = BlockBegin(p, blockIdx.x);
-  const int end = BlockBegin(p, blockIdx.x + 1);
+  const int begin = FirstIteration(p, blockIdx.x);
+  const int end = FirstIteration(p, blockIdx.x + 1);
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
@@ -517,10 +588,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x < kWarpgroupThreads) {
     ptx::LowerRegisterBudget<kProducerRegisters>();
     if (threadIdx.x == 0) ProduceStages<C>(maps, p, begin, end, sync.ring, sync.full, sync.empty);
+    if (p.cluster_ranks > 1) {  // the consumers' two cluster syncs need every thread
+      ptx::ClusterSync();
+      ptx::ClusterSync();
+    }
   } else {
     ptx::RaiseRegisterBudget<kConsumerRegisters>();
     ptx::GridDependencyWait();  // before the workspace and y, which the previous call used
     ConsumeStages<C>(p, begin, end, sync);
+    if (p.cluster_ranks > 1) {
+      const ConsumerRole role(threadIdx.x - kWarpgroupThreads);
+      ptx::ClusterSync();  // every block's partial is stashed
+      ReduceClusterSlice<C>(p, begin / p.stages_per_slice, role, sync.ring);
+      ptx::ClusterSync();  // no block exits while another still reads its shared memory
+    }
   }
 #endif
 }

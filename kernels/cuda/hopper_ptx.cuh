@@ -129,6 +129,48 @@ __device__ __forceinline__ uint32_t LoadShared4(uint32_t smem) {
   return v;
 }
 
+// st.shared.v4.f32: a 16-byte shared-memory store of `v` at `smem` (16-byte aligned).
+__device__ __forceinline__ void StoreShared16(uint32_t smem, float4 v) {
+  asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(smem), "f"(v.x), "f"(v.y),
+               "f"(v.z), "f"(v.w)
+               : "memory");
+}
+
+// %cluster_ctarank: this block's rank within its thread-block cluster.
+__device__ __forceinline__ uint32_t ClusterRank() {
+  uint32_t rank;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+  return rank;
+}
+
+// mapa.shared::cluster: the address of this block's shared-memory location `smem` in the shared
+// memory of the cluster's block `rank` (for LoadClusterShared16).
+__device__ __forceinline__ uint32_t MapToClusterRank(uint32_t smem, uint32_t rank) {
+  uint32_t mapped;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(mapped) : "r"(smem), "r"(rank));
+  return mapped;
+}
+
+// ld.shared::cluster.v4.f32: a 16-byte load from a cluster block's shared memory (distributed
+// shared memory), at an address from MapToClusterRank.
+__device__ __forceinline__ float4 LoadClusterShared16(uint32_t cluster_smem) {
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(cluster_smem)
+               : "memory");
+  return v;
+}
+
+// barrier.cluster.arrive.release + barrier.cluster.wait.acquire: every thread of every block in
+// the cluster meets here; shared-memory writes before it are visible to all of them after it.
+__device__ __forceinline__ void ClusterSync() {
+  asm volatile(
+      "barrier.cluster.arrive.release;\n"
+      "barrier.cluster.wait.acquire;\n" ::
+          : "memory");
+}
+
 // The wgmma shared-memory descriptor of a K-major FP16 operand stored by TMA with the 128-byte
 // swizzle: rows of 128 bytes (64 k values), 8-row atoms 1024 bytes apart. `smem` must lie in a
 // 1024-byte-aligned atom; adding 32 bytes steps 16 k values along the row.

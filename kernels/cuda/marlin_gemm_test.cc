@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -90,21 +91,34 @@ DeviceWeightCopy Upload(const PackedWeight& packed) {
   return d;
 }
 
-class MarlinGemmTest : public ::testing::TestWithParam<GemmPath> {
+// A kernel path and, for the Hopper path, its partition: every test runs once per variant.
+struct KernelVariant {
+  GemmPath path;
+  HopperPartition partition;
+  const char* name;
+};
+void PrintTo(const KernelVariant& variant, std::ostream* os) { *os << variant.name; }
+
+class MarlinGemmTest : public ::testing::TestWithParam<KernelVariant> {
  protected:
   void SetUp() override {
     if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
     seed_ = std::random_device{}();
     rng_.seed(seed_);
     workspace_ = std::make_unique<GemmWorkspace>(ValueOrDie(GemmWorkspace::Create(0)));
-    if (!GemmPathAvailable(GetParam(), workspace_->compute_capability())) {
-      GTEST_SKIP() << GemmPathName(GetParam()) << " path not available on sm_"
+    const GemmPath path = GetParam().path;
+    if (!GemmPathAvailable(path, workspace_->compute_capability())) {
+      GTEST_SKIP() << GemmPathName(path) << " path not available on sm_"
                    << workspace_->compute_capability();
     }
-    ForceGemmPathForTesting(GetParam());
+    ForceGemmPathForTesting(path);
+    ForceHopperPartitionForTesting(GetParam().partition);
     stream_ = ValueOrDie(Stream::Create());
   }
-  void TearDown() override { ForceGemmPathForTesting(GemmPath::kAuto); }
+  void TearDown() override {
+    ForceGemmPathForTesting(GemmPath::kAuto);
+    ForceHopperPartitionForTesting(HopperPartition::kAuto);
+  }
 
   // Runs the kernel on fresh x (m rows) and returns the FP16 output bits (poisoned beforehand).
   std::vector<uint16_t> RunOnDevice(const DeviceWeight& w, const std::vector<uint16_t>& x,
@@ -323,12 +337,17 @@ TEST_P(MarlinGemmTest, RefusesShapesTheFormatRejects) {
             absl::StatusCode::kInvalidArgument);
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, MarlinGemmTest,
-                         ::testing::Values(GemmPath::kAmpere, GemmPath::kHopper),
-                         [](const ::testing::TestParamInfo<GemmPath>& info) {
-                           return info.param == GemmPath::kHopper ? "HopperTmaWgmma_Sm90a"
-                                                                  : "AmpereMmaSync_Sm80Plus";
-                         });
+// The cluster split takes every shape whose slices fit the co-resident clusters (all but the
+// widest benchmark layers, which stay striped under it).
+INSTANTIATE_TEST_SUITE_P(
+    Paths, MarlinGemmTest,
+    ::testing::Values(KernelVariant{GemmPath::kAmpere, HopperPartition::kAuto,
+                                    "AmpereMmaSync_Sm80Plus"},
+                      KernelVariant{GemmPath::kHopper, HopperPartition::kStriped,
+                                    "HopperTmaWgmma_StripedPartition_Sm90a"},
+                      KernelVariant{GemmPath::kHopper, HopperPartition::kClusterSplit,
+                                    "HopperTmaWgmma_ClusterSplit_Sm90a"}),
+    [](const ::testing::TestParamInfo<KernelVariant>& info) { return info.param.name; });
 
 }  // namespace
 }  // namespace marlin::cuda
