@@ -22,28 +22,39 @@ namespace {
 // ones (two tiles, 256-column slices) stream more weight bytes per stage and reread the
 // activations for half as many slices; narrow ones (one tile, 128-column slices) halve the
 // partial sums a split slice needs and the blocks it is split over, and at 128 rows or more leave
-// the registers for two wgmma groups in flight. Taller products run as 256-row passes.
+// the registers for two wgmma groups in flight. Split-k ones (one 64-column tile shared by both
+// warpgroups, 128 k a stage) double the slices of a narrow weight, so the cluster split keeps
+// every SM busy with at most two blocks per slice. Taller products run as 256-row passes.
 using Rows16Wide = HopperConfig<16, 2>;
-using Rows16Narrow = HopperConfig<16, 1>;
+using Rows16SplitK = HopperConfig<16, 1, /*kSplitK=*/true>;
 using Rows32Wide = HopperConfig<32, 2>;
-using Rows32Narrow = HopperConfig<32, 1>;
+using Rows32SplitK = HopperConfig<32, 1, /*kSplitK=*/true>;
 using Rows64Wide = HopperConfig<64, 2>;
 using Rows64Narrow = HopperConfig<64, 1>;
+using Rows64SplitK = HopperConfig<64, 1, /*kSplitK=*/true>;
 using Rows128Narrow = HopperConfig<128, 1>;
 using Rows256Narrow = HopperConfig<256, 1>;
 
-// Whether a pass of `rows` over a k x n weight takes the narrow configuration. Measured with
-// marlin-bench on the H100 (Llama-3 8B/70B layers and 16384^2, wide and narrow timed alternately in
-// one call, docs/perf/kernel-h100.md): up to 32 rows narrow won only where n <= 4096 (L8B.o and
-// L8B.down: 13.2 -> 11.5 and 22.2 -> 20.1 us at 32 rows) and lost on the 28672-column gate/up (29.5
-// -> 34.6 us at 16); at 33-64 rows it won on every weight under 2^27 elements (L8B.o 20.5 -> 14.2
-// us) and lost above (L70B.down 69 -> 74 us); at 128 rows it won or tied everywhere (L8B block
-// 0.91 -> 1.21x cuBLAS).
+// Whether a pass of more than 32 rows over a k x n weight that does not take the split-k
+// configuration takes the narrow one (up to 32 rows such weights take the wide one). Measured
+// with marlin-bench on the H100 (Llama-3 8B/70B layers and 16384^2, wide and narrow timed
+// alternately in one call, docs/perf/kernel-h100.md): up to 32 rows narrow won only where n <=
+// 4096 (now split-k) and lost on the 28672-column gate/up (29.5 -> 34.6 us at 16); at 33-64 rows
+// it won on every weight under 2^27 elements (L8B.o 20.5 -> 14.2 us) and lost above (L70B.down
+// 69 -> 74 us); at 128 rows it won or tied everywhere (L8B block 0.91 -> 1.21x cuBLAS).
 bool NarrowConfiguration(int rows, int64_t k, int64_t n) {
-  if (rows <= 32) return n <= 4096;
-  if (rows <= 64) return k * n < (int64_t{1} << 27);
-  return true;
+  return rows > 64 || k * n < (int64_t{1} << 27);
 }
+
+// Whether a pass of `rows` over an n-column weight takes the split-k configuration. Measured with
+// marlin-bench on an H200 (the card lent that day; split-k and the others timed alternately in
+// one call, docs/perf/kernel-h100.md):
+// up to 64 rows it won on every weight of at most 6144 columns (64 or 96 slices: the cluster
+// split runs them on 128 or 96 SMs with at most two blocks per slice; L8B.o at 16 rows 9.7 -> 8.2
+// us, L8B.qkv 13.1 -> 12.3, L8B.down 20.0 -> 19.3) and lost on wider ones, whose 128 or more
+// slices leave one block a whole 64-column slice, streaming at a block's 4 KB a stage rate
+// (L70B.down 47.5 -> 63.7 us, L8B gate/up 25.7 -> 36.4).
+bool SplitKConfiguration(int rows, int64_t n) { return rows <= 64 && n <= 6144; }
 
 template <typename C>
 absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, const DeviceWeight& w) {
@@ -63,7 +74,7 @@ absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, const DeviceWei
                       .base = w.qweight,
                       .dims = {64, n_tiles, k_tiles},
                       .strides = {512, n_tiles * 512},
-                      .box = {64, C::kBlockNTiles, kStageKTiles},
+                      .box = {64, C::kBlockNTiles, C::kStageKTiles},
                       .swizzle = CU_TENSOR_MAP_SWIZZLE_NONE});
   const absl::StatusOr<CUtensorMap> s_map =
       EncodeTiledMap({.type = CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
@@ -174,7 +185,7 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   p.n_tiles = static_cast<int>(w.shape.n / 64);
   p.per_channel = w.shape.group_size == kPerChannel;
   const int slices = (p.n_tiles + C::kBlockNTiles - 1) / C::kBlockNTiles;
-  p.stages_per_slice = (p.k_tiles + kStageKTiles - 1) / kStageKTiles;
+  p.stages_per_slice = (p.k_tiles + C::kStageKTiles - 1) / C::kStageKTiles;
   p.total_iters = slices * p.stages_per_slice;
   p.counters = counters;
   p.partials = partials;
@@ -212,15 +223,19 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
 
 absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
                         float* partials, int sm_count, cudaStream_t stream) {
+  if (SplitKConfiguration(rows, w.shape.n)) {
+    if (rows <= 16) {
+      return Launch<Rows16SplitK>(x, rows, w, y, counters, partials, sm_count, stream);
+    }
+    if (rows <= 32) {
+      return Launch<Rows32SplitK>(x, rows, w, y, counters, partials, sm_count, stream);
+    }
+    return Launch<Rows64SplitK>(x, rows, w, y, counters, partials, sm_count, stream);
+  }
+  // Up to 32 rows, every weight left is wider than 4096 columns (wide, NarrowConfiguration).
+  if (rows <= 16) return Launch<Rows16Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+  if (rows <= 32) return Launch<Rows32Wide>(x, rows, w, y, counters, partials, sm_count, stream);
   const bool narrow = NarrowConfiguration(rows, w.shape.k, w.shape.n);
-  if (rows <= 16) {
-    return narrow ? Launch<Rows16Narrow>(x, rows, w, y, counters, partials, sm_count, stream)
-                  : Launch<Rows16Wide>(x, rows, w, y, counters, partials, sm_count, stream);
-  }
-  if (rows <= 32) {
-    return narrow ? Launch<Rows32Narrow>(x, rows, w, y, counters, partials, sm_count, stream)
-                  : Launch<Rows32Wide>(x, rows, w, y, counters, partials, sm_count, stream);
-  }
   if (rows <= 64) {
     return narrow ? Launch<Rows64Narrow>(x, rows, w, y, counters, partials, sm_count, stream)
                   : Launch<Rows64Wide>(x, rows, w, y, counters, partials, sm_count, stream);

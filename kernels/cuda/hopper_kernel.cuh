@@ -13,6 +13,8 @@
 // slot's `full` barrier. Warpgroups 1 and 2 consume: each multiplies kWgTiles of the slice's
 // tiles for all rows, then releases the slot on its `empty` barrier. setmaxnreg moves registers
 // from the producer to the consumers, whose accumulators are kWgTiles x kBatch / 2 per thread.
+// In the split-k configurations both consumer warpgroups multiply the same 64-column tile, each
+// half of a stage's 128 k, and add their halves through shared memory at a segment's end.
 //
 // Where every slice can have a co-resident cluster of blocks (small and mid-size layers), the host
 // picks the cluster split instead of the striped partition: block b takes k part b % r of slice
@@ -38,8 +40,8 @@ inline constexpr int kWarpgroupThreads = 128;
 inline constexpr int kConsumers = 2;  // consumer warpgroups per block
 inline constexpr int kThreads = kWarpgroupThreads * (1 + kConsumers);
 inline constexpr int kConsumerThreads = kWarpgroupThreads * kConsumers;
-inline constexpr int kStageKTiles = 4;  // 64 k rows a stage: one 128-byte row of activations
-inline constexpr int kGroupKTiles = 8;  // 128-row scale groups
+inline constexpr int kWgStageKTiles = 4;  // k-tiles a warpgroup multiplies per stage: 64 k rows
+inline constexpr int kGroupKTiles = 8;    // 128-row scale groups
 // Register budgets after setmaxnreg: 128 x 40 + 256 x 232 fits the 64 K register file.
 inline constexpr int kProducerRegisters = 40;
 inline constexpr int kConsumerRegisters = 232;
@@ -51,26 +53,41 @@ inline constexpr int kMaxClusterRanks = 8;  // blocks per cluster, the portable 
 
 constexpr int RoundUp(int v, int to) { return (v + to - 1) / to * to; }
 
-template <int kBatch_, int kWgTiles_>
+template <int kBatch_, int kWgTiles_, bool kSplitK_ = false>
 struct HopperConfig {
   static constexpr int kBatch = kBatch_;      // activation rows per pass (wgmma N), zero-padded
   static constexpr int kWgTiles = kWgTiles_;  // 64-column tiles per consumer warpgroup
-  static constexpr int kBlockNTiles = kWgTiles * kConsumers;  // 64-column tiles per slice
-  static constexpr int kXBytes = kBatch * 128;                // kBatch rows x 64 k values
+  // Whether the consumer warpgroups split each stage's k-tiles between them (both multiply the
+  // same tiles, and add their halves at a segment's end) instead of taking different tiles: half
+  // as many columns per slice, twice the k per stage.
+  static constexpr bool kSplitK = kSplitK_;
+  static constexpr int kKGroups = kSplitK ? kConsumers : 1;  // warpgroups sharing a tile
+  static constexpr int kBlockNTiles = kWgTiles * kConsumers / kKGroups;  // 64-column tiles/slice
+  static constexpr int kStageKTiles = kWgStageKTiles * kKGroups;
+  static constexpr int kXBoxBytes = kBatch * 128;        // kBatch rows x 64 k values
+  static constexpr int kXBytes = kXBoxBytes * kKGroups;  // one box per 64 k
   static constexpr int kWBytes = kStageKTiles * kBlockNTiles * 512;
   static constexpr int kSBytes = kBlockNTiles * 64 * 2;
   static constexpr int kStageBytes = RoundUp(kXBytes + kWBytes + kSBytes, 1024);
+  static constexpr int kAccFloats = kBatch / 2;  // per tile, per thread
+  // Where a split-k warpgroup leaves the float4s the other one owns (ExchangeKHalves).
+  static constexpr int kExchangeBytes = kSplitK ? kWgTiles * kAccFloats * 4 * kWarpgroupThreads : 0;
+  // The ring's share: the exchange and (a split-k block's smem can reach the limit) the static
+  // barriers come off the budget.
+  static constexpr int kRingBytes = kRingBudgetBytes - (kSplitK ? kExchangeBytes + 1024 : 0);
   static constexpr int kStages =
-      kRingBudgetBytes / kStageBytes < kMaxStages ? kRingBudgetBytes / kStageBytes : kMaxStages;
-  static constexpr int kSmemBytes = kStages * kStageBytes + 1024;
+      kRingBytes / kStageBytes < kMaxStages ? kRingBytes / kStageBytes : kMaxStages;
+  static constexpr int kSmemBytes = kStages * kStageBytes + kExchangeBytes + 1024;
   static constexpr int kTxBytes = kXBytes + kWBytes + kSBytes;  // what one stage's copies bring
-  static constexpr int kAccFloats = kBatch / 2;                 // per tile, per thread
   // Two stages' wgmma groups are in flight: the accumulators and two stages' A fragments must fit
   // the consumers' registers (two tiles at 128 rows did not; ptxas serialized the groups, C7512).
-  static_assert(kWgTiles * kAccFloats + 2 * kStageKTiles * kWgTiles * 4 <= 160,
+  static_assert(kWgTiles * kAccFloats + 2 * kWgStageKTiles * kWgTiles * 4 <= 160,
                 "no registers for two wgmma groups in flight");
-  static constexpr int kSlotFloats = kBlockNTiles * 64 * kBatch;
-  static_assert(kXBytes % 1024 == 0, "swizzle atoms must stay 1024-byte aligned");
+  // One block's partial of a slice: every consumer thread's accumulators (under the split-k
+  // configuration half of them stay unused).
+  static constexpr int kSlotFloats = kWgTiles * kAccFloats * kConsumerThreads;
+  static_assert(kXBoxBytes % 1024 == 0, "swizzle atoms must stay 1024-byte aligned");
+  static_assert(!kSplitK || kStageKTiles == kGroupKTiles, "a split-k stage is one scale group");
   static_assert(kStages >= 3, "the ring needs depth");
   static_assert(kAccFloats % 4 == 0, "partials move as float4");
   static_assert(kSlotFloats * 4 <= kStages * kStageBytes, "a partial must fit the idle ring");
@@ -83,7 +100,7 @@ struct HopperParams {
   int k_tiles;  // k / 16
   int n_tiles;  // n / 64
   bool per_channel;
-  int stages_per_slice;  // ceil(k_tiles / kStageKTiles)
+  int stages_per_slice;  // ceil(k_tiles / C::kStageKTiles)
   int total_iters;       // slices * stages_per_slice
   int grid;              // blocks launched
   int* counters;         // one arrival counter per block index, zero between calls
@@ -101,8 +118,8 @@ __device__ __forceinline__ int FirstIteration(const HopperParams& p, int b) {
 }
 
 // The tensor maps of one pass: activations (FP16, {k, rows}, box {64, kBatch}, 128-byte swizzle),
-// packed weights (8-byte words, {64, n_tiles, k_tiles}, box {64, kBlockNTiles, kStageKTiles}) and
-// scales (FP16, {n, groups}, box {kBlockNTiles * 64, 1}).
+// packed weights (8-byte words, {64, n_tiles, k_tiles}, box {64, kBlockNTiles, C::kStageKTiles})
+// and scales (FP16, {n, groups}, box {kBlockNTiles * 64, 1}).
 struct HopperMaps {
   CUtensorMap x;
   CUtensorMap w;
@@ -123,18 +140,22 @@ template <typename C>
 __device__ __forceinline__ void LoadWeightStage(const HopperMaps& maps, const HopperParams& p,
                                                 StageCursor at, const StageSmem<C>& smem,
                                                 uint32_t bar) {
-  const int k_tile0 = at.stage * kStageKTiles;
+  const int k_tile0 = at.stage * C::kStageKTiles;
   const int n_tile0 = at.slice * C::kBlockNTiles;
   ptx::BarrierArriveExpectBytes(bar, C::kTxBytes);
   ptx::TensorLoad3d(smem.w, &maps.w, 0, n_tile0, k_tile0, bar);
   ptx::TensorLoad2d(smem.s, &maps.s, n_tile0 * 64, p.per_channel ? 0 : k_tile0 / kGroupKTiles, bar);
 }
 
-// Issues one stage's activation copy (all kBatch rows of its 64 k values) on `bar`.
+// Issues one stage's activation copies (all kBatch rows, one box per 64 of its k values) on `bar`.
 template <typename C>
 __device__ __forceinline__ void LoadActivationStage(const HopperMaps& maps, StageCursor at,
                                                     const StageSmem<C>& smem, uint32_t bar) {
-  ptx::TensorLoad2d(smem.x, &maps.x, at.stage * kStageKTiles * 16, 0, bar);
+#pragma unroll
+  for (int box = 0; box < C::kKGroups; ++box) {
+    ptx::TensorLoad2d(smem.x + box * C::kXBoxBytes, &maps.x,
+                      (at.stage * C::kStageKTiles + box * kWgStageKTiles) * 16, 0, bar);
+  }
 }
 
 // Warpgroup 0, one thread: fills the ring for iterations [begin, end). Weights and scales never
@@ -186,6 +207,24 @@ struct ConsumerRole {
         lane(thread % 32) {}
 };
 
+// The slice tile a consumer thread's tile j is, and the first of the stage's k-tiles it multiplies.
+template <typename C>
+__device__ __forceinline__ int TileOf(const ConsumerRole& role, int j) {
+  return C::kSplitK ? j : role.group * C::kWgTiles + j;
+}
+template <typename C>
+__device__ __forceinline__ int FirstKTileOf(const ConsumerRole& role) {
+  return C::kSplitK ? role.group * kWgStageKTiles : 0;
+}
+
+// Whether float4 `r4` of a tile is this thread's to finish: under the split-k configuration
+// warpgroup 0 finishes the first half of a tile's float4s and warpgroup 1 the second (each adds
+// the other's k half to its own, ExchangeKHalves); otherwise every thread finishes its own.
+template <typename C>
+__device__ __forceinline__ bool OwnsGroup(const ConsumerRole& role, int r4) {
+  return !C::kSplitK || (r4 < C::kAccFloats / 8) == (role.group == 0);
+}
+
 template <typename C>
 using HopperAccumulators = float[C::kWgTiles][C::kAccFloats];
 
@@ -224,7 +263,7 @@ __device__ __forceinline__ void DequantizeAFragment(uint32_t word, uint32_t scal
 template <typename C>
 struct StageWords {
   uint32_t scale_pair[C::kWgTiles];
-  uint32_t word[kStageKTiles][C::kWgTiles];
+  uint32_t word[kWgStageKTiles][C::kWgTiles];
 };
 
 // Reads all of a slot's words and scales at once, so their shared-memory latency is paid once.
@@ -234,13 +273,14 @@ __device__ __forceinline__ StageWords<C> LoadStageWords(const ConsumerRole& role
   StageWords<C> w;
 #pragma unroll
   for (int j = 0; j < C::kWgTiles; ++j) {
-    const int tile = role.group * C::kWgTiles + j;
+    const int tile = TileOf<C>(role, j);
     // Scales of a tile are stored column-in-sub-tile major: column 8 s + c at 8 c + s.
     w.scale_pair[j] = ptx::LoadShared4(smem.s + tile * 128 + (role.lane / 4) * 16 + role.warp * 4);
 #pragma unroll
-    for (int kt = 0; kt < kStageKTiles; ++kt) {
-      w.word[kt][j] = ptx::LoadShared4(smem.w + (kt * C::kBlockNTiles + tile) * 512 +
-                                       role.lane * 16 + role.warp * 4);
+    for (int kt = 0; kt < kWgStageKTiles; ++kt) {
+      w.word[kt][j] =
+          ptx::LoadShared4(smem.w + ((FirstKTileOf<C>(role) + kt) * C::kBlockNTiles + tile) * 512 +
+                           role.lane * 16 + role.warp * 4);
     }
   }
   return w;
@@ -252,9 +292,9 @@ __device__ __forceinline__ StageWords<C> LoadStageWords(const ConsumerRole& role
 template <typename C>
 __device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_smem, bool accumulate,
                                            HopperAccumulators<C>& acc) {
-  uint32_t a[kStageKTiles][C::kWgTiles][4];
+  uint32_t a[kWgStageKTiles][C::kWgTiles][4];
 #pragma unroll
-  for (int kt = 0; kt < kStageKTiles; ++kt)
+  for (int kt = 0; kt < kWgStageKTiles; ++kt)
 #pragma unroll
     for (int j = 0; j < C::kWgTiles; ++j) {
       DequantizeAFragment(w.word[kt][j], w.scale_pair[j], a[kt][j]);
@@ -263,7 +303,7 @@ __device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_sm
     }
   ptx::WgmmaFence();
 #pragma unroll
-  for (int kt = 0; kt < kStageKTiles; ++kt) {
+  for (int kt = 0; kt < kWgStageKTiles; ++kt) {
     const uint64_t b_desc = ptx::Swizzle128KMajorDescriptor(x_smem + kt * 32);
     // Tiles past N multiply zeros (TMA fills them) and are never stored; a branch here would
     // make the compiler serialize the wgmma pipeline.
@@ -280,15 +320,14 @@ __device__ __forceinline__ int AccRow(const ConsumerRole& role, int i) {
 }
 template <typename C>
 __device__ __forceinline__ int AccCol(const ConsumerRole& role, int n_tile0, int j, int i) {
-  return (n_tile0 + role.group * C::kWgTiles + j) * 64 + 16 * role.warp + role.lane / 4 +
-         8 * ((i / 2) % 2);
+  return (n_tile0 + TileOf<C>(role, j)) * 64 + 16 * role.warp + role.lane / 4 + 8 * ((i / 2) % 2);
 }
 
 // Stores accumulators 4 r4 .. 4 r4 + 3 of tile j (values v) where the row exists.
 template <typename C>
 __device__ __forceinline__ void StoreGroup(const HopperParams& p, const ConsumerRole& role,
                                            int n_tile0, int j, int r4, float4 v) {
-  if (n_tile0 + role.group * C::kWgTiles + j >= p.n_tiles) return;
+  if (!OwnsGroup<C>(role, r4) || n_tile0 + TileOf<C>(role, j) >= p.n_tiles) return;
   const float vals[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
@@ -319,6 +358,47 @@ __device__ __forceinline__ float4* PartialAt(const HopperParams& p, int slot,
 __device__ __forceinline__ bool GroupHasRows(const HopperParams& p, const ConsumerRole& role,
                                              int r4) {
   return AccRow(role, 4 * r4) < p.m_rows;
+}
+
+// Whether this thread writes (and the reducers read) float4 `r4` of its tiles' partials.
+template <typename C>
+__device__ __forceinline__ bool FinishesGroup(const HopperParams& p, const ConsumerRole& role,
+                                              int r4) {
+  return OwnsGroup<C>(role, r4) && GroupHasRows(p, role, r4);
+}
+
+// Consumers, split-k configuration, at a segment's end: each warpgroup hands the float4s the other
+// owns (OwnsGroup) to its partner thread (same lane and warp, same outputs) through `exchange`
+// and adds the partner's k half to the ones it owns.
+template <typename C>
+__device__ __forceinline__ void ExchangeKHalves(const ConsumerRole& role, uint32_t exchange,
+                                                HopperAccumulators<C>& acc) {
+  constexpr int kTileVecs = C::kAccFloats / 4;
+  const int partner_slot = role.thread % kWarpgroupThreads;  // the same for both partners
+  auto at = [&](int j, int r4) {
+    return exchange +
+           static_cast<uint32_t>((j * kTileVecs + r4) * kWarpgroupThreads + partner_slot) * 16;
+  };
+  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);  // the last exchange has been read
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+    for (int r4 = 0; r4 < kTileVecs; ++r4) {
+      if (!OwnsGroup<C>(role, r4)) ptx::StoreShared16(at(j, r4), GroupOf<C>(acc, j, r4));
+    }
+  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+    for (int r4 = 0; r4 < kTileVecs; ++r4) {
+      if (OwnsGroup<C>(role, r4)) {
+        const uint4 other = ptx::LoadShared16(at(j, r4));
+        acc[j][4 * r4] += __uint_as_float(other.x);
+        acc[j][4 * r4 + 1] += __uint_as_float(other.y);
+        acc[j][4 * r4 + 2] += __uint_as_float(other.z);
+        acc[j][4 * r4 + 3] += __uint_as_float(other.w);
+      }
+    }
 }
 
 // Whether the segment of `at.slice` ending at `at` covers the whole slice (else it is split
@@ -352,7 +432,7 @@ __device__ __forceinline__ void FinishSegment(const HopperParams& p, int begin, 
     for (int j = 0; j < C::kWgTiles; ++j)
 #pragma unroll
       for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
-        if (GroupHasRows(p, role, r4)) {
+        if (FinishesGroup<C>(p, role, r4)) {
           __stcg(PartialAt<C>(p, slot, role, j, r4), GroupOf<C>(acc, j, r4));
         }
       }
@@ -400,7 +480,7 @@ __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
         blocks,
         [&](int slot, int i) {
           const int v = c0 + i;
-          return GroupHasRows(p, role, v % kTileVecs)
+          return FinishesGroup<C>(p, role, v % kTileVecs)
                      ? __ldcg(PartialAt<C>(p, slot, role, v / kTileVecs, v % kTileVecs))
                      : make_float4(0.f, 0.f, 0.f, 0.f);
         },
@@ -435,7 +515,7 @@ __device__ __forceinline__ void StashPartial(const HopperParams& p, const Consum
   for (int j = 0; j < C::kWgTiles; ++j)
 #pragma unroll
     for (int r4 = 0; r4 < kTileVecs; ++r4) {
-      if (GroupHasRows(p, role, r4)) {
+      if (FinishesGroup<C>(p, role, r4)) {
         ptx::StoreShared16(stash + StashOffset(role.thread, j * kTileVecs + r4),
                            GroupOf<C>(acc, j, r4));
       }
@@ -454,7 +534,7 @@ __device__ __forceinline__ void ReduceClusterSlice(const HopperParams& p, int sl
   constexpr int kVecs = C::kWgTiles * kTileVecs;
 #pragma unroll
   for (int v = 0; v < kVecs; ++v) {
-    if ((v + role.thread) % ranks != rank || !GroupHasRows(p, role, v % kTileVecs)) continue;
+    if ((v + role.thread) % ranks != rank || !FinishesGroup<C>(p, role, v % kTileVecs)) continue;
     const uint32_t at = stash + StashOffset(role.thread, v);
     float4 sum = ptx::LoadClusterShared16(ptx::MapToClusterRank(at, 0));
     for (int q = 1; q < ranks; ++q) {
@@ -508,7 +588,8 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, 
       ptx::BarrierWait(full + 8 * slot, phase);
       const StageSmem<C> smem(sync.ring, slot);
       const StageWords<C> words = LoadStageWords<C>(role, smem);
-      IssueStage<C>(words, smem.x, /*accumulate=*/!first, acc);
+      IssueStage<C>(words, smem.x + FirstKTileOf<C>(role) / kWgStageKTiles * C::kXBoxBytes,
+                    /*accumulate=*/!first, acc);
       ptx::WgmmaWait<1>();  // the previous stage's group is done: its slot can go back
       if (in_flight >= 0) release(in_flight);
       in_flight = slot;
@@ -530,6 +611,9 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, 
     ptx::WgmmaWait<0>();
     PinAccumulators<C>(acc);
     release(in_flight);
+    if constexpr (C::kSplitK) {
+      ExchangeKHalves<C>(role, sync.ring + C::kStages * C::kStageBytes, acc);
+    }
     const StageCursor last(p, segment_end - 1);
     if (p.cluster_ranks > 1) {  // one segment: its partial stays here for ReduceClusterSlice
       StashPartial<C>(p, role, sync.ring, acc);
