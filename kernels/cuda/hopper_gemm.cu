@@ -23,7 +23,7 @@ namespace {
 // activations for half as many slices; narrow ones (one tile, 128-column slices) halve the
 // partial sums a split slice needs and the blocks it is split over, and at 128 rows or more leave
 // the registers for two wgmma groups in flight. Split-k ones (one 64-column tile shared by both
-// warpgroups, 128 k a stage) double the slices of a narrow weight, so the cluster split keeps
+// warpgroups, 256 k a stage) double the slices of a narrow weight, so the cluster split keeps
 // every SM busy with at most two blocks per slice. Taller products run as 256-row passes.
 using Rows16Wide = HopperConfig<16, 2>;
 using Rows16SplitK = HopperConfig<16, 1, /*kSplitK=*/true>;

@@ -14,7 +14,7 @@
 // tiles for all rows, then releases the slot on its `empty` barrier. setmaxnreg moves registers
 // from the producer to the consumers, whose accumulators are kWgTiles x kBatch / 2 per thread.
 // In the split-k configurations both consumer warpgroups multiply the same 64-column tile, each
-// half of a stage's 128 k, and add their halves through shared memory at a segment's end.
+// half of a stage's 256 k, and add their halves through shared memory at a segment's end.
 //
 // Where every slice can have a co-resident cluster of blocks (small and mid-size layers), the host
 // picks the cluster split instead of the striped partition: block b takes k part b % r of slice
@@ -40,8 +40,8 @@ inline constexpr int kWarpgroupThreads = 128;
 inline constexpr int kConsumers = 2;  // consumer warpgroups per block
 inline constexpr int kThreads = kWarpgroupThreads * (1 + kConsumers);
 inline constexpr int kConsumerThreads = kWarpgroupThreads * kConsumers;
-inline constexpr int kWgStageKTiles = 4;  // k-tiles a warpgroup multiplies per stage: 64 k rows
-inline constexpr int kGroupKTiles = 8;    // 128-row scale groups
+inline constexpr int kBoxKTiles = 4;    // k-tiles of one activation box: 64 k, 128-byte rows
+inline constexpr int kGroupKTiles = 8;  // 128-row scale groups
 // Register budgets after setmaxnreg: 128 x 40 + 256 x 232 fits the 64 K register file.
 inline constexpr int kProducerRegisters = 40;
 inline constexpr int kConsumerRegisters = 232;
@@ -59,15 +59,22 @@ struct HopperConfig {
   static constexpr int kWgTiles = kWgTiles_;  // 64-column tiles per consumer warpgroup
   // Whether the consumer warpgroups split each stage's k-tiles between them (both multiply the
   // same tiles, and add their halves at a segment's end) instead of taking different tiles: half
-  // as many columns per slice, twice the k per stage.
+  // as many columns per slice, four times the k per stage.
   static constexpr bool kSplitK = kSplitK_;
   static constexpr int kKGroups = kSplitK ? kConsumers : 1;  // warpgroups sharing a tile
   static constexpr int kBlockNTiles = kWgTiles * kConsumers / kKGroups;  // 64-column tiles/slice
-  static constexpr int kStageKTiles = kWgStageKTiles * kKGroups;
-  static constexpr int kXBoxBytes = kBatch * 128;        // kBatch rows x 64 k values
-  static constexpr int kXBytes = kXBoxBytes * kKGroups;  // one box per 64 k
+  // k-tiles a warpgroup multiplies per stage: a split-k warpgroup takes a whole scale group, so
+  // its stage moves as many weight bytes as a wide one's (a consumer's cost per stage is mostly
+  // fixed).
+  static constexpr int kWgKTiles = kSplitK ? kGroupKTiles : kBoxKTiles;
+  static constexpr int kStageKTiles = kWgKTiles * kKGroups;
+  static constexpr int kXBoxBytes = kBatch * 128;  // kBatch rows x 64 k values
+  static constexpr int kXBoxes = kStageKTiles / kBoxKTiles;
+  static constexpr int kXBytes = kXBoxBytes * kXBoxes;
   static constexpr int kWBytes = kStageKTiles * kBlockNTiles * 512;
-  static constexpr int kSBytes = kBlockNTiles * 64 * 2;
+  static constexpr int kScaleRows = kStageKTiles > kGroupKTiles ? kStageKTiles / kGroupKTiles : 1;
+  static constexpr int kScaleRowBytes = kBlockNTiles * 64 * 2;
+  static constexpr int kSBytes = kScaleRows * kScaleRowBytes;
   static constexpr int kStageBytes = RoundUp(kXBytes + kWBytes + kSBytes, 1024);
   static constexpr int kAccFloats = kBatch / 2;  // per tile, per thread
   // Where a split-k warpgroup leaves the float4s the other one owns (ExchangeKHalves).
@@ -81,13 +88,13 @@ struct HopperConfig {
   static constexpr int kTxBytes = kXBytes + kWBytes + kSBytes;  // what one stage's copies bring
   // Two stages' wgmma groups are in flight: the accumulators and two stages' A fragments must fit
   // the consumers' registers (two tiles at 128 rows did not; ptxas serialized the groups, C7512).
-  static_assert(kWgTiles * kAccFloats + 2 * kWgStageKTiles * kWgTiles * 4 <= 160,
+  static_assert(kWgTiles * kAccFloats + 2 * kWgKTiles * kWgTiles * 4 <= 160,
                 "no registers for two wgmma groups in flight");
   // One block's partial of a slice: every consumer thread's accumulators (under the split-k
   // configuration half of them stay unused).
   static constexpr int kSlotFloats = kWgTiles * kAccFloats * kConsumerThreads;
   static_assert(kXBoxBytes % 1024 == 0, "swizzle atoms must stay 1024-byte aligned");
-  static_assert(!kSplitK || kStageKTiles == kGroupKTiles, "a split-k stage is one scale group");
+  static_assert(!kSplitK || kWgKTiles == kGroupKTiles, "a split-k warpgroup's k is one group");
   static_assert(kStages >= 3, "the ring needs depth");
   static_assert(kAccFloats % 4 == 0, "partials move as float4");
   static_assert(kSlotFloats * 4 <= kStages * kStageBytes, "a partial must fit the idle ring");
@@ -144,7 +151,11 @@ __device__ __forceinline__ void LoadWeightStage(const HopperMaps& maps, const Ho
   const int n_tile0 = at.slice * C::kBlockNTiles;
   ptx::BarrierArriveExpectBytes(bar, C::kTxBytes);
   ptx::TensorLoad3d(smem.w, &maps.w, 0, n_tile0, k_tile0, bar);
-  ptx::TensorLoad2d(smem.s, &maps.s, n_tile0 * 64, p.per_channel ? 0 : k_tile0 / kGroupKTiles, bar);
+#pragma unroll
+  for (int row = 0; row < C::kScaleRows; ++row) {
+    ptx::TensorLoad2d(smem.s + row * C::kScaleRowBytes, &maps.s, n_tile0 * 64,
+                      p.per_channel ? 0 : k_tile0 / kGroupKTiles + row, bar);
+  }
 }
 
 // Issues one stage's activation copies (all kBatch rows, one box per 64 of its k values) on `bar`.
@@ -152,9 +163,9 @@ template <typename C>
 __device__ __forceinline__ void LoadActivationStage(const HopperMaps& maps, StageCursor at,
                                                     const StageSmem<C>& smem, uint32_t bar) {
 #pragma unroll
-  for (int box = 0; box < C::kKGroups; ++box) {
+  for (int box = 0; box < C::kXBoxes; ++box) {
     ptx::TensorLoad2d(smem.x + box * C::kXBoxBytes, &maps.x,
-                      (at.stage * C::kStageKTiles + box * kWgStageKTiles) * 16, 0, bar);
+                      (at.stage * C::kStageKTiles + box * kBoxKTiles) * 16, 0, bar);
   }
 }
 
@@ -214,7 +225,7 @@ __device__ __forceinline__ int TileOf(const ConsumerRole& role, int j) {
 }
 template <typename C>
 __device__ __forceinline__ int FirstKTileOf(const ConsumerRole& role) {
-  return C::kSplitK ? role.group * kWgStageKTiles : 0;
+  return C::kSplitK ? role.group * C::kWgKTiles : 0;
 }
 
 // Whether float4 `r4` of a tile is this thread's to finish: under the split-k configuration
@@ -263,7 +274,7 @@ __device__ __forceinline__ void DequantizeAFragment(uint32_t word, uint32_t scal
 template <typename C>
 struct StageWords {
   uint32_t scale_pair[C::kWgTiles];
-  uint32_t word[kWgStageKTiles][C::kWgTiles];
+  uint32_t word[C::kWgKTiles][C::kWgTiles];
 };
 
 // Reads all of a slot's words and scales at once, so their shared-memory latency is paid once.
@@ -275,9 +286,11 @@ __device__ __forceinline__ StageWords<C> LoadStageWords(const ConsumerRole& role
   for (int j = 0; j < C::kWgTiles; ++j) {
     const int tile = TileOf<C>(role, j);
     // Scales of a tile are stored column-in-sub-tile major: column 8 s + c at 8 c + s.
-    w.scale_pair[j] = ptx::LoadShared4(smem.s + tile * 128 + (role.lane / 4) * 16 + role.warp * 4);
+    const uint32_t scale_row = smem.s + FirstKTileOf<C>(role) / kGroupKTiles * C::kScaleRowBytes;
+    w.scale_pair[j] =
+        ptx::LoadShared4(scale_row + tile * 128 + (role.lane / 4) * 16 + role.warp * 4);
 #pragma unroll
-    for (int kt = 0; kt < kWgStageKTiles; ++kt) {
+    for (int kt = 0; kt < C::kWgKTiles; ++kt) {
       w.word[kt][j] =
           ptx::LoadShared4(smem.w + ((FirstKTileOf<C>(role) + kt) * C::kBlockNTiles + tile) * 512 +
                            role.lane * 16 + role.warp * 4);
@@ -286,15 +299,15 @@ __device__ __forceinline__ StageWords<C> LoadStageWords(const ConsumerRole& role
   return w;
 }
 
-// Dequantizes a slot's words and issues its wgmma group: 4 k-tiles x this warpgroup's tiles. The
+// Dequantizes a slot's words and issues its wgmma group: kWgKTiles x this warpgroup's tiles. The
 // first k-tile overwrites the accumulators instead of adding to them when `accumulate` is false
 // (a segment's first stage), so they need no zeroing between segments.
 template <typename C>
 __device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_smem, bool accumulate,
                                            HopperAccumulators<C>& acc) {
-  uint32_t a[kWgStageKTiles][C::kWgTiles][4];
+  uint32_t a[C::kWgKTiles][C::kWgTiles][4];
 #pragma unroll
-  for (int kt = 0; kt < kWgStageKTiles; ++kt)
+  for (int kt = 0; kt < C::kWgKTiles; ++kt)
 #pragma unroll
     for (int j = 0; j < C::kWgTiles; ++j) {
       DequantizeAFragment(w.word[kt][j], w.scale_pair[j], a[kt][j]);
@@ -303,8 +316,9 @@ __device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_sm
     }
   ptx::WgmmaFence();
 #pragma unroll
-  for (int kt = 0; kt < kWgStageKTiles; ++kt) {
-    const uint64_t b_desc = ptx::Swizzle128KMajorDescriptor(x_smem + kt * 32);
+  for (int kt = 0; kt < C::kWgKTiles; ++kt) {
+    const uint64_t b_desc = ptx::Swizzle128KMajorDescriptor(
+        x_smem + kt / kBoxKTiles * C::kXBoxBytes + kt % kBoxKTiles * 32);
     // Tiles past N multiply zeros (TMA fills them) and are never stored; a branch here would
     // make the compiler serialize the wgmma pipeline.
 #pragma unroll
@@ -588,7 +602,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, 
       ptx::BarrierWait(full + 8 * slot, phase);
       const StageSmem<C> smem(sync.ring, slot);
       const StageWords<C> words = LoadStageWords<C>(role, smem);
-      IssueStage<C>(words, smem.x + FirstKTileOf<C>(role) / kWgStageKTiles * C::kXBoxBytes,
+      IssueStage<C>(words, smem.x + FirstKTileOf<C>(role) / kBoxKTiles * C::kXBoxBytes,
                     /*accumulate=*/!first, acc);
       ptx::WgmmaWait<1>();  // the previous stage's group is done: its slot can go back
       if (in_flight >= 0) release(in_flight);
