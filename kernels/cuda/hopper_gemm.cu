@@ -47,13 +47,14 @@ bool NarrowConfiguration(int rows, int64_t k, int64_t n) {
 }
 
 // Whether a pass of `rows` over an n-column weight takes the split-k configuration. Measured with
-// marlin-bench on an H200 (the card lent that day; split-k and the others timed alternately in
-// one call, docs/perf/kernel-h100.md):
-// up to 64 rows it won on every weight of at most 6144 columns (64 or 96 slices: the cluster
-// split runs them on 128 or 96 SMs with at most two blocks per slice; L8B.o at 16 rows 9.7 -> 8.2
-// us, L8B.qkv 13.1 -> 12.3, L8B.down 20.0 -> 19.3) and lost on wider ones, whose 128 or more
-// slices leave one block a whole 64-column slice, streaming at a block's 4 KB a stage rate
-// (L70B.down 47.5 -> 63.7 us, L8B gate/up 25.7 -> 36.4).
+// marlin-bench on an H200 (the card lent that day; split-k, then with 128-k stages, and the others
+// timed alternately in one call, docs/perf/kernel-h100.md): up to 64 rows it won on every weight
+// of at most 6144 columns (64 or 96 slices: the cluster split runs them on 128 or 96 SMs with at
+// most two blocks per slice; L8B.o at 16 rows 9.7 -> 8.2 us, L8B.qkv 13.1 -> 12.3, L8B.down 20.0
+// -> 19.3) and lost on wider ones, whose 128 or more slices leave one block a whole 64-column
+// slice, streaming at a block's 4 KB a stage rate (L70B.down 47.5 -> 63.7 us, L8B gate/up 25.7 ->
+// 36.4). 256-k stages since (H100, one call): L8B block 2.33 -> 2.35x at 16 rows, 1.82 -> 1.88 at
+// 64.
 bool SplitKConfiguration(int rows, int64_t n) { return rows <= 64 && n <= 6144; }
 
 template <typename C>
