@@ -1,0 +1,178 @@
+// The Hopper kernel's shapes and shared types: the per-row-count configurations (tiles, stage
+// depth, ring, registers), the launch parameters and partition, the ring's slot layout, a consumer
+// thread's role and its accumulators. Included by hopper_kernel.cuh and hopper_epilogue.cuh.
+//
+//   using C = HopperConfig</*kBatch=*/16, /*kWgTiles=*/1, /*kSplitK=*/true>;
+//   static_assert(C::kSmemBytes <= 227 * 1024);
+#ifndef MARLIN_KERNELS_CUDA_HOPPER_CONFIG_CUH_
+#define MARLIN_KERNELS_CUDA_HOPPER_CONFIG_CUH_
+
+#include <cuda.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/hopper_ptx.cuh"
+#include "kernels/cuda/striped_partition.cuh"
+
+namespace marlin::cuda::hopper {
+
+inline constexpr int kWarpgroupThreads = 128;
+inline constexpr int kConsumers = 2;  // consumer warpgroups per block
+inline constexpr int kThreads = kWarpgroupThreads * (1 + kConsumers);
+inline constexpr int kConsumerThreads = kWarpgroupThreads * kConsumers;
+inline constexpr int kBoxKTiles = 4;    // k-tiles of one activation box: 64 k, 128-byte rows
+inline constexpr int kGroupKTiles = 8;  // 128-row scale groups
+// Register budgets after setmaxnreg: 128 x 40 + 256 x 232 fits the 64 K register file.
+inline constexpr int kProducerRegisters = 40;
+inline constexpr int kConsumerRegisters = 232;
+// Dynamic shared memory a block may use on sm_90, less the 1 KB the ring's alignment may cost.
+inline constexpr int kRingBudgetBytes = 227 * 1024 - 1024;
+inline constexpr int kMaxStages = 12;
+inline constexpr int kConsumerBarrier = 1;  // named barrier id among the consumer warpgroups
+inline constexpr int kMaxClusterRanks = 8;  // blocks per cluster, the portable limit
+
+constexpr int RoundUp(int v, int to) { return (v + to - 1) / to * to; }
+
+template <int kBatch_, int kWgTiles_, bool kSplitK_ = false>
+struct HopperConfig {
+  static constexpr int kBatch = kBatch_;      // activation rows per pass (wgmma N), zero-padded
+  static constexpr int kWgTiles = kWgTiles_;  // 64-column tiles per consumer warpgroup
+  // Whether the consumer warpgroups split each stage's k-tiles between them (both multiply the
+  // same tiles, and add their halves at a segment's end) instead of taking different tiles: half
+  // as many columns per slice, four times the k per stage.
+  static constexpr bool kSplitK = kSplitK_;
+  static constexpr int kKGroups = kSplitK ? kConsumers : 1;  // warpgroups sharing a tile
+  static constexpr int kBlockNTiles = kWgTiles * kConsumers / kKGroups;  // 64-column tiles/slice
+  // k-tiles a warpgroup multiplies per stage: a split-k warpgroup takes a whole scale group, so
+  // its stage moves as many weight bytes as a wide one's (a consumer's cost per stage is mostly
+  // fixed).
+  static constexpr int kWgKTiles = kSplitK ? kGroupKTiles : kBoxKTiles;
+  static constexpr int kStageKTiles = kWgKTiles * kKGroups;
+  static constexpr int kXBoxBytes = kBatch * 128;  // kBatch rows x 64 k values
+  static constexpr int kXBoxes = kStageKTiles / kBoxKTiles;
+  static constexpr int kXBytes = kXBoxBytes * kXBoxes;
+  static constexpr int kWBytes = kStageKTiles * kBlockNTiles * 512;
+  static constexpr int kScaleRows = kStageKTiles > kGroupKTiles ? kStageKTiles / kGroupKTiles : 1;
+  static constexpr int kScaleRowBytes = kBlockNTiles * 64 * 2;
+  static constexpr int kSBytes = kScaleRows * kScaleRowBytes;
+  static constexpr int kStageBytes = RoundUp(kXBytes + kWBytes + kSBytes, 1024);
+  static constexpr int kAccFloats = kBatch / 2;  // per tile, per thread
+  // Where a split-k warpgroup leaves the float4s the other one owns (ExchangeKHalves).
+  static constexpr int kExchangeBytes = kSplitK ? kWgTiles * kAccFloats * 4 * kWarpgroupThreads : 0;
+  // The ring's share: the exchange and (a split-k block's smem can reach the limit) the static
+  // barriers come off the budget.
+  static constexpr int kRingBytes = kRingBudgetBytes - (kSplitK ? kExchangeBytes + 1024 : 0);
+  static constexpr int kStages =
+      kRingBytes / kStageBytes < kMaxStages ? kRingBytes / kStageBytes : kMaxStages;
+  static constexpr int kSmemBytes = kStages * kStageBytes + kExchangeBytes + 1024;
+  static constexpr int kTxBytes = kXBytes + kWBytes + kSBytes;  // what one stage's copies bring
+  // Two stages' wgmma groups are in flight: the accumulators and two stages' A fragments must fit
+  // the consumers' registers (two tiles at 128 rows did not; ptxas serialized the groups, C7512).
+  static_assert(kWgTiles * kAccFloats + 2 * kWgKTiles * kWgTiles * 4 <= 160,
+                "no registers for two wgmma groups in flight");
+  // One block's partial of a slice: every consumer thread's accumulators (under the split-k
+  // configuration half of them stay unused).
+  static constexpr int kSlotFloats = kWgTiles * kAccFloats * kConsumerThreads;
+  static_assert(kXBoxBytes % 1024 == 0, "swizzle atoms must stay 1024-byte aligned");
+  static_assert(!kSplitK || kWgKTiles == kGroupKTiles, "a split-k warpgroup's k is one group");
+  static_assert(kStages >= 3, "the ring needs depth");
+  static_assert(kAccFloats % 4 == 0, "partials move as float4");
+  static_assert(kSlotFloats * 4 <= kStages * kStageBytes, "a partial must fit the idle ring");
+};
+
+struct HopperParams {
+  __half* y;   // m_rows x n output of this pass
+  int m_rows;  // rows of this pass, <= kBatch
+  int n;
+  int k_tiles;  // k / 16
+  int n_tiles;  // n / 64
+  bool per_channel;
+  int stages_per_slice;  // ceil(k_tiles / C::kStageKTiles)
+  int total_iters;       // slices * stages_per_slice
+  int grid;              // blocks launched
+  int* counters;         // one arrival counter per block index, zero between calls
+  float* partials;       // 2 slots of kSlotFloats per block
+  // 0: the striped partition. r >= 1: the cluster split, r blocks (one cluster) per slice; block b
+  // takes stages [(b % r) S / r, (b % r + 1) S / r) of slice b / r, S = stages_per_slice.
+  int cluster_ranks;
+};
+
+// First iteration of block b under the pass's partition (block `grid` gives the end).
+__device__ __forceinline__ int FirstIteration(const HopperParams& p, int b) {
+  if (p.cluster_ranks == 0) return BlockBegin(p, b);
+  const int r = p.cluster_ranks;
+  return b / r * p.stages_per_slice + b % r * p.stages_per_slice / r;
+}
+
+// The tensor maps of one pass: activations (FP16, {k, rows}, box {64, kBatch}, 128-byte swizzle),
+// packed weights (8-byte words, {64, n_tiles, k_tiles}, box {64, kBlockNTiles, C::kStageKTiles})
+// and scales (FP16, {n, groups}, box {kBlockNTiles * 64, 1}).
+struct HopperMaps {
+  CUtensorMap x;
+  CUtensorMap w;
+  CUtensorMap s;
+};
+
+// Ring slot addresses.
+template <typename C>
+struct StageSmem {
+  uint32_t x, w, s;
+  __device__ __forceinline__ StageSmem(uint32_t ring, int slot)
+      : x(ring + slot * C::kStageBytes), w(x + C::kXBytes), s(w + C::kWBytes) {}
+};
+
+// A consumer thread's place: warpgroup, warp within it, lane.
+struct ConsumerRole {
+  int thread;  // 0 .. kConsumerThreads-1
+  int group;   // consumer warpgroup
+  int warp;    // warp within the warpgroup: its 16 A rows are columns 16 warp .. 16 warp + 15
+  int lane;
+  __device__ __forceinline__ explicit ConsumerRole(int consumer_thread)
+      : thread(consumer_thread),
+        group(thread / kWarpgroupThreads),
+        warp((thread / 32) % 4),
+        lane(thread % 32) {}
+};
+
+// The slice tile a consumer thread's tile j is, and the first of the stage's k-tiles it multiplies.
+template <typename C>
+__device__ __forceinline__ int TileOf(const ConsumerRole& role, int j) {
+  return C::kSplitK ? j : role.group * C::kWgTiles + j;
+}
+template <typename C>
+__device__ __forceinline__ int FirstKTileOf(const ConsumerRole& role) {
+  return C::kSplitK ? role.group * C::kWgKTiles : 0;
+}
+
+// Whether float4 `r4` of a tile is this thread's to finish: under the split-k configuration
+// warpgroup 0 finishes the first half of a tile's float4s and warpgroup 1 the second (each adds
+// the other's k half to its own, ExchangeKHalves); otherwise every thread finishes its own.
+template <typename C>
+__device__ __forceinline__ bool OwnsGroup(const ConsumerRole& role, int r4) {
+  return !C::kSplitK || (r4 < C::kAccFloats / 8) == (role.group == 0);
+}
+
+template <typename C>
+using HopperAccumulators = float[C::kWgTiles][C::kAccFloats];
+
+template <typename C>
+__device__ __forceinline__ void ZeroAccumulators(HopperAccumulators<C>& acc) {
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+    for (int i = 0; i < C::kAccFloats; ++i) acc[j][i] = 0.f;
+}
+
+// Keeps the compiler from moving accumulator reads or writes across a wgmma fence or wait.
+template <typename C>
+__device__ __forceinline__ void PinAccumulators(HopperAccumulators<C>& acc) {
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+    for (int i = 0; i < C::kAccFloats; ++i) ptx::PinRegister(acc[j][i]);
+}
+
+}  // namespace marlin::cuda::hopper
+
+#endif  // MARLIN_KERNELS_CUDA_HOPPER_CONFIG_CUH_
