@@ -55,5 +55,17 @@ TEST(GemmDispatchTest, ForcedPathRoundTrips) {
   EXPECT_EQ(ForcedGemmPath(), GemmPath::kAuto);
 }
 
+TEST(GemmDispatchTest, ForcedHopperPartitionRoundTripsAndNamesTheBenchmarkVariants) {
+  EXPECT_EQ(ForcedHopperPartition(), HopperPartition::kAuto);
+  ForceHopperPartitionForTesting(HopperPartition::kClusterSplit);
+  EXPECT_EQ(ForcedHopperPartition(), HopperPartition::kClusterSplit);
+  ForceHopperPartitionForTesting(HopperPartition::kAuto);
+  EXPECT_EQ(ForcedHopperPartition(), HopperPartition::kAuto);
+  // marlin-bench's --paths spells the forced partitions hopper:striped and hopper:cluster.
+  EXPECT_STREQ(HopperPartitionName(HopperPartition::kStriped), "striped");
+  EXPECT_STREQ(HopperPartitionName(HopperPartition::kClusterSplit), "cluster");
+  EXPECT_STREQ(HopperPartitionName(HopperPartition::kAuto), "auto");
+}
+
 }  // namespace
 }  // namespace marlin::cuda
