@@ -52,6 +52,12 @@ std::string Num(double v) {
   return absl::StrFormat("%.3g", v);
 }
 
+// A latency distribution as JSON (count, mean and percentiles, in ms).
+nlohmann::json SummaryJson(const LatencySummary& s) {
+  return {{"count", s.count}, {"mean", s.mean_ms},  {"p50", s.p50_ms}, {"p90", s.p90_ms},
+          {"p99", s.p99_ms},  {"p99.9", s.p999_ms}, {"max", s.max_ms}};
+}
+
 nlohmann::json PointJson(const PointResult& p) {
   nlohmann::json j;
   j["label"] = p.label;
@@ -67,18 +73,8 @@ nlohmann::json PointJson(const PointResult& p) {
   j["rows_answered"] = p.rows_answered;
   j["req_per_s"] = p.req_per_s;
   j["rows_per_s"] = p.rows_per_s;
-  j["latency_ms"] = {{"count", p.latency.count}, {"mean", p.latency.mean_ms},
-                     {"p50", p.latency.p50_ms},  {"p90", p.latency.p90_ms},
-                     {"p99", p.latency.p99_ms},  {"p99.9", p.latency.p999_ms},
-                     {"max", p.latency.max_ms}};
-  if (p.send_lag.count > 0) {
-    j["send_lag_ms"] = {{"count", p.send_lag.count}, {"mean", p.send_lag.mean_ms},
-                        {"p50", p.send_lag.p50_ms},  {"p90", p.send_lag.p90_ms},
-                        {"p99", p.send_lag.p99_ms},  {"p99.9", p.send_lag.p999_ms},
-                        {"max", p.send_lag.max_ms}};
-  } else {
-    j["send_lag_ms"] = nullptr;
-  }
+  j["latency_ms"] = SummaryJson(p.latency);
+  j["send_lag_ms"] = p.send_lag.count > 0 ? SummaryJson(p.send_lag) : nlohmann::json(nullptr);
   j["server_from_answers"] = {{"mean_batch_rows", p.mean_batch_rows},
                               {"mean_queue_us", p.mean_queue_us},
                               {"mean_compute_us", p.mean_compute_us}};
