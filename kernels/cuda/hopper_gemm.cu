@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
-#include <utility>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -97,36 +96,43 @@ constexpr int kMaxOverlappedBatch = 64;
 // The fewest k stages a block of the cluster split takes; shorter runs are all pipeline fill.
 constexpr int kMinStagesPerRank = 4;
 
-// How many clusters of `ranks` blocks of configuration C the current device holds at once (0 where
-// such clusters cannot launch); asked of the driver once per device and cluster size.
+// Co-resident clusters of configuration C on a device, by blocks per cluster (index r, 1 <= r <=
+// kMaxClusterRanks; 0 where clusters of r blocks cannot launch).
+using ClusterCapacities = std::array<int, kMaxClusterRanks + 1>;
+
+// The current device's ClusterCapacities for configuration C: asked of the driver
+// (cudaOccupancyMaxActiveClusters) on a device's first pass, looked up after that.
 template <typename C>
-absl::StatusOr<int> MaxActiveClusters(int ranks, int sm_count) {
-  if (ranks == 1) return sm_count;  // one block per SM, no cluster launched
+absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
   static std::mutex mu;
-  static std::map<std::pair<int, int>, int> known;  // (device, ranks) -> clusters
+  static std::map<int, ClusterCapacities> known;  // device -> capacities
   int device = 0;
   MARLIN_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(mu);
-  const auto it = known.find({device, ranks});
+  const auto it = known.find(device);
   if (it != known.end()) return it->second;
-  cudaLaunchAttribute cluster{};
-  cluster.id = cudaLaunchAttributeClusterDimension;
-  cluster.val.clusterDim.x = ranks;
-  cluster.val.clusterDim.y = 1;
-  cluster.val.clusterDim.z = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(ranks * sm_count);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = C::kSmemBytes;
-  config.attrs = &cluster;
-  config.numAttrs = 1;
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, HopperGemmKernel<C>, &config) != cudaSuccess) {
-    (void)cudaGetLastError();  // a cluster size this device refuses: none of that size
-    clusters = 0;
+  ClusterCapacities capacities{};
+  capacities[1] = sm_count;  // one block per SM, no cluster launched
+  for (int ranks = 2; ranks <= kMaxClusterRanks; ++ranks) {
+    cudaLaunchAttribute cluster{};
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = ranks;
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(ranks * sm_count);
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = C::kSmemBytes;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    if (cudaOccupancyMaxActiveClusters(&capacities[ranks], HopperGemmKernel<C>, &config) !=
+        cudaSuccess) {
+      (void)cudaGetLastError();  // a cluster size this device refuses: none of that size
+      capacities[ranks] = 0;
+    }
   }
-  known[{device, ranks}] = clusters;
-  return clusters;
+  known[device] = capacities;
+  return capacities;
 }
 
 // The cluster split's blocks per slice for a pass of `slices` slices of `stages_per_slice` stages:
@@ -134,12 +140,12 @@ absl::StatusOr<int> MaxActiveClusters(int ranks, int sm_count) {
 // least kMinStagesPerRank stages; 0 when no size fits (more slices than SMs).
 template <typename C>
 absl::StatusOr<int> BestClusterRanks(int slices, int stages_per_slice, int sm_count) {
+  const absl::StatusOr<ClusterCapacities> capacities = DeviceClusterCapacities<C>(sm_count);
+  if (!capacities.ok()) return capacities.status();
   int best = 0;
   for (int ranks = 1; ranks <= kMaxClusterRanks; ++ranks) {
     if (ranks > 1 && stages_per_slice / ranks < kMinStagesPerRank) break;
-    absl::StatusOr<int> clusters = MaxActiveClusters<C>(ranks, sm_count);
-    if (!clusters.ok()) return clusters.status();
-    if (slices <= *clusters && slices * ranks <= sm_count) best = ranks;
+    if (slices <= (*capacities)[ranks] && slices * ranks <= sm_count) best = ranks;
   }
   return best;
 }
