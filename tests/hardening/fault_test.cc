@@ -18,16 +18,6 @@ namespace {
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
 
-// Polls `done` for up to `timeout`.
-bool Eventually(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(10)) {
-  const absl::Time end = absl::Now() + timeout;
-  while (absl::Now() < end) {
-    if (done()) return true;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return done();
-}
-
 class FaultTest : public ::testing::Test {
  protected:
   void Start(ServerOptions o) {

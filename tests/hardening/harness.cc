@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
 namespace marlin::hardening {
@@ -147,6 +148,15 @@ std::shared_ptr<grpc::Channel> PlaintextChannel(int port) {
   args.SetMaxSendMessageSize(64 << 20);
   return grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port),
                                    grpc::InsecureChannelCredentials(), args);
+}
+
+bool Eventually(const std::function<bool()>& done, absl::Duration timeout) {
+  const absl::Time end = absl::Now() + timeout;
+  while (absl::Now() < end) {
+    if (done()) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return done();
 }
 
 void ExpectStoreHoldsExactly(MarlinServer& server, std::vector<std::string> ids) {

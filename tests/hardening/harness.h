@@ -9,12 +9,14 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "kernels/cpu/cpu_gemm.h"
 #include "kernels/format/weight_format.h"
 #include "marlin/v1/matmul_service.grpc.pb.h"
@@ -59,6 +61,9 @@ int HealthStatus(const std::shared_ptr<grpc::Channel>& channel);
 ServerOptions SmallServerOptions();
 
 std::shared_ptr<grpc::Channel> PlaintextChannel(int port);
+
+// Polls `done` every 5 ms for up to `timeout`; true as soon as it holds.
+bool Eventually(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(10));
 
 // The store holds exactly `ids` and accounts exactly their bytes (nothing half-uploaded).
 void ExpectStoreHoldsExactly(MarlinServer& server, std::vector<std::string> ids);
