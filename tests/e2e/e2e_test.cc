@@ -17,7 +17,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <future>
 #include <map>
 #include <mutex>
 #include <random>
@@ -31,6 +30,7 @@
 #include "marlin/v1/matmul_service.grpc.pb.h"
 #include "server/app/server.h"
 #include "server/weight_store/weight_source.h"
+#include "tests/testing/health_probe.h"
 
 namespace marlin {
 namespace {
@@ -196,31 +196,7 @@ grpc::Status Matmul(v1::MatmulService::Stub& stub, const v1::MatmulRequest& req,
   return stub.Matmul(&ctx, req, resp);
 }
 
-// grpc.health.v1.Health/Check through the generic stub: HealthCheckRequest{service} in, the
-// ServingStatus enum (field 1) out; SERVING = 1, NOT_SERVING = 2.
-int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::string& service = "") {
-  grpc::GenericStub stub(channel);
-  std::string req;
-  if (!service.empty()) {
-    req.push_back(0x0a);
-    req.push_back(static_cast<char>(service.size()));
-    req += service;
-  }
-  grpc::Slice slice(req);
-  grpc::ByteBuffer in(&slice, 1), out;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &in, &out,
-                 [&](grpc::Status s) { done.set_value(s); });
-  grpc::Status s = done.get_future().get();
-  if (!s.ok()) return -static_cast<int>(s.error_code());
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(out.Dump(&slices).ok());
-  std::string bytes;
-  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
-  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;  // absent field = UNKNOWN (0)
-}
+using ::marlin::test_support::HealthStatus;
 
 // The services the server lists through grpc.reflection.v1alpha.ServerReflection (a bidi stream,
 // driven through the generic stub): ServerReflectionRequest{list_services: "*"} in, and every

@@ -1,6 +1,5 @@
 #include "tests/hardening/harness.h"
 
-#include <grpcpp/generic/generic_stub.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -8,7 +7,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <future>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -104,25 +102,6 @@ grpc::Status Matmul(v1::MatmulService::Stub& stub, const v1::MatmulRequest& requ
   Authorize(&ctx, token);
   ctx.set_deadline(std::chrono::system_clock::now() + timeout);
   return stub.Matmul(&ctx, request, response);
-}
-
-int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
-  grpc::GenericStub stub(channel);
-  grpc::ByteBuffer in, out;
-  grpc::Slice empty("");
-  in = grpc::ByteBuffer(&empty, 1);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &in, &out,
-                 [&](grpc::Status s) { done.set_value(s); });
-  grpc::Status s = done.get_future().get();
-  if (!s.ok()) return -static_cast<int>(s.error_code());
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(out.Dump(&slices).ok());
-  std::string bytes;
-  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
-  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
 }
 
 ServerOptions SmallServerOptions() {

@@ -21,6 +21,7 @@
 #include "kernels/format/weight_format.h"
 #include "marlin/v1/matmul_service.grpc.pb.h"
 #include "server/app/server.h"
+#include "tests/testing/health_probe.h"
 
 namespace marlin::hardening {
 
@@ -54,8 +55,8 @@ grpc::Status Matmul(v1::MatmulService::Stub& stub, const v1::MatmulRequest& requ
                     v1::MatmulResponse* response, const std::string& token = "",
                     std::chrono::milliseconds timeout = std::chrono::seconds(20));
 
-// grpc.health.v1 Check of service "": 1 SERVING, 2 NOT_SERVING, -code on an RPC error.
-int HealthStatus(const std::shared_ptr<grpc::Channel>& channel);
+// grpc.health.v1 Check: 1 SERVING, 2 NOT_SERVING, -code on an RPC error.
+using ::marlin::test_support::HealthStatus;
 
 // Options for a small CPU server on 127.0.0.1:0 without a metrics endpoint.
 ServerOptions SmallServerOptions();
