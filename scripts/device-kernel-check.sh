@@ -3,10 +3,13 @@
 # (kernel, CUDA backend, the end-to-end suite on the CUDA backend), compute-sanitizer memcheck and
 # racecheck on a small shape (both kernel paths), a SASS summary (HGMMA = the Hopper path's wgmma,
 # HMMA = the Ampere path's mma.sync), then the kernel benchmark with both paths and the dispatch
-# side by side (BENCH_PATHS overrides which: marlin-bench --paths). Logs go to $OUT (or
-# ./device-out): bench.md, bench.json and kernel-logs.tar.gz.
+# side by side (BENCH_PATHS overrides which: marlin-bench --paths; FULL_BENCH=0 skips it). Where
+# COMPARE_REF=... scripts/stage-device.sh staged another build, its kernel tests and an A/B of the
+# two benchmarks come first (see below). Logs go to $OUT (or ./device-out): bench.md, bench.json,
+# ab-*.md/json and kernel-logs.tar.gz.
 #
 #   [BENCH_PATHS=hopper:striped,hopper:cluster] scripts/device-kernel-check.sh [marlin-bench args...]
+#   [COMPARE_BENCH_ARGS="--layers L8B --m 128,256"] [FULL_BENCH=0] scripts/device-kernel-check.sh
 set -uo pipefail
 out=${OUT:-device-out}
 logs="$out/kernel-logs"
@@ -17,9 +20,9 @@ cuobjdump -sass device-bundle/bin/marlin-bench |
   grep -oE '\b(HMMA|HGMMA|UTMALDG|WARPGROUP|LDSM|LDGSTS|LDL|STL)[.A-Z0-9_]*' | sort | uniq -c \
   >"$logs/sass.txt"
 cat "$logs/sass.txt"
-run_test() {  # name, then the command
+run_test() {  # name, then the command (killed after 300 s: a hung kernel must not eat the lease)
   local name=$1; shift
-  "$@" >"$logs/$name.log" 2>&1
+  timeout 300 "$@" >"$logs/$name.log" 2>&1
   echo "$name exit: $? ($(grep -E '^\[  (PASSED|FAILED) ' "$logs/$name.log" | tr '\n' ' '))"
 }
 run_test gemm-tests marlin_gemm_test
@@ -30,6 +33,35 @@ for tool in memcheck racecheck; do
     --gtest_filter='*SanitizerShape*' >"$logs/sanitizer-$tool.log" 2>&1
   echo "compute-sanitizer $tool exit: $? ($(tail -1 "$logs/sanitizer-$tool.log"))"
 done
-marlin-bench --paths "${BENCH_PATHS:-ampere,hopper:striped,hopper:cluster,auto}" --json "$out/bench.json" "$@" >"$out/bench.md"
-grep -E '^\| (L8B|L70B|big) \|' "$out/bench.md"
+# A/B against the build that COMPARE_REF=... scripts/stage-device.sh staged: its kernel tests, both
+# builds' bit-identity test four times over, its sanitizer runs, then both benchmarks (the API as
+# dispatched) alternated twice: this build, that build, this build, that build.
+if [[ -d device-bundle/compare ]]; then
+  ref=device-bundle/compare
+  echo "compare: $(cat $ref/REF)"
+  run_test compare-gemm-tests $ref/marlin_gemm_test
+  run_test bit-identity-x4 marlin_gemm_test --gtest_filter='*BitIdentical*' --gtest_repeat=4
+  run_test compare-bit-identity-x4 $ref/marlin_gemm_test --gtest_filter='*BitIdentical*' \
+    --gtest_repeat=4
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool $tool --error-exitcode 9 $ref/marlin_gemm_test \
+      --gtest_filter='*SanitizerShape*' >"$logs/compare-sanitizer-$tool.log" 2>&1
+    echo "compare compute-sanitizer $tool exit: $? ($(tail -1 "$logs/compare-sanitizer-$tool.log"))"
+  done
+  for round in 1 2; do
+    for side in this compare; do
+      bench=marlin-bench
+      [[ $side == compare ]] && bench=$ref/marlin-bench
+      $bench --paths auto ${COMPARE_BENCH_ARGS:---layers L8B,L70B} \
+        --json "$out/ab-$side-$round.json" >"$out/ab-$side-$round.md"
+      echo "A/B round $round, $side:"
+      grep -E '^\| (L8B|L70B|big) \|' "$out/ab-$side-$round.md"
+    done
+  done
+fi
+if [[ ${FULL_BENCH:-1} == 1 ]]; then
+  marlin-bench --paths "${BENCH_PATHS:-ampere,hopper:striped,hopper:cluster,auto}" \
+    --json "$out/bench.json" "$@" >"$out/bench.md"
+  grep -E '^\| (L8B|L70B|big) \|' "$out/bench.md"
+fi
 tar -czf "$out/kernel-logs.tar.gz" -C "$out" kernel-logs && rm -rf "$logs"
