@@ -48,11 +48,12 @@ if [[ -d device-bundle/compare ]]; then
       --gtest_filter='*SanitizerShape*' >"$logs/compare-sanitizer-$tool.log" 2>&1
     echo "compare compute-sanitizer $tool exit: $? ($(tail -1 "$logs/compare-sanitizer-$tool.log"))"
   done
+  read -ra ab_args <<<"${COMPARE_BENCH_ARGS:---layers L8B,L70B}"
   for round in 1 2; do
     for side in this compare; do
       bench=marlin-bench
       [[ $side == compare ]] && bench=$ref/marlin-bench
-      $bench --paths auto ${COMPARE_BENCH_ARGS:---layers L8B,L70B} \
+      $bench --paths auto "${ab_args[@]}" \
         --json "$out/ab-$side-$round.json" >"$out/ab-$side-$round.md"
       echo "A/B round $round, $side:"
       grep -E '^\| (L8B|L70B|big) \|' "$out/ab-$side-$round.md"

@@ -21,7 +21,7 @@ rm -rf device-bundle
 ../shared/tools/device-bundle.sh device-bundle "${tests[@]/#/$build/tests/}" "${bins[@]/#/$build/bin/}"
 
 if [[ -n ${COMPARE_REF:-} ]]; then
-  src=build-compare/src
+  src="build-compare/src"
   git worktree remove --force "$src" 2>/dev/null || rm -rf "$src"
   git worktree prune
   git worktree add --detach "$src" "$COMPARE_REF" >/dev/null
