@@ -55,6 +55,12 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
                   .Name("marlin_uploads_total")
                   .Help("UploadWeight calls, by gRPC status code")
                   .Register(*registry_);
+  dropped_answers_ = &prometheus::BuildCounter()
+                          .Name("marlin_stream_answers_dropped_total")
+                          .Help(
+                              "Answers computed for a MatmulStream that could not be written: "
+                              "cancelled (the client went) or write_failed")
+                          .Register(*registry_);
   in_flight_rows_ = &prometheus::BuildGauge()
                          .Name("marlin_in_flight_rows")
                          .Help("Rows accepted and not yet answered")
@@ -131,6 +137,12 @@ void ServerMetrics::SetDeviceMemory(uint64_t total, uint64_t free, uint64_t weig
 
 void ServerMetrics::RecordUpload(absl::StatusCode code) {
   uploads_->Add({{"code", StatusCodeName(code)}}).Increment();
+}
+
+void ServerMetrics::RecordDroppedAnswers(bool cancelled, int64_t answers) {
+  if (answers <= 0) return;
+  dropped_answers_->Add({{"reason", cancelled ? "cancelled" : "write_failed"}})
+      .Increment(static_cast<double>(answers));
 }
 
 ServerMetrics::HistogramTotals ServerMetrics::Totals(absl::string_view family) const {

@@ -10,6 +10,9 @@
 //   marlin_weight_bytes{weight}            device bytes of each weight
 //   marlin_device_memory_bytes{kind}       total | free | weights (accounted by the store)
 //   marlin_uploads_total{code}             UploadWeight calls by status code
+//   marlin_stream_answers_dropped_total{reason}
+//                                          answers computed for a MatmulStream that could not be
+//                                          written: cancelled (the client went) | write_failed
 //
 // Requests naming an unknown weight are counted under weight="" so that bad ids cannot grow the
 // label set without bound.
@@ -53,6 +56,8 @@ class ServerMetrics {
   void RemoveWeight(absl::string_view weight);
   void SetDeviceMemory(uint64_t total, uint64_t free, uint64_t weights);
   void RecordUpload(absl::StatusCode code);
+  // `answers` answers of a stream dropped because it was cancelled, else because a write failed.
+  void RecordDroppedAnswers(bool cancelled, int64_t answers);
 
   // Sum and count of a histogram family over all its label sets (tests, ServerInfo).
   struct HistogramTotals {
@@ -75,6 +80,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Histogram>* queue_seconds_;
   prometheus::Family<prometheus::Histogram>* compute_seconds_;
   prometheus::Family<prometheus::Counter>* uploads_;
+  prometheus::Family<prometheus::Counter>* dropped_answers_;
   prometheus::Gauge* in_flight_rows_;
   prometheus::Gauge* queued_rows_;
   prometheus::Family<prometheus::Gauge>* weight_bytes_;

@@ -52,6 +52,10 @@ TEST(MetricsTest, RecordsAndServesOverHttp) {
   metrics.SetWeightBytes("w1", 4096);
   metrics.SetDeviceMemory(1000, 600, 300);
   metrics.RecordUpload(absl::StatusCode::kDataLoss);
+  metrics.RecordDroppedAnswers(/*cancelled=*/true, 3);
+  metrics.RecordDroppedAnswers(/*cancelled=*/true, 2);
+  metrics.RecordDroppedAnswers(/*cancelled=*/false, 1);
+  metrics.RecordDroppedAnswers(/*cancelled=*/false, 0);  // nothing dropped: no change
 
   ServerMetrics::HistogramTotals batch = metrics.Totals("marlin_batch_rows");
   EXPECT_EQ(batch.count, 2u);
@@ -68,6 +72,8 @@ TEST(MetricsTest, RecordsAndServesOverHttp) {
   EXPECT_THAT(body, HasSubstr("marlin_weight_bytes{weight=\"w1\"} 4096"));
   EXPECT_THAT(body, HasSubstr("marlin_device_memory_bytes{kind=\"free\"} 600"));
   EXPECT_THAT(body, HasSubstr("marlin_uploads_total{code=\"DATA_LOSS\"} 1"));
+  EXPECT_THAT(body, HasSubstr("marlin_stream_answers_dropped_total{reason=\"cancelled\"} 5"));
+  EXPECT_THAT(body, HasSubstr("marlin_stream_answers_dropped_total{reason=\"write_failed\"} 1"));
 
   metrics.RemoveWeight("w1");
   EXPECT_THAT(metrics.Scrape(), Not(HasSubstr("marlin_weight_bytes{weight=\"w1\"}")));

@@ -619,8 +619,11 @@ class MatmulServiceImpl::StreamReactor
       // Nobody can receive them; keep only the one being written.
       const size_t keep = writing_ ? 1u : 0u;
       if (out_.size() > keep) {
-        MARLIN_LOG(kInfo, "stream gone; answers dropped")
-            .Kv("answers", out_.size() - keep)
+        // Counted, and logged only at debug: a client that cancels is routine, not news.
+        const int64_t dropped = static_cast<int64_t>(out_.size() - keep);
+        service_->deps_.metrics->RecordDroppedAnswers(cancelled_.load(), dropped);
+        MARLIN_LOG(kDebug, "stream gone; answers dropped")
+            .Kv("answers", dropped)
             .Kv("cancelled", cancelled_.load())
             .Kv("write_failed", broken_);
       }

@@ -7,6 +7,7 @@
 #include <random>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -146,6 +147,32 @@ TEST_F(FaultTest, ClientCancelsMidStream) {
   v1::MatmulResponse resp;
   ASSERT_TRUE(Matmul(*stub_, Request("w", 2, x), &resp).ok());
   EXPECT_EQ(resp.output(), w.Reference(x, 2));
+}
+
+TEST_F(FaultTest, AnswersOfACancelledStreamAreDroppedAndCounted) {
+  ServerOptions o = SmallServerOptions();
+  o.work_conserving = false;         // batches close only when full or late:
+  o.max_batch_rows = 128;            // eight two-row requests never fill one,
+  o.max_queue_delay_us = 1'000'000;  // and they wait a second for company
+  Start(o);
+  TestWeight w = RandomWeight(shape_, rng_);
+  Put("w", w);
+  constexpr int kRequests = 8;
+  grpc::ClientContext ctx;
+  auto stream = stub_->MatmulStream(&ctx);
+  for (uint64_t i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(stream->Write(Request("w", 2, RandomRows(2, shape_.k, rng_), i)));
+  }
+  ASSERT_TRUE(Eventually([&] { return server_->batcher().queued_requests() == kRequests; }));
+  ctx.TryCancel();
+  v1::MatmulResponse resp;
+  while (stream->Read(&resp)) {
+  }
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  ExpectIdle();
+  EXPECT_THAT(server_->metrics().Scrape(),
+              HasSubstr(absl::StrCat("marlin_stream_answers_dropped_total{reason=\"cancelled\"} ",
+                                     kRequests)));
 }
 
 TEST_F(FaultTest, ClientVanishesMidUpload) {
