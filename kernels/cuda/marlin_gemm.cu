@@ -131,7 +131,12 @@ absl::StatusOr<GemmWorkspace> GemmWorkspace::Create(int device) {
   }
   absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Create(WorkspaceBytes(sm_count));
   if (!buffer.ok()) return buffer.status();
-  MARLIN_CUDA_RETURN_IF_ERROR(cudaMemset(buffer->get(), 0, kCounterBytes));
+  // Zeroed on a stream of its own and waited for: a cudaMemset runs on the legacy stream, which the
+  // callers' non-blocking streams do not wait for.
+  absl::StatusOr<Stream> zeroing = Stream::Create();
+  if (!zeroing.ok()) return zeroing.status();
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(buffer->get(), 0, kCounterBytes, zeroing->get()));
+  if (absl::Status s = zeroing->Synchronize(); !s.ok()) return s;
   return GemmWorkspace(*std::move(buffer), sm_count, *sm);
 }
 

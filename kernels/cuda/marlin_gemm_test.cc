@@ -16,6 +16,7 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -77,16 +78,20 @@ struct DeviceWeightCopy {
   DeviceWeight view;
 };
 
+// Copies host bytes to the device and waits until they have landed. A plain cudaMemcpy from
+// pageable memory may return before its DMA completes, and the tests' non-blocking streams do not
+// wait for the legacy stream it runs on.
+void CopyToDeviceAndWait(void* device, const void* host, size_t bytes) {
+  EXPECT_EQ(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
 DeviceWeightCopy Upload(const PackedWeight& packed) {
   DeviceWeightCopy d;
   d.qweight = ValueOrDie(DeviceBuffer::Create(packed.qweight.size()));
   d.scales = ValueOrDie(DeviceBuffer::Create(packed.scales.size() * 2));
-  EXPECT_EQ(cudaMemcpy(d.qweight.get(), packed.qweight.data(), packed.qweight.size(),
-                       cudaMemcpyHostToDevice),
-            cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(d.scales.get(), packed.scales.data(), packed.scales.size() * 2,
-                       cudaMemcpyHostToDevice),
-            cudaSuccess);
+  CopyToDeviceAndWait(d.qweight.get(), packed.qweight.data(), packed.qweight.size());
+  CopyToDeviceAndWait(d.scales.get(), packed.scales.data(), packed.scales.size() * 2);
   d.view = DeviceWeight{d.qweight.get(), d.scales.as<__half>(), packed.shape};
   return d;
 }
@@ -127,8 +132,8 @@ class MarlinGemmTest : public ::testing::TestWithParam<KernelVariant> {
     DeviceBuffer dx = ValueOrDie(DeviceBuffer::Create(x.size() * 2));
     DeviceBuffer dy = ValueOrDie(DeviceBuffer::Create(m * n * 2));
     std::vector<uint16_t> y(m * n, kPoison);
-    EXPECT_EQ(cudaMemcpy(dx.get(), x.data(), x.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(dy.get(), y.data(), y.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    CopyToDeviceAndWait(dx.get(), x.data(), x.size() * 2);
+    CopyToDeviceAndWait(dy.get(), y.data(), y.size() * 2);
     absl::Status s = Gemm(dx.as<__half>(), m, w, dy.as<__half>(), ws, stream);
     EXPECT_TRUE(s.ok()) << s;
     EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
@@ -270,14 +275,16 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_PerChannel_SampledColum
 }
 
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BitIdenticalAcrossRuns) {
-  for (int64_t m : {1, 33, 64}) {
-    const QuantizedWeight w = RandomWeight(WeightShape{4096, 4096, 128}, rng_);
+  // (M, N) at K = 4096; N = 6144 is the L8B qkv shape, split along k at 16 rows.
+  const std::pair<int64_t, int64_t> cases[] = {{1, 4096}, {33, 4096}, {64, 4096}, {16, 6144}};
+  for (const auto& [m, n] : cases) {
+    const QuantizedWeight w = RandomWeight(WeightShape{4096, n, 128}, rng_);
     DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)));
     const std::vector<uint16_t> x = RandomActivations(m * 4096, rng_);
     const std::vector<uint16_t> first = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
     for (int run = 0; run < 2; ++run) {
       EXPECT_EQ(RunOnDevice(dw.view, x, m, *workspace_, stream_.get()), first)
-          << "M=" << m << " run " << run + 2 << " differs: a race";
+          << "M=" << m << " N=" << n << " run " << run + 2 << " differs: a race";
     }
   }
 }
@@ -290,9 +297,10 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_GraphReplayAndTwoStreams) {
   const std::vector<uint16_t> expected = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
 
   DeviceBuffer dx = ValueOrDie(DeviceBuffer::Create(x.size() * 2));
-  ASSERT_EQ(cudaMemcpy(dx.get(), x.data(), x.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+  CopyToDeviceAndWait(dx.get(), x.data(), x.size() * 2);
   DeviceBuffer dy = ValueOrDie(DeviceBuffer::Create(m * n * 2));
-  ASSERT_EQ(cudaMemset(dy.get(), 0xff, m * n * 2), cudaSuccess);
+  const std::vector<uint16_t> poison(m * n, kPoison);
+  CopyToDeviceAndWait(dy.get(), poison.data(), poison.size() * 2);
   GraphExec graph = ValueOrDie(GraphExec::Capture(stream_.get(), [&] {
     return Gemm(dx.as<__half>(), m, dw.view, dy.as<__half>(), *workspace_, stream_.get());
   }));

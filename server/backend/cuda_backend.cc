@@ -105,18 +105,23 @@ absl::StatusOr<std::shared_ptr<const PreparedWeight>> CudaBackend::Prepare(
   if (!q.ok()) return Fail(q.status());
   absl::StatusOr<cuda::DeviceBuffer> s = cuda::DeviceBuffer::Create(RoundUp(s_bytes));
   if (!s.ok()) return Fail(s.status());
-  if (absl::Status st = cuda::CudaStatus(
-          cudaMemcpy(q->get(), weight.qweight.data(), q_bytes, cudaMemcpyHostToDevice),
-          "cudaMemcpy(qweight)");
+  // The upload runs on a stream of its own and is waited for: a cudaMemcpy from pageable memory
+  // may return before its DMA lands, and the lanes' non-blocking streams do not wait for it.
+  absl::StatusOr<cuda::Stream> upload = cuda::Stream::Create();
+  if (!upload.ok()) return Fail(upload.status());
+  if (absl::Status st = cuda::CudaStatus(cudaMemcpyAsync(q->get(), weight.qweight.data(), q_bytes,
+                                                         cudaMemcpyHostToDevice, upload->get()),
+                                         "cudaMemcpyAsync(qweight)");
       !st.ok()) {
     return Fail(st);
   }
-  if (absl::Status st = cuda::CudaStatus(
-          cudaMemcpy(s->get(), weight.scales.data(), s_bytes, cudaMemcpyHostToDevice),
-          "cudaMemcpy(scales)");
+  if (absl::Status st = cuda::CudaStatus(cudaMemcpyAsync(s->get(), weight.scales.data(), s_bytes,
+                                                         cudaMemcpyHostToDevice, upload->get()),
+                                         "cudaMemcpyAsync(scales)");
       !st.ok()) {
     return Fail(st);
   }
+  if (absl::Status st = upload->Synchronize(); !st.ok()) return Fail(st);
   return std::make_shared<CudaWeight>(weight.shape, *std::move(q), *std::move(s));
 }
 
