@@ -31,6 +31,7 @@ inline constexpr int kRingBudgetBytes = 227 * 1024 - 1024;
 inline constexpr int kMaxStages = 12;
 inline constexpr int kConsumerBarrier = 1;  // named barrier id among the consumer warpgroups
 inline constexpr int kMaxClusterRanks = 8;  // blocks per cluster, the portable limit
+inline constexpr int kMaxRowParts = 2;      // row parts of one pass (HopperParams)
 
 constexpr int RoundUp(int v, int to) { return (v + to - 1) / to * to; }
 
@@ -81,22 +82,47 @@ struct HopperConfig {
   static_assert(kSlotFloats * 4 <= kStages * kStageBytes, "a partial must fit the idle ring");
 };
 
+// A pass of up to kMaxRowParts x kBatch rows: row part q (rows [q kBatch, (q + 1) kBatch)) runs
+// on blocks [q grid, (q + 1) grid) with its own activation map, rows of y and share of the
+// workspace; the kernel narrows these parameters to its part (RowPart). Every part streams the
+// whole weight (the parts' blocks run side by side, so the second read mostly hits L2), and each
+// sums partials of kBatch rows only.
 struct HopperParams {
-  __half* y;   // m_rows x n output of this pass
-  int m_rows;  // rows of this pass, <= kBatch
+  __half* y;   // m_rows x n output (of the block's row part, after RowPart)
+  int m_rows;  // rows (of the block's row part, after RowPart: <= kBatch)
   int n;
   int k_tiles;  // k / 16
   int n_tiles;  // n / 64
   bool per_channel;
   int stages_per_slice;  // ceil(k_tiles / C::kStageKTiles)
   int total_iters;       // slices * stages_per_slice
-  int grid;              // blocks launched
+  int grid;              // blocks per row part (the partition's grid)
   int* counters;         // one arrival counter per block index, zero between calls
   float* partials;       // 2 slots of kSlotFloats per block
   // 0: the striped partition. r >= 1: the cluster split, r blocks (one cluster) per slice; block b
   // takes stages [(b % r) S / r, (b % r + 1) S / r) of slice b / r, S = stages_per_slice.
   int cluster_ranks;
 };
+
+// The row part block `block_index` of the launch works on, and its index within that part.
+struct RowPartOf {
+  int part;
+  int block;
+  __device__ __forceinline__ RowPartOf(const HopperParams& pass, int block_index)
+      : part(block_index / pass.grid), block(block_index - part * pass.grid) {}
+};
+
+// The pass's parameters narrowed to row part `part`: its rows of y, its counters and partials.
+template <typename C>
+__device__ __forceinline__ HopperParams RowPart(const HopperParams& pass, int part) {
+  HopperParams p = pass;
+  const int row0 = part * C::kBatch;
+  p.y += static_cast<int64_t>(row0) * pass.n;
+  p.m_rows = min(C::kBatch, pass.m_rows - row0);
+  p.counters += part * pass.grid;
+  p.partials += static_cast<int64_t>(part) * pass.grid * 2 * C::kSlotFloats;
+  return p;
+}
 
 // First iteration of block b under the pass's partition (block `grid` gives the end).
 __device__ __forceinline__ int FirstIteration(const HopperParams& p, int b) {
@@ -105,11 +131,12 @@ __device__ __forceinline__ int FirstIteration(const HopperParams& p, int b) {
   return b / r * p.stages_per_slice + b % r * p.stages_per_slice / r;
 }
 
-// The tensor maps of one pass: activations (FP16, {k, rows}, box {64, kBatch}, 128-byte swizzle),
-// packed weights (8-byte words, {64, n_tiles, k_tiles}, box {64, kBlockNTiles, C::kStageKTiles})
-// and scales (FP16, {n, groups}, box {kBlockNTiles * 64, 1}).
+// The tensor maps of one pass: activations of each row part (FP16, {k, rows of the part}, box
+// {64, kBatch}, 128-byte swizzle; unused parts repeat part 0), packed weights (8-byte words, {64,
+// n_tiles, k_tiles}, box {64, kBlockNTiles, C::kStageKTiles}) and scales (FP16, {n, groups}, box
+// {kBlockNTiles * 64, 1}).
 struct HopperMaps {
-  CUtensorMap x;
+  CUtensorMap x[kMaxRowParts];
   CUtensorMap w;
   CUtensorMap s;
 };

@@ -4,7 +4,7 @@
 // Included by hopper_kernel.cuh; every function runs on the consumer warpgroups.
 //
 //   ExchangeKHalves<C>(role, exchange_smem, acc);        // split-k configurations only
-//   FinishSegment<C>(p, begin, last, role, acc);         // striped partition
+//   FinishSegment<C>(p, block, begin, last, role, acc);  // striped partition
 //   StashPartial<C>(p, role, ring, acc); /* cluster sync */ ReduceClusterSlice<C>(p, slice, role,
 //   ring);
 #ifndef MARLIN_KERNELS_CUDA_HOPPER_EPILOGUE_CUH_
@@ -122,8 +122,8 @@ __device__ __forceinline__ bool OwnsWholeSlice(const P& p, int begin, StageCurso
 // can tell are uniform: touching them, or summing partials, under a data-dependent condition (who
 // arrived last) inside the loop made it serialize every wgmma of the kernel.
 template <typename C>
-__device__ __forceinline__ void FinishSegment(const HopperParams& p, int begin, StageCursor at,
-                                              const ConsumerRole& role,
+__device__ __forceinline__ void FinishSegment(const HopperParams& p, int block, int begin,
+                                              StageCursor at, const ConsumerRole& role,
                                               HopperAccumulators<C>& acc) {
   const int n_tile0 = at.slice * C::kBlockNTiles;
   if (OwnsWholeSlice(p, begin, at)) {
@@ -134,7 +134,7 @@ __device__ __forceinline__ void FinishSegment(const HopperParams& p, int begin, 
         StoreGroup<C>(p, role, n_tile0, j, r4, GroupOf<C>(acc, j, r4));
       }
   } else {
-    const int slot = SlotOf(p, blockIdx.x, at.slice);
+    const int slot = SlotOf(p, block, at.slice);
 #pragma unroll
     for (int j = 0; j < C::kWgTiles; ++j)
 #pragma unroll

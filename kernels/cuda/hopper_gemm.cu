@@ -56,18 +56,49 @@ bool NarrowConfiguration(int rows, int64_t k, int64_t n) {
 // 64.
 bool SplitKConfiguration(int rows, int64_t n) { return rows <= 64 && n <= 6144; }
 
+// How many row parts (HopperParams) a pass of `rows` rows over a k x n weight runs in: two parts
+// of half the rows side by side read the weight twice (the second time mostly from L2) but sum
+// partials half as tall over half as many blocks per slice. Measured with marlin-bench on the
+// H100 (both alternated in one call, docs/perf/kernel-h100.md): at 128 rows (two 64-row parts) it
+// won where n <= 4096 (L8B.o 20.4 -> 13.1 us, L8B.down 37.7 -> 35.6) and lost on wider weights
+// (L8B.qkv 24.1 -> 27.4 and worse, L70B.o 37.1 -> 40.3); at 256 rows (two 128-row parts) it won up
+// to 2^26 weights (L8B.o 33.0 -> 26.8, L70B.o 65.2 -> 56.0) and lost on larger ones (L70B.qkv 78.0
+// -> 82.0, L70B.down 189 -> 228, 16384^2 218 -> 276).
+int RowParts(int rows, int64_t k, int64_t n) {
+  if (rows > 128) return k * n <= (int64_t{1} << 26) ? 2 : 1;
+  if (rows > 64) return n <= 4096 ? 2 : 1;
+  return 1;
+}
+
+// Whether configuration C runs passes of several row parts (the ones RowParts leads to).
 template <typename C>
-absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, const DeviceWeight& w) {
+constexpr bool kTakesRowParts = C::kBatch == 64 || C::kBatch == 128;
+
+// The activation map of `rows` rows of x from row `row0` on.
+template <typename C>
+absl::StatusOr<CUtensorMap> EncodeActivationMap(const __half* x, int row0, int rows, uint64_t k) {
+  return EncodeTiledMap({.type = CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                         .rank = 2,
+                         .base = x + static_cast<int64_t>(row0) * k,
+                         .dims = {k, static_cast<uint64_t>(rows), 0},
+                         .strides = {k * 2, 0},
+                         .box = {64, C::kBatch, 0},
+                         .swizzle = CU_TENSOR_MAP_SWIZZLE_128B});
+}
+
+// The maps of a pass of `rows` rows in `parts` row parts of C::kBatch rows.
+template <typename C>
+absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, int parts, const DeviceWeight& w) {
   const uint64_t k = w.shape.k, n = w.shape.n;
   const uint64_t k_tiles = k / 16, n_tiles = n / 64;
-  const absl::StatusOr<CUtensorMap> x_map =
-      EncodeTiledMap({.type = CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                      .rank = 2,
-                      .base = x,
-                      .dims = {k, static_cast<uint64_t>(rows), 0},
-                      .strides = {k * 2, 0},
-                      .box = {64, C::kBatch, 0},
-                      .swizzle = CU_TENSOR_MAP_SWIZZLE_128B});
+  HopperMaps maps{};
+  for (int part = 0; part < kMaxRowParts; ++part) {
+    const int row0 = std::min(part, parts - 1) * C::kBatch;
+    const absl::StatusOr<CUtensorMap> x_map =
+        EncodeActivationMap<C>(x, row0, std::min(C::kBatch, rows - row0), k);
+    if (!x_map.ok()) return x_map.status();
+    maps.x[part] = *x_map;
+  }
   const absl::StatusOr<CUtensorMap> w_map =
       EncodeTiledMap({.type = CU_TENSOR_MAP_DATA_TYPE_UINT64,
                       .rank = 3,
@@ -84,10 +115,12 @@ absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, const DeviceWei
                       .strides = {n * 2, 0},
                       .box = {C::kBlockNTiles * 64, 1, 0},
                       .swizzle = CU_TENSOR_MAP_SWIZZLE_NONE});
-  for (const absl::StatusOr<CUtensorMap>* map : {&x_map, &w_map, &s_map}) {
+  for (const absl::StatusOr<CUtensorMap>* map : {&w_map, &s_map}) {
     if (!map->ok()) return map->status();
   }
-  return HopperMaps{*x_map, *w_map, *s_map};
+  maps.w = *w_map;
+  maps.s = *s_map;
+  return maps;
 }
 
 // Largest configuration launched with programmatic dependent launch.
@@ -125,7 +158,7 @@ absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
     config.dynamicSmemBytes = C::kSmemBytes;
     config.attrs = &cluster;
     config.numAttrs = 1;
-    if (cudaOccupancyMaxActiveClusters(&capacities[ranks], HopperGemmKernel<C>, &config) !=
+    if (cudaOccupancyMaxActiveClusters(&capacities[ranks], HopperGemmKernel<C, false>, &config) !=
         cudaSuccess) {
       (void)cudaGetLastError();  // a cluster size this device refuses: none of that size
       capacities[ranks] = 0;
@@ -139,13 +172,13 @@ absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
 // the size that keeps the most SMs busy with every slice's cluster co-resident and every block at
 // least kMinStagesPerRank stages; 0 when no size fits (more slices than SMs).
 template <typename C>
-absl::StatusOr<int> BestClusterRanks(int slices, int stages_per_slice, int sm_count) {
+absl::StatusOr<int> BestClusterRanks(int slices, int stages_per_slice, int parts, int sm_count) {
   const absl::StatusOr<ClusterCapacities> capacities = DeviceClusterCapacities<C>(sm_count);
   if (!capacities.ok()) return capacities.status();
   int best = 0;
   for (int ranks = 1; ranks <= kMaxClusterRanks; ++ranks) {
     if (ranks > 1 && stages_per_slice / ranks < kMinStagesPerRank) break;
-    if (slices <= (*capacities)[ranks] && slices * ranks <= sm_count) best = ranks;
+    if (parts * slices <= (*capacities)[ranks] && parts * slices * ranks <= sm_count) best = ranks;
   }
   return best;
 }
@@ -169,20 +202,33 @@ bool ClusterSplitPays(int rows, int ranks, int blocks, int stages_per_rank, int 
 
 // The pass's cluster_ranks (0: striped): the forced partition, else the measured rule.
 template <typename C>
-absl::StatusOr<int> ChooseClusterRanks(int rows, int slices, int stages_per_slice, int sm_count) {
+absl::StatusOr<int> ChooseClusterRanks(int rows, int slices, int stages_per_slice, int parts,
+                                       int sm_count) {
   const HopperPartition forced = ForcedHopperPartition();
   if (forced == HopperPartition::kStriped) return 0;
-  absl::StatusOr<int> ranks = BestClusterRanks<C>(slices, stages_per_slice, sm_count);
+  absl::StatusOr<int> ranks = BestClusterRanks<C>(slices, stages_per_slice, parts, sm_count);
   if (!ranks.ok() || *ranks == 0 || forced == HopperPartition::kClusterSplit) return ranks;
-  const bool pays = ClusterSplitPays(rows, *ranks, slices * *ranks,
+  const bool pays = ClusterSplitPays(rows, *ranks, parts * slices * *ranks,
                                      (stages_per_slice + *ranks - 1) / *ranks, sm_count);
   return pays ? *ranks : 0;
 }
 
+// Launches configuration C on a pass of `rows` rows: ceil(rows / C::kBatch) row parts side by side,
+// each on an equal share of the SMs.
 template <typename C>
 absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
                     float* partials, int sm_count, cudaStream_t stream) {
-  absl::StatusOr<HopperMaps> maps = EncodeMaps<C>(x, rows, w);
+  const int parts = (rows + C::kBatch - 1) / C::kBatch;
+  if (parts > (kTakesRowParts<C> ? kMaxRowParts : 1)) {
+    return absl::InternalError(absl::StrCat(rows, " rows in ", C::kBatch, "-row parts"));
+  }
+  auto* const kernel = [&] {
+    if constexpr (kTakesRowParts<C>) {
+      if (parts > 1) return HopperGemmKernel<C, true>;
+    }
+    return HopperGemmKernel<C, false>;
+  }();
+  absl::StatusOr<HopperMaps> maps = EncodeMaps<C>(x, rows, parts, w);
   if (!maps.ok()) return maps.status();
   HopperParams p{};
   p.y = y;
@@ -197,12 +243,14 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   p.counters = counters;
   p.partials = partials;
   static_assert(2 * C::kSlotFloats <= kSlotFloatsPerSm, "kSlotFloatsPerSm too small");
-  MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-      HopperGemmKernel<C>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
-  absl::StatusOr<int> ranks = ChooseClusterRanks<C>(rows, slices, p.stages_per_slice, sm_count);
+  MARLIN_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+  const int part_sms = sm_count / parts;
+  absl::StatusOr<int> ranks =
+      ChooseClusterRanks<C>(std::min(rows, C::kBatch), slices, p.stages_per_slice, parts, sm_count);
   if (!ranks.ok()) return ranks.status();
   p.cluster_ranks = *ranks;
-  p.grid = p.cluster_ranks > 0 ? slices * p.cluster_ranks : std::min(sm_count, p.total_iters);
+  p.grid = p.cluster_ranks > 0 ? slices * p.cluster_ranks : std::min(part_sms, p.total_iters);
   // Programmatic dependent launch: this kernel may start while the previous one on the stream
   // finishes (it streams weights first and waits for that kernel before anything else). Measured
   // on the H100 (L70B block, same run): 2-4% faster up to 32 rows, 2-6% slower from 128 rows,
@@ -216,13 +264,13 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   attributes[1].val.clusterDim.y = 1;
   attributes[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(p.grid);
+  config.gridDim = dim3(parts * p.grid);
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = C::kSmemBytes;
   config.stream = stream;
   config.attrs = attributes;
   config.numAttrs = p.cluster_ranks > 1 ? 2 : 1;
-  MARLIN_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, HopperGemmKernel<C>, *maps, p));
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, kernel, *maps, p));
   return absl::OkStatus();
 }
 
@@ -230,24 +278,31 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
 
 absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
                         float* partials, int sm_count, cudaStream_t stream) {
-  if (SplitKConfiguration(rows, w.shape.n)) {
-    if (rows <= 16) {
+  // The configuration is chosen for the rows of one part; Launch splits the pass into its parts.
+  const int parts = RowParts(rows, w.shape.k, w.shape.n);
+  const int part_rows = (rows + parts - 1) / parts;
+  if (SplitKConfiguration(part_rows, w.shape.n)) {
+    if (part_rows <= 16) {
       return Launch<Rows16SplitK>(x, rows, w, y, counters, partials, sm_count, stream);
     }
-    if (rows <= 32) {
+    if (part_rows <= 32) {
       return Launch<Rows32SplitK>(x, rows, w, y, counters, partials, sm_count, stream);
     }
     return Launch<Rows64SplitK>(x, rows, w, y, counters, partials, sm_count, stream);
   }
   // Up to 32 rows, every weight left is wider than 4096 columns (wide, NarrowConfiguration).
-  if (rows <= 16) return Launch<Rows16Wide>(x, rows, w, y, counters, partials, sm_count, stream);
-  if (rows <= 32) return Launch<Rows32Wide>(x, rows, w, y, counters, partials, sm_count, stream);
-  const bool narrow = NarrowConfiguration(rows, w.shape.k, w.shape.n);
-  if (rows <= 64) {
+  if (part_rows <= 16) {
+    return Launch<Rows16Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+  }
+  if (part_rows <= 32) {
+    return Launch<Rows32Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+  }
+  const bool narrow = NarrowConfiguration(part_rows, w.shape.k, w.shape.n);
+  if (part_rows <= 64) {
     return narrow ? Launch<Rows64Narrow>(x, rows, w, y, counters, partials, sm_count, stream)
                   : Launch<Rows64Wide>(x, rows, w, y, counters, partials, sm_count, stream);
   }
-  if (rows <= 128) {
+  if (part_rows <= 128) {
     return Launch<Rows128Narrow>(x, rows, w, y, counters, partials, sm_count, stream);
   }
   if (rows <= kMaxPassRows) {

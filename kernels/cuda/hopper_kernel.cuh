@@ -59,11 +59,11 @@ __device__ __forceinline__ void LoadWeightStage(const HopperMaps& maps, const Ho
 
 // Issues one stage's activation copies (all kBatch rows, one box per 64 of its k values) on `bar`.
 template <typename C>
-__device__ __forceinline__ void LoadActivationStage(const HopperMaps& maps, StageCursor at,
+__device__ __forceinline__ void LoadActivationStage(const CUtensorMap* x_map, StageCursor at,
                                                     const StageSmem<C>& smem, uint32_t bar) {
 #pragma unroll
   for (int box = 0; box < C::kXBoxes; ++box) {
-    ptx::TensorLoad2d(smem.x + box * C::kXBoxBytes, &maps.x,
+    ptx::TensorLoad2d(smem.x + box * C::kXBoxBytes, x_map,
                       (at.stage * C::kStageKTiles + box * kBoxKTiles) * 16, 0, bar);
   }
 }
@@ -71,11 +71,12 @@ __device__ __forceinline__ void LoadActivationStage(const HopperMaps& maps, Stag
 // Warpgroup 0, one thread: fills the ring for iterations [begin, end). Weights and scales never
 // change under a call, so the first ring's worth of them is requested before the grid waits for
 // the previous kernel on the stream (programmatic dependent launch): their streaming overlaps that
-// kernel's last blocks. Activations, which the previous kernel may have written, come after.
+// kernel's last blocks. Activations (of the block's row part: `x_map`), which the previous kernel
+// may have written, come after.
 template <typename C>
-__device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const HopperParams& p,
-                                              int begin, int end, uint32_t ring, uint32_t full,
-                                              uint32_t empty) {
+__device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const CUtensorMap* x_map,
+                                              const HopperParams& p, int begin, int end,
+                                              uint32_t ring, uint32_t full, uint32_t empty) {
   const int early = end - begin < C::kStages ? end - begin : C::kStages;
   StageCursor at(p, begin);
   for (int slot = 0; slot < early; ++slot) {
@@ -85,7 +86,7 @@ __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const Hopp
   ptx::GridDependencyWait();
   at = StageCursor(p, begin);
   for (int slot = 0; slot < early; ++slot) {
-    LoadActivationStage<C>(maps, at, StageSmem<C>(ring, slot), full + 8 * slot);
+    LoadActivationStage<C>(x_map, at, StageSmem<C>(ring, slot), full + 8 * slot);
     at.Advance(p);
   }
   int slot = early % C::kStages;
@@ -95,7 +96,7 @@ __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const Hopp
     const StageSmem<C> smem(ring, slot);
     const uint32_t bar = full + 8 * slot;
     LoadWeightStage<C>(maps, p, at, smem, bar);
-    LoadActivationStage<C>(maps, at, smem, bar);
+    LoadActivationStage<C>(x_map, at, smem, bar);
     at.Advance(p);
     if (++slot == C::kStages) {
       slot = 0;
@@ -188,7 +189,7 @@ struct BlockSync {
 // for, read, dequantized and issued; a slot goes back to the producer once the group that reads
 // it has completed.
 template <typename C>
-__device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, int end,
+__device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, int begin, int end,
                                               const BlockSync& sync) {
   const ConsumerRole role(threadIdx.x - kWarpgroupThreads);
   const uint32_t full = sync.full, empty = sync.empty;
@@ -247,7 +248,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, 
       StashPartial<C>(p, role, sync.ring, acc);
       break;
     }
-    FinishSegment<C>(p, begin, last, role, acc);
+    FinishSegment<C>(p, block, begin, last, role, acc);
     if (!OwnsWholeSlice(p, begin, last)) {
       if (segment_end == end) {
         last_split = slice;
@@ -266,10 +267,11 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int begin, 
   }
 }
 
+// One block's work: the ring's barriers, then the producer and the consumer warpgroups. `p` holds
+// the parameters of the block's row part, `block` is the block's index within that part.
 template <typename C>
-__global__ void __launch_bounds__(kThreads, 1)
-    HopperGemmKernel(const __grid_constant__ HopperMaps maps, const HopperParams p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorMap* x_map,
+                                         const HopperParams& p, int block) {
   extern __shared__ __align__(1024) uint8_t smem[];
   __shared__ __align__(8) uint64_t full_bars[C::kStages];
   __shared__ __align__(8) uint64_t empty_bars[C::kStages];
@@ -279,8 +281,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                        .full = ptx::SharedAddress(full_bars),
                        .empty = ptx::SharedAddress(empty_bars),
                        .last_flag = &last_flag};
-  const int begin = FirstIteration(p, blockIdx.x);
-  const int end = FirstIteration(p, blockIdx.x + 1);
+  const int begin = FirstIteration(p, block);
+  const int end = FirstIteration(p, block + 1);
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
@@ -288,7 +290,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       ptx::BarrierInit(sync.empty + 8 * s, kConsumers * 4);  // one arrival per consumer warp
     }
     ptx::FenceBarrierInit();
-    ptx::PrefetchTensorMap(&maps.x);
+    ptx::PrefetchTensorMap(x_map);
     ptx::PrefetchTensorMap(&maps.w);
     ptx::PrefetchTensorMap(&maps.s);
   }
@@ -299,7 +301,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   ptx::LaunchDependents();
   if (threadIdx.x < kWarpgroupThreads) {
     ptx::LowerRegisterBudget<kProducerRegisters>();
-    if (threadIdx.x == 0) ProduceStages<C>(maps, p, begin, end, sync.ring, sync.full, sync.empty);
+    if (threadIdx.x == 0) {
+      ProduceStages<C>(maps, x_map, p, begin, end, sync.ring, sync.full, sync.empty);
+    }
     if (p.cluster_ranks > 1) {  // the consumers' two cluster syncs need every thread
       ptx::ClusterSync();
       ptx::ClusterSync();
@@ -307,13 +311,32 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     ptx::RaiseRegisterBudget<kConsumerRegisters>();
     ptx::GridDependencyWait();  // before the workspace and y, which the previous call used
-    ConsumeStages<C>(p, begin, end, sync);
+    ConsumeStages<C>(p, block, begin, end, sync);
     if (p.cluster_ranks > 1) {
       const ConsumerRole role(threadIdx.x - kWarpgroupThreads);
       ptx::ClusterSync();  // every block's partial is stashed
       ReduceClusterSlice<C>(p, begin / p.stages_per_slice, role, sync.ring);
       ptx::ClusterSync();  // no block exits while another still reads its shared memory
     }
+  }
+}
+
+// The kernel. Launched with kRowSplit, its grid holds several row parts (HopperParams): each block
+// narrows the pass's parameters to its part and keeps them in shared memory (held in registers
+// across the main loop they made the 128-row configuration spill). Without it the parameters are
+// used as launched, at no cost to the passes that have one part.
+template <typename C, bool kRowSplit>
+__global__ void __launch_bounds__(kThreads, 1)
+    HopperGemmKernel(const __grid_constant__ HopperMaps maps, const HopperParams pass) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (kRowSplit) {
+    __shared__ HopperParams part_params;
+    const RowPartOf at(pass, blockIdx.x);
+    if (threadIdx.x == 0) part_params = RowPart<C>(pass, at.part);
+    __syncthreads();
+    RunBlock<C>(maps, &maps.x[at.part], part_params, at.block);
+  } else {
+    RunBlock<C>(maps, &maps.x[0], pass, blockIdx.x);
   }
 #endif
 }

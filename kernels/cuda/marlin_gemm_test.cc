@@ -221,7 +221,7 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_OddTileCounts) {
 
 // Small enough for compute-sanitizer memcheck/racecheck (scripts/device-kernel-check.sh runs it).
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape) {
-  for (int64_t m : {5, 20, 40, 64}) {
+  for (int64_t m : {5, 20, 40, 64, 100, 200}) {  // 100 and 200: the Hopper path's two row parts
     CheckShape(m, 512, 192, 128);
     CheckShape(m, 272, 128, kPerChannel);
     CheckShape(m, 2048, 128, 128);  // deep enough for the Hopper path's two-block cluster split
