@@ -275,8 +275,10 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_PerChannel_SampledColum
 }
 
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BitIdenticalAcrossRuns) {
-  // (M, N) at K = 4096; N = 6144 is the L8B qkv shape, split along k at 16 rows.
-  const std::pair<int64_t, int64_t> cases[] = {{1, 4096}, {33, 4096}, {64, 4096}, {16, 6144}};
+  // (M, N) at K = 4096; N = 6144 is the L8B qkv shape, split along k at 16 rows; 128 and 256 rows
+  // run as two row parts on the Hopper path.
+  const std::pair<int64_t, int64_t> cases[] = {{1, 4096},  {33, 4096},  {64, 4096},
+                                               {16, 6144}, {128, 4096}, {256, 4096}};
   for (const auto& [m, n] : cases) {
     const QuantizedWeight w = RandomWeight(WeightShape{4096, n, 128}, rng_);
     DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)));
