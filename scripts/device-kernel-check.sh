@@ -5,8 +5,8 @@
 # HMMA = the Ampere path's mma.sync), then the kernel benchmark with both paths and the dispatch
 # side by side (BENCH_PATHS overrides which: marlin-bench --paths; FULL_BENCH=0 skips it). Where
 # COMPARE_REF=... scripts/stage-device.sh staged another build, its kernel tests and an A/B of the
-# two benchmarks come first (see below). Logs go to $OUT (or ./device-out): bench.md, bench.json,
-# ab-*.md/json and kernel-logs.tar.gz.
+# two benchmarks come first (see below). Logs go to $OUT (or ./device-out): bench.md, bench.json
+# and kernel-logs.tar.gz (test logs, sanitizer logs, SASS summary, the A/B tables ab-*.md/json).
 #
 #   [BENCH_PATHS=hopper:striped,hopper:cluster] scripts/device-kernel-check.sh [marlin-bench args...]
 #   [COMPARE_BENCH_ARGS="--layers L8B --m 128,256"] [FULL_BENCH=0] scripts/device-kernel-check.sh
@@ -54,9 +54,9 @@ if [[ -d device-bundle/compare ]]; then
       bench=marlin-bench
       [[ $side == compare ]] && bench=$ref/marlin-bench
       $bench --paths auto "${ab_args[@]}" \
-        --json "$out/ab-$side-$round.json" >"$out/ab-$side-$round.md"
+        --json "$logs/ab-$side-$round.json" >"$logs/ab-$side-$round.md"
       echo "A/B round $round, $side:"
-      grep -E '^\| (L8B|L70B|big) \|' "$out/ab-$side-$round.md"
+      grep -E '^\| (L8B|L70B|big) \|' "$logs/ab-$side-$round.md"
     done
   done
 fi
