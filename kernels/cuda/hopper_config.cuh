@@ -82,6 +82,14 @@ struct HopperConfig {
   static_assert(kSlotFloats * 4 <= kStages * kStageBytes, "a partial must fit the idle ring");
 };
 
+// The most blocks per cluster configuration C's cluster split may take: the leader's idle ring
+// holds every rank's partial (hopper_epilogue.cuh, SumPushedPartials). 1 for the 256-row one.
+template <typename C>
+inline constexpr int kClusterRanksOf =
+    kMaxClusterRanks < C::kStages * C::kStageBytes / (C::kSlotFloats * 4)
+        ? kMaxClusterRanks
+        : C::kStages * C::kStageBytes / (C::kSlotFloats * 4);
+
 // A pass of up to kMaxRowParts x kBatch rows: row part q (rows [q kBatch, (q + 1) kBatch)) runs
 // on blocks [q grid, (q + 1) grid) with its own activation map, rows of y and share of the
 // workspace; the kernel narrows these parameters to its part (RowPart). Every part streams the

@@ -1,12 +1,13 @@
 // How the Hopper kernel's consumers finish a segment: the accumulator layout in the output, the
 // split-k warpgroups' exchange, whole-slice stores, the striped partition's global partials,
-// arrival and last-arriver sums, and the cluster split's stash and distributed-shared-memory sum.
+// arrival and last-arriver sums, and the cluster split's partials pushed to the leader over
+// distributed shared memory.
 // Included by hopper_kernel.cuh; every function runs on the consumer warpgroups.
 //
 //   ExchangeKHalves<C>(role, exchange_smem, acc);        // split-k configurations only
 //   FinishSegment<C>(p, block, begin, last, role, acc);  // striped partition
-//   StashPartial<C>(p, role, ring, acc); /* cluster sync */ ReduceClusterSlice<C>(p, slice, role,
-//   ring);
+//   PushPartial<C>(p, role, rank, ring, ready, acc);         // cluster ranks >= 1
+//   SumPushedPartials<C>(p, slice, role, ring, ready, acc);  // the cluster's leader
 #ifndef MARLIN_KERNELS_CUDA_HOPPER_EPILOGUE_CUH_
 #define MARLIN_KERNELS_CUDA_HOPPER_EPILOGUE_CUH_
 
@@ -205,54 +206,85 @@ __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
   }
 }
 
-// Byte offset of a consumer thread's float4 `vec` (tile vec / kTileVecs) in a stashed partial:
+// Byte offset of a consumer thread's float4 `vec` (tile vec / kTileVecs) in a pushed partial:
 // thread-minor, so a warp's 16-byte stores and loads cover 512 contiguous bytes.
-__device__ __forceinline__ uint32_t StashOffset(int thread, int vec) {
+__device__ __forceinline__ uint32_t PartialOffset(int thread, int vec) {
   return static_cast<uint32_t>(vec * kConsumerThreads + thread) * 16;
 }
 
-// Consumers, cluster split: leaves this block's partial of its slice in its own shared memory at
-// `stash` (the ring, idle once both warpgroups are past their last stage), rows of the pass only.
+// Where cluster rank `rank` leaves its partial in the leader's (rank 0's) idle ring.
 template <typename C>
-__device__ __forceinline__ void StashPartial(const HopperParams& p, const ConsumerRole& role,
-                                             uint32_t stash, HopperAccumulators<C>& acc) {
-  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);  // the ring's last stage is read
+__device__ __forceinline__ uint32_t PushSlot(uint32_t ring, int rank) {
+  return ring + static_cast<uint32_t>(rank) * C::kSlotFloats * 4;
+}
+
+// Consumers, cluster split, a block of rank >= 1: once the leader says its ring is idle (`ready`,
+// this block's barrier), writes this block's partial into its slot of the leader's ring over
+// distributed shared memory (rows of the pass only) and arrives at the cluster barrier the leader
+// waits at. Nothing in the cluster touches this block's shared memory after that: it may exit
+// (exited threads do not hold a cluster barrier up).
+template <typename C>
+__device__ __forceinline__ void PushPartial(const HopperParams& p, const ConsumerRole& role,
+                                            int rank, uint32_t ring, uint32_t ready,
+                                            const HopperAccumulators<C>& acc) {
+  ptx::BarrierWaitCluster(ready, 0);
+  const uint32_t slot = ptx::MapToClusterRank(PushSlot<C>(ring, rank), 0);
   constexpr int kTileVecs = C::kAccFloats / 4;
 #pragma unroll
   for (int j = 0; j < C::kWgTiles; ++j)
 #pragma unroll
     for (int r4 = 0; r4 < kTileVecs; ++r4) {
       if (FinishesGroup<C>(p, role, r4)) {
-        ptx::StoreShared16(stash + StashOffset(role.thread, j * kTileVecs + r4),
+        ptx::StoreClusterShared16(slot + PartialOffset(role.thread, j * kTileVecs + r4),
+                                  GroupOf<C>(acc, j, r4));
+      }
+    }
+  ptx::ClusterArrive();
+}
+
+// Consumers, cluster split, the leader (rank 0) of `slice`'s cluster, once both warpgroups are
+// past the ring: tells the other ranks the ring is idle (their `ready` barriers), waits at the
+// cluster barrier until every consumer thread of theirs has pushed, sums all ranks' partials
+// in rank order (deterministic) and stores the slice. Its own partial goes to slot 0 first, so the
+// sums hold no accumulators (they would not fit the tallest configuration's registers).
+template <typename C>
+__device__ __forceinline__ void SumPushedPartials(const HopperParams& p, int slice,
+                                                  const ConsumerRole& role, uint32_t ring,
+                                                  uint32_t ready,
+                                                  const HopperAccumulators<C>& acc) {
+  if (role.thread + 1 < p.cluster_ranks) {
+    ptx::RemoteBarrierArrive(ptx::MapToClusterRank(ready, role.thread + 1));
+  }
+  constexpr int kTileVecs = C::kAccFloats / 4;
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+    for (int r4 = 0; r4 < kTileVecs; ++r4) {
+      if (FinishesGroup<C>(p, role, r4)) {
+        ptx::StoreShared16(ring + PartialOffset(role.thread, j * kTileVecs + r4),
                            GroupOf<C>(acc, j, r4));
       }
     }
-}
-
-// Consumers, cluster split, after a cluster-wide sync that follows every block's StashPartial:
-// this block sums its share of the slice's float4s (thread t's float4 v belongs to rank
-// (v + t) % r) over the r blocks' stashes in rank order (deterministic) and stores them.
-template <typename C>
-__device__ __forceinline__ void ReduceClusterSlice(const HopperParams& p, int slice,
-                                                   const ConsumerRole& role, uint32_t stash) {
-  const int ranks = p.cluster_ranks;
-  const int rank = static_cast<int>(ptx::ClusterRank());
-  constexpr int kTileVecs = C::kAccFloats / 4;
-  constexpr int kVecs = C::kWgTiles * kTileVecs;
+  ptx::ClusterArrive();
+  ptx::ClusterWait();
 #pragma unroll
-  for (int v = 0; v < kVecs; ++v) {
-    if ((v + role.thread) % ranks != rank || !FinishesGroup<C>(p, role, v % kTileVecs)) continue;
-    const uint32_t at = stash + StashOffset(role.thread, v);
-    float4 sum = ptx::LoadClusterShared16(ptx::MapToClusterRank(at, 0));
-    for (int q = 1; q < ranks; ++q) {
-      const float4 part = ptx::LoadClusterShared16(ptx::MapToClusterRank(at, q));
-      sum.x += part.x;
-      sum.y += part.y;
-      sum.z += part.z;
-      sum.w += part.w;
+  for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+    for (int r4 = 0; r4 < kTileVecs; ++r4) {
+      if (!FinishesGroup<C>(p, role, r4)) continue;
+      const uint4 own = ptx::LoadShared16(ring + PartialOffset(role.thread, j * kTileVecs + r4));
+      float4 sum = make_float4(__uint_as_float(own.x), __uint_as_float(own.y),
+                               __uint_as_float(own.z), __uint_as_float(own.w));
+      for (int q = 1; q < p.cluster_ranks; ++q) {
+        const uint4 part =
+            ptx::LoadShared16(PushSlot<C>(ring, q) + PartialOffset(role.thread, j * kTileVecs + r4));
+        sum.x += __uint_as_float(part.x);
+        sum.y += __uint_as_float(part.y);
+        sum.z += __uint_as_float(part.z);
+        sum.w += __uint_as_float(part.w);
+      }
+      StoreGroup<C>(p, role, slice * C::kBlockNTiles, j, r4, sum);
     }
-    StoreGroup<C>(p, role, slice * C::kBlockNTiles, v / kTileVecs, v % kTileVecs, sum);
-  }
 }
 
 }  // namespace marlin::cuda::hopper

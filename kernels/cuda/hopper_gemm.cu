@@ -169,14 +169,15 @@ absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
 }
 
 // The cluster split's blocks per slice for a pass of `slices` slices of `stages_per_slice` stages:
-// the size that keeps the most SMs busy with every slice's cluster co-resident and every block at
-// least kMinStagesPerRank stages; 0 when no size fits (more slices than SMs).
+// the size that keeps the most SMs busy with every slice's cluster co-resident, every block at
+// least kMinStagesPerRank stages and the other ranks' partials in the leader's ring; 0 when no
+// size fits (more slices than SMs).
 template <typename C>
 absl::StatusOr<int> BestClusterRanks(int slices, int stages_per_slice, int parts, int sm_count) {
   const absl::StatusOr<ClusterCapacities> capacities = DeviceClusterCapacities<C>(sm_count);
   if (!capacities.ok()) return capacities.status();
   int best = 0;
-  for (int ranks = 1; ranks <= kMaxClusterRanks; ++ranks) {
+  for (int ranks = 1; ranks <= kClusterRanksOf<C>; ++ranks) {
     if (ranks > 1 && stages_per_slice / ranks < kMinStagesPerRank) break;
     if (parts * slices <= (*capacities)[ranks] && parts * slices * ranks <= sm_count) best = ranks;
   }

@@ -20,8 +20,9 @@
 //
 // Where every slice can have a co-resident cluster of blocks (small and mid-size layers), the host
 // picks the cluster split instead of the striped partition: block b takes k part b % r of slice
-// b / r, leaves its partial in its own shared memory, and the cluster sums the r partials over
-// distributed shared memory: no global partials, fences or arrival counters.
+// b / r; ranks 1 .. r - 1 push their partials into the idle ring of rank 0 over distributed
+// shared memory and exit, and rank 0 sums them and stores the slice: no global partials, fences
+// or arrival counters.
 #ifndef MARLIN_KERNELS_CUDA_HOPPER_KERNEL_CUH_
 #define MARLIN_KERNELS_CUDA_HOPPER_KERNEL_CUH_
 
@@ -181,8 +182,25 @@ __device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_sm
 struct BlockSync {
   uint32_t ring;         // the first slot
   uint32_t full, empty;  // kStages mbarriers each, 8 bytes apart
+  uint32_t ready;  // cluster split, ranks >= 1: completes when the leader's ring is idle
   int* last_flag;
 };
+
+// Consumers, cluster split, after the block's one segment: the leader sums the cluster's partials
+// and stores the slice; every other rank pushes its partial to the leader and is done.
+template <typename C>
+__device__ __forceinline__ void FinishClusterSlice(const HopperParams& p, int slice,
+                                                   const ConsumerRole& role, const BlockSync& sync,
+                                                   const HopperAccumulators<C>& acc) {
+  ptx::ClusterWait();  // every block's barriers are initialized (RunBlock)
+  const int rank = static_cast<int>(ptx::ClusterRank());
+  if (rank == 0) {
+    ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);  // the ring's last stage is read
+    SumPushedPartials<C>(p, slice, role, sync.ring, sync.ready, acc);
+  } else {
+    PushPartial<C>(p, role, rank, sync.ring, sync.ready, acc);
+  }
+}
 
 // Warpgroups 1..kConsumers: multiply every ring slot, release it, finish slices. Two stages'
 // wgmma groups are in flight within a segment: a stage's group runs while the next slot is waited
@@ -244,9 +262,11 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
       ExchangeKHalves<C>(role, sync.ring + C::kStages * C::kStageBytes, acc);
     }
     const StageCursor last(p, segment_end - 1);
-    if (p.cluster_ranks > 1) {  // one segment: its partial stays here for ReduceClusterSlice
-      StashPartial<C>(p, role, sync.ring, acc);
-      break;
+    if constexpr (kClusterRanksOf<C> > 1) {
+      if (p.cluster_ranks > 1) {  // one segment
+        FinishClusterSlice<C>(p, slice, role, sync, acc);
+        break;
+      }
     }
     FinishSegment<C>(p, block, begin, last, role, acc);
     if (!OwnsWholeSlice(p, begin, last)) {
@@ -275,26 +295,33 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
   extern __shared__ __align__(1024) uint8_t smem[];
   __shared__ __align__(8) uint64_t full_bars[C::kStages];
   __shared__ __align__(8) uint64_t empty_bars[C::kStages];
+  __shared__ __align__(8) uint64_t ready_bar;
   __shared__ int last_flag;
   // TMA's 128-byte swizzle repeats every 1024 bytes: the ring starts on such a boundary.
   const BlockSync sync{.ring = (ptx::SharedAddress(smem) + 1023) & ~1023u,
                        .full = ptx::SharedAddress(full_bars),
                        .empty = ptx::SharedAddress(empty_bars),
+                       .ready = ptx::SharedAddress(&ready_bar),
                        .last_flag = &last_flag};
   const int begin = FirstIteration(p, block);
   const int end = FirstIteration(p, block + 1);
+  constexpr bool kClusters = kClusterRanksOf<C> > 1;  // whether C runs the cluster split's sums
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
       ptx::BarrierInit(sync.full + 8 * s, 1);                // the producer's expect_tx arrival
       ptx::BarrierInit(sync.empty + 8 * s, kConsumers * 4);  // one arrival per consumer warp
     }
+    if (kClusters && p.cluster_ranks > 1) ptx::BarrierInit(sync.ready, 1);  // the leader's arrival
     ptx::FenceBarrierInit();
     ptx::PrefetchTensorMap(x_map);
     ptx::PrefetchTensorMap(&maps.w);
     ptx::PrefetchTensorMap(&maps.s);
   }
   __syncthreads();
+  // Cluster split: no block's barriers are used by another before they are initialized (each
+  // thread waits for this arrival before it touches another block or exits: ClusterWait).
+  if (kClusters && p.cluster_ranks > 1) ptx::ClusterArrive();
 
   // The next kernel on the stream may be scheduled now; it waits (GridDependencyWait) before it
   // touches anything this one writes.
@@ -304,20 +331,11 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
     if (threadIdx.x == 0) {
       ProduceStages<C>(maps, x_map, p, begin, end, sync.ring, sync.full, sync.empty);
     }
-    if (p.cluster_ranks > 1) {  // the consumers' two cluster syncs need every thread
-      ptx::ClusterSync();
-      ptx::ClusterSync();
-    }
+    if (kClusters && p.cluster_ranks > 1) ptx::ClusterWait();
   } else {
     ptx::RaiseRegisterBudget<kConsumerRegisters>();
     ptx::GridDependencyWait();  // before the workspace and y, which the previous call used
     ConsumeStages<C>(p, block, begin, end, sync);
-    if (p.cluster_ranks > 1) {
-      const ConsumerRole role(threadIdx.x - kWarpgroupThreads);
-      ptx::ClusterSync();  // every block's partial is stashed
-      ReduceClusterSlice<C>(p, begin / p.stages_per_slice, role, sync.ring);
-      ptx::ClusterSync();  // no block exits while another still reads its shared memory
-    }
   }
 }
 

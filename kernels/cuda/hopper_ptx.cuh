@@ -34,6 +34,27 @@ __device__ __forceinline__ void BarrierArrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 
+// mbarrier.arrive.release.cluster on a barrier in another block of the cluster (an address from
+// MapToClusterRank): one arrival, ordered after this thread's earlier writes, cluster-wide.
+__device__ __forceinline__ void RemoteBarrierArrive(uint32_t cluster_bar) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar)
+               : "memory");
+}
+
+// mbarrier.try_wait.parity.acquire.cluster in a loop: as BarrierWait, and what the threads that
+// arrived (RemoteBarrierArrive, from any block of the cluster) wrote before is visible after it.
+__device__ __forceinline__ void BarrierWaitCluster(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      "  .reg .pred done;\n"
+      "wait_%=:\n"
+      "  mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+      "  @!done bra wait_%=;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+
 // mbarrier.try_wait.parity in a loop: returns once the phase of parity `parity` has completed.
 __device__ __forceinline__ void BarrierWait(uint32_t bar, uint32_t parity) {
   asm volatile(
@@ -144,31 +165,31 @@ __device__ __forceinline__ uint32_t ClusterRank() {
 }
 
 // mapa.shared::cluster: the address of this block's shared-memory location `smem` in the shared
-// memory of the cluster's block `rank` (for LoadClusterShared16).
+// memory of the cluster's block `rank` (for StoreClusterShared16 and RemoteBarrierArrive).
 __device__ __forceinline__ uint32_t MapToClusterRank(uint32_t smem, uint32_t rank) {
   uint32_t mapped;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(mapped) : "r"(smem), "r"(rank));
   return mapped;
 }
 
-// ld.shared::cluster.v4.f32: a 16-byte load from a cluster block's shared memory (distributed
-// shared memory), at an address from MapToClusterRank.
-__device__ __forceinline__ float4 LoadClusterShared16(uint32_t cluster_smem) {
-  float4 v;
-  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "r"(cluster_smem)
+// st.shared::cluster.v4.f32: a 16-byte store of `v` into a cluster block's shared memory
+// (distributed shared memory), at an address from MapToClusterRank.
+__device__ __forceinline__ void StoreClusterShared16(uint32_t cluster_smem, float4 v) {
+  asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(cluster_smem), "f"(v.x),
+               "f"(v.y), "f"(v.z), "f"(v.w)
                : "memory");
-  return v;
 }
 
-// barrier.cluster.arrive.release + barrier.cluster.wait.acquire: every thread of every block in
-// the cluster meets here; shared-memory writes before it are visible to all of them after it.
-__device__ __forceinline__ void ClusterSync() {
-  asm volatile(
-      "barrier.cluster.arrive.release;\n"
-      "barrier.cluster.wait.acquire;\n" ::
-          : "memory");
+// barrier.cluster.arrive.release: this thread's arrival at the cluster-wide barrier (every thread
+// of every block of the cluster arrives once, then waits: ClusterWait); earlier writes, barrier
+// initializations included, are visible to the cluster once the barrier completes.
+__device__ __forceinline__ void ClusterArrive() {
+  asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
+}
+
+// barrier.cluster.wait.acquire: waits until every thread of the cluster has arrived (ClusterArrive).
+__device__ __forceinline__ void ClusterWait() {
+  asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
 }
 
 // The wgmma shared-memory descriptor of a K-major FP16 operand stored by TMA with the 128-byte
