@@ -85,10 +85,10 @@ struct HopperConfig {
 // The most blocks per cluster configuration C's cluster split may take: the leader's idle ring
 // holds every rank's partial (hopper_epilogue.cuh, SumPushedPartials). 1 for the 256-row one.
 template <typename C>
-inline constexpr int kClusterRanksOf =
-    kMaxClusterRanks < C::kStages * C::kStageBytes / (C::kSlotFloats * 4)
-        ? kMaxClusterRanks
-        : C::kStages * C::kStageBytes / (C::kSlotFloats * 4);
+constexpr int ClusterRanksOf() {
+  constexpr int kPartialsInRing = C::kStages * C::kStageBytes / (C::kSlotFloats * 4);
+  return kPartialsInRing < kMaxClusterRanks ? kPartialsInRing : kMaxClusterRanks;
+}
 
 // A pass of up to kMaxRowParts x kBatch rows: row part q (rows [q kBatch, (q + 1) kBatch)) runs
 // on blocks [q grid, (q + 1) grid) with its own activation map, rows of y and share of the

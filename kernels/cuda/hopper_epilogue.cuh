@@ -276,8 +276,8 @@ __device__ __forceinline__ void SumPushedPartials(const HopperParams& p, int sli
       float4 sum = make_float4(__uint_as_float(own.x), __uint_as_float(own.y),
                                __uint_as_float(own.z), __uint_as_float(own.w));
       for (int q = 1; q < p.cluster_ranks; ++q) {
-        const uint4 part =
-            ptx::LoadShared16(PushSlot<C>(ring, q) + PartialOffset(role.thread, j * kTileVecs + r4));
+        const uint4 part = ptx::LoadShared16(PushSlot<C>(ring, q) +
+                                             PartialOffset(role.thread, j * kTileVecs + r4));
         sum.x += __uint_as_float(part.x);
         sum.y += __uint_as_float(part.y);
         sum.z += __uint_as_float(part.z);

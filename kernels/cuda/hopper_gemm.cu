@@ -177,7 +177,7 @@ absl::StatusOr<int> BestClusterRanks(int slices, int stages_per_slice, int parts
   const absl::StatusOr<ClusterCapacities> capacities = DeviceClusterCapacities<C>(sm_count);
   if (!capacities.ok()) return capacities.status();
   int best = 0;
-  for (int ranks = 1; ranks <= kClusterRanksOf<C>; ++ranks) {
+  for (int ranks = 1; ranks <= ClusterRanksOf<C>(); ++ranks) {
     if (ranks > 1 && stages_per_slice / ranks < kMinStagesPerRank) break;
     if (parts * slices <= (*capacities)[ranks] && parts * slices * ranks <= sm_count) best = ranks;
   }

@@ -182,7 +182,7 @@ __device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_sm
 struct BlockSync {
   uint32_t ring;         // the first slot
   uint32_t full, empty;  // kStages mbarriers each, 8 bytes apart
-  uint32_t ready;  // cluster split, ranks >= 1: completes when the leader's ring is idle
+  uint32_t ready;        // cluster split, ranks >= 1: completes when the leader's ring is idle
   int* last_flag;
 };
 
@@ -262,7 +262,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
       ExchangeKHalves<C>(role, sync.ring + C::kStages * C::kStageBytes, acc);
     }
     const StageCursor last(p, segment_end - 1);
-    if constexpr (kClusterRanksOf<C> > 1) {
+    if constexpr (ClusterRanksOf<C>() > 1) {
       if (p.cluster_ranks > 1) {  // one segment
         FinishClusterSlice<C>(p, slice, role, sync, acc);
         break;
@@ -305,7 +305,7 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
                        .last_flag = &last_flag};
   const int begin = FirstIteration(p, block);
   const int end = FirstIteration(p, block + 1);
-  constexpr bool kClusters = kClusterRanksOf<C> > 1;  // whether C runs the cluster split's sums
+  constexpr bool kClusters = ClusterRanksOf<C>() > 1;  // whether C runs the cluster split's sums
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {

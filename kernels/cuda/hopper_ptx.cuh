@@ -187,7 +187,7 @@ __device__ __forceinline__ void ClusterArrive() {
   asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
 }
 
-// barrier.cluster.wait.acquire: waits until every thread of the cluster has arrived (ClusterArrive).
+// barrier.cluster.wait.acquire: waits until every thread of the cluster has arrived.
 __device__ __forceinline__ void ClusterWait() {
   asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory");
 }
