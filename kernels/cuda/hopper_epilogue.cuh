@@ -218,6 +218,23 @@ __device__ __forceinline__ uint32_t PushSlot(uint32_t ring, int rank) {
   return ring + static_cast<uint32_t>(rank) * C::kSlotFloats * 4;
 }
 
+// Writes this thread's float4s of a partial that hold rows of the pass (FinishesGroup) at `slot`
+// (PartialOffset) with `store(address, value)`: a local or a distributed shared-memory store.
+template <typename C, typename Store>
+__device__ __forceinline__ void WritePartial(const HopperParams& p, const ConsumerRole& role,
+                                             uint32_t slot, const HopperAccumulators<C>& acc,
+                                             Store store) {
+  constexpr int kTileVecs = C::kAccFloats / 4;
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+    for (int r4 = 0; r4 < kTileVecs; ++r4) {
+      if (FinishesGroup<C>(p, role, r4)) {
+        store(slot + PartialOffset(role.thread, j * kTileVecs + r4), GroupOf<C>(acc, j, r4));
+      }
+    }
+}
+
 // Consumers, cluster split, a block of rank >= 1: once the leader says its ring is idle (`ready`,
 // this block's barrier), writes this block's partial into its slot of the leader's ring over
 // distributed shared memory (rows of the pass only) and arrives at the cluster barrier the leader
@@ -228,17 +245,8 @@ __device__ __forceinline__ void PushPartial(const HopperParams& p, const Consume
                                             int rank, uint32_t ring, uint32_t ready,
                                             const HopperAccumulators<C>& acc) {
   ptx::BarrierWaitCluster(ready, 0);
-  const uint32_t slot = ptx::MapToClusterRank(PushSlot<C>(ring, rank), 0);
-  constexpr int kTileVecs = C::kAccFloats / 4;
-#pragma unroll
-  for (int j = 0; j < C::kWgTiles; ++j)
-#pragma unroll
-    for (int r4 = 0; r4 < kTileVecs; ++r4) {
-      if (FinishesGroup<C>(p, role, r4)) {
-        ptx::StoreClusterShared16(slot + PartialOffset(role.thread, j * kTileVecs + r4),
-                                  GroupOf<C>(acc, j, r4));
-      }
-    }
+  WritePartial<C>(p, role, ptx::MapToClusterRank(PushSlot<C>(ring, rank), 0), acc,
+                  [](uint32_t at, float4 v) { ptx::StoreClusterShared16(at, v); });
   ptx::ClusterArrive();
 }
 
@@ -255,18 +263,11 @@ __device__ __forceinline__ void SumPushedPartials(const HopperParams& p, int sli
   if (role.thread + 1 < p.cluster_ranks) {
     ptx::RemoteBarrierArrive(ptx::MapToClusterRank(ready, role.thread + 1));
   }
-  constexpr int kTileVecs = C::kAccFloats / 4;
-#pragma unroll
-  for (int j = 0; j < C::kWgTiles; ++j)
-#pragma unroll
-    for (int r4 = 0; r4 < kTileVecs; ++r4) {
-      if (FinishesGroup<C>(p, role, r4)) {
-        ptx::StoreShared16(ring + PartialOffset(role.thread, j * kTileVecs + r4),
-                           GroupOf<C>(acc, j, r4));
-      }
-    }
+  WritePartial<C>(p, role, PushSlot<C>(ring, 0), acc,
+                  [](uint32_t at, float4 v) { ptx::StoreShared16(at, v); });
   ptx::ClusterArrive();
   ptx::ClusterWait();
+  constexpr int kTileVecs = C::kAccFloats / 4;
 #pragma unroll
   for (int j = 0; j < C::kWgTiles; ++j)
 #pragma unroll
