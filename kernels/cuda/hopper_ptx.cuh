@@ -180,9 +180,10 @@ __device__ __forceinline__ void StoreClusterShared16(uint32_t cluster_smem, floa
                : "memory");
 }
 
-// barrier.cluster.arrive.release: this thread's arrival at the cluster-wide barrier (every thread
-// of every block of the cluster arrives once, then waits: ClusterWait); earlier writes, barrier
-// initializations included, are visible to the cluster once the barrier completes.
+// barrier.cluster.arrive.release: this thread's arrival at the cluster-wide barrier, which
+// completes once every thread of the cluster has arrived or exited; a thread waits (ClusterWait)
+// before it arrives again, or exits. Its earlier writes, barrier initializations included, are
+// visible to the threads that wait.
 __device__ __forceinline__ void ClusterArrive() {
   asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
 }
