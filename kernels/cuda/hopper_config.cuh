@@ -67,7 +67,6 @@ struct HopperConfig {
   static constexpr int kStages =
       kRingBytes / kStageBytes < kMaxStages ? kRingBytes / kStageBytes : kMaxStages;
   static constexpr int kSmemBytes = kStages * kStageBytes + kExchangeBytes + 1024;
-  static constexpr int kTxBytes = kXBytes + kWBytes + kSBytes;  // what one stage's copies bring
   // Two stages' wgmma groups are in flight: the accumulators and two stages' A fragments must fit
   // the consumers' registers (two tiles at 128 rows did not; ptxas serialized the groups, C7512).
   static_assert(kWgTiles * kAccFloats + 2 * kWgKTiles * kWgTiles * 4 <= 160,
@@ -140,7 +139,7 @@ __device__ __forceinline__ int FirstIteration(const HopperParams& p, int b) {
 }
 
 // The tensor maps of one pass: activations of each row part (FP16, {k, rows of the part}, box
-// {64, kBatch}, 128-byte swizzle; unused parts repeat part 0), packed weights (8-byte words, {64,
+// {64, rows of the part}, 128-byte swizzle; unused parts repeat part 0), packed weights (8-byte words, {64,
 // n_tiles, k_tiles}, box {64, kBlockNTiles, C::kStageKTiles}) and scales (FP16, {n, groups}, box
 // {kBlockNTiles * 64, 1}).
 struct HopperMaps {

@@ -41,6 +41,14 @@
 
 namespace marlin::cuda::hopper {
 
+// The bytes one stage's copies bring: weights, scales, and activation boxes as tall as the rows of
+// the block's row part (EncodeActivationMap). A box's rows past them keep whatever the ring held;
+// the wgmma columns they feed are output rows past m_rows, which are never stored or summed.
+template <typename C>
+__device__ __forceinline__ uint32_t StageTxBytes(const HopperParams& p) {
+  return C::kWBytes + C::kSBytes + C::kXBoxes * min(C::kBatch, p.m_rows) * 128;
+}
+
 // Issues one stage's weight and scale copies on `bar`, announcing the whole stage's bytes
 // (activations included: LoadActivationStage adds them to the same phase).
 template <typename C>
@@ -49,7 +57,7 @@ __device__ __forceinline__ void LoadWeightStage(const HopperMaps& maps, const Ho
                                                 uint32_t bar) {
   const int k_tile0 = at.stage * C::kStageKTiles;
   const int n_tile0 = at.slice * C::kBlockNTiles;
-  ptx::BarrierArriveExpectBytes(bar, C::kTxBytes);
+  ptx::BarrierArriveExpectBytes(bar, StageTxBytes<C>(p));
   ptx::TensorLoad3d(smem.w, &maps.w, 0, n_tile0, k_tile0, bar);
 #pragma unroll
   for (int row = 0; row < C::kScaleRows; ++row) {
