@@ -139,9 +139,9 @@ __device__ __forceinline__ int FirstIteration(const HopperParams& p, int b) {
 }
 
 // The tensor maps of one pass: activations of each row part (FP16, {k, rows of the part}, box
-// {64, rows of the part}, 128-byte swizzle; unused parts repeat part 0), packed weights (8-byte words, {64,
-// n_tiles, k_tiles}, box {64, kBlockNTiles, C::kStageKTiles}) and scales (FP16, {n, groups}, box
-// {kBlockNTiles * 64, 1}).
+// {64, rows of the part}, 128-byte swizzle; unused parts repeat part 0), packed weights (8-byte
+// words, {64, n_tiles, k_tiles}, box {64, kBlockNTiles, C::kStageKTiles}) and scales (FP16, {n,
+// groups}, box {kBlockNTiles * 64, 1}).
 struct HopperMaps {
   CUtensorMap x[kMaxRowParts];
   CUtensorMap w;

@@ -66,7 +66,8 @@ __device__ __forceinline__ void LoadWeightStage(const HopperMaps& maps, const Ho
   }
 }
 
-// Issues one stage's activation copies (all kBatch rows, one box per 64 of its k values) on `bar`.
+// Issues one stage's activation copies (the row part's rows, one box per 64 of its k values) on
+// `bar`.
 template <typename C>
 __device__ __forceinline__ void LoadActivationStage(const CUtensorMap* x_map, StageCursor at,
                                                     const StageSmem<C>& smem, uint32_t bar) {
