@@ -1,11 +1,12 @@
 // How the Hopper kernel's consumers finish a segment: the accumulator layout in the output, the
 // split-k warpgroups' exchange, whole-slice stores, the striped partition's global partials,
-// arrival and last-arriver sums, and the cluster split's partials pushed to the leader over
-// distributed shared memory.
+// signals and sums, and the cluster split's partials pushed to the leader over distributed shared
+// memory.
 // Included by hopper_kernel.cuh; every function runs on the consumer warpgroups.
 //
 //   ExchangeKHalves<C>(role, exchange_smem, acc);        // split-k configurations only
-//   FinishSegment<C>(p, block, begin, last, role, acc);  // striped partition
+//   FinishSegment<C>(p, block, begin, last, role, acc);  // striped partition, then
+//   SignalSlice(p, slice, role);  or  WaitForSlice(p, slice, role); SumSlice<C>(p, slice, role);
 //   PushPartial<C>(p, role, rank, ring, ready, acc);         // cluster ranks >= 1
 //   SumPushedPartials<C>(p, slice, role, ring, ready, acc);  // the cluster's leader
 #ifndef MARLIN_KERNELS_CUDA_HOPPER_EPILOGUE_CUH_
@@ -117,11 +118,12 @@ __device__ __forceinline__ bool OwnsWholeSlice(const P& p, int begin, StageCurso
 }
 
 // Consumers: finishes the segment of `at.slice` that ends here. A whole slice is stored; a split
-// one is written to this block's partial slot, and the last block to arrive sums it after its
-// main loop (SumSlice).
+// one is written to this block's partial slot, and the block holding the slice's final stages
+// sums it after its main loop (WaitForSlice, SumSlice).
 // The accumulators are touched only under conditions on kernel parameters, which the compiler
-// can tell are uniform: touching them, or summing partials, under a data-dependent condition (who
-// arrived last) inside the loop made it serialize every wgmma of the kernel.
+// can tell are uniform: touching them, or summing partials, under a data-dependent condition (an
+// earlier protocol's "who arrived last") inside the loop made it serialize every wgmma of the
+// kernel.
 template <typename C>
 __device__ __forceinline__ void FinishSegment(const HopperParams& p, int block, int begin,
                                               StageCursor at, const ConsumerRole& role,
@@ -147,33 +149,39 @@ __device__ __forceinline__ void FinishSegment(const HopperParams& p, int block, 
   }
 }
 
-// Consumers: arrives at split `slice` once this block's partial of it is written. The result (is
-// this block the slice's last?) is meaningful in consumer thread 0 only; for the split finished
-// inside the main loop, branching on it is left for after the loop (see FinishSegment).
-__device__ __forceinline__ bool ArriveAtSlice(const HopperParams& p, int slice,
-                                              const ConsumerRole& role) {
-  __threadfence();
+// Consumers of a block that does not sum split `slice` (it lacks the slice's final stages), once
+// their partial of it is written (FinishSegment): tells the block that sums it. The barrier orders
+// every consumer thread's writes before thread 0's release; nobody waits for the signal to land.
+__device__ __forceinline__ void SignalSlice(const HopperParams& p, int slice,
+                                            const ConsumerRole& role) {
   ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);
-  return role.thread == 0 && ArriveLast(p, slice);
+  if (role.thread == 0) ptx::ReleaseAdd(&p.counters[SliceBlocks(p, slice).last], 1);
 }
 
-// Consumers: consumer thread 0's `flag`, for all of them.
-__device__ __forceinline__ bool ShareFlag(bool flag, const ConsumerRole& role, int* flag_smem) {
-  if (role.thread == 0) *flag_smem = flag;
+// Consumers of the block that sums split `slice` (the one holding its final stages, the slice's
+// last block in index order): waits until every other block of the slice has signalled
+// (SignalSlice), after which their partials are visible, and leaves the counter at zero for the
+// next call. The blocks it waits for have lower indices, so the hardware, which starts a grid's
+// blocks in index order, has started them before it; they never wait themselves.
+__device__ __forceinline__ void WaitForSlice(const HopperParams& p, int slice,
+                                             const ConsumerRole& role) {
+  if (role.thread == 0) {
+    const SliceBlocks blocks(p, slice);
+    int* const counter = &p.counters[blocks.last];
+    while (ptx::LoadAcquire(counter) != blocks.last - blocks.first) {
+    }
+    *counter = 0;
+  }
   ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);
-  const bool shared = *flag_smem;
-  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);  // read by all before its next write
-  return shared;
 }
 
-// Consumers, in the block that arrived last at `slice`: sums every block's partial of it in k
-// order (deterministic) and stores the result. The thread's float4s of all its tiles go in chunks
-// of at most 8, with 32 loads in flight up to 64 rows and 16 beyond (more would spill the taller
-// configurations).
+// Consumers of the block that sums `slice`, after WaitForSlice: sums every block's partial of it
+// (its own included, which it wrote itself) in k order (deterministic) and stores the result. The
+// thread's float4s of all its tiles go in chunks of at most 8, with 32 loads in flight up to 64
+// rows and 16 beyond (more would spill the taller configurations).
 template <typename C>
 __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
                                          const ConsumerRole& role) {
-  __threadfence();
   const SliceBlocks blocks(p, slice);
   constexpr int kTileVecs = C::kAccFloats / 4;  // float4s of one tile
   constexpr int kVecs = C::kWgTiles * kTileVecs;

@@ -6,9 +6,10 @@
 // into a warp's A fragment) and the activations its B operand (16 k x kBatch rows, read by the
 // tensor cores from shared memory in the 128-byte-swizzled layout TMA writes). Column slices of
 // kBlockNTiles 64-column tiles and k stages (64 rows; 256 for split-k) are spread over a
-// persistent grid by the Ampere kernel's striped partition and last-arriver reduction
-// (striped_partition.cuh) or by the cluster split (below). Shapes and shared types are in
-// hopper_config.cuh, how a segment is finished and summed in hopper_epilogue.cuh.
+// persistent grid by the Ampere kernel's striped partition (striped_partition.cuh), a split
+// slice summed by the block holding its final stages once the others have signalled, or by the
+// cluster split (below). Shapes and shared types are in hopper_config.cuh, how a segment is
+// finished and summed in hopper_epilogue.cuh.
 //
 // A block is three warpgroups. Warpgroup 0 is the producer: one thread waits for a free ring
 // slot, then issues three TMA copies (activations, packed weights, scales) completing on the
@@ -187,12 +188,11 @@ __device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_sm
   ptx::WgmmaCommit();
 }
 
-// A block's ring in shared memory and the flag ShareFlag passes the verdict of an arrival in.
+// A block's ring in shared memory and its barriers.
 struct BlockSync {
   uint32_t ring;         // the first slot
   uint32_t full, empty;  // kStages mbarriers each, 8 bytes apart
   uint32_t ready;        // cluster split, ranks >= 1: completes when the leader's ring is idle
-  int* last_flag;
 };
 
 // Consumers, cluster split, after the block's one segment: the leader sums the cluster's partials
@@ -220,10 +220,10 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
                                               const BlockSync& sync) {
   const ConsumerRole role(threadIdx.x - kWarpgroupThreads);
   const uint32_t full = sync.full, empty = sync.empty;
-  // A block splits at most its first and its last slice with other blocks. The first one's
-  // arrival happens in the loop; whether it came last is acted on after it.
+  // A block splits at most its first and its last slice with other blocks. It sums, after its main
+  // loop, the split slices whose final stages it holds (its first segment, when it ends before
+  // the block's range, always does); for the others it signals the block that does.
   int first_split = -1, last_split = -1;
-  bool first_split_last = false;
   HopperAccumulators<C> acc;
   ZeroAccumulators<C>(acc);
   int slot = 0;
@@ -279,19 +279,22 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
     }
     FinishSegment<C>(p, block, begin, last, role, acc);
     if (!OwnsWholeSlice(p, begin, last)) {
-      if (segment_end == end) {
+      if (segment_end != end) {
+        first_split = slice;
+      } else if (last.stage + 1 == p.stages_per_slice) {
         last_split = slice;
       } else {
-        first_split = slice;
-        first_split_last = ArriveAtSlice(p, slice, role);
+        SignalSlice(p, slice, role);
       }
     }
     segment_begin = segment_end;
   }
-  if (first_split >= 0 && ShareFlag(first_split_last, role, sync.last_flag)) {
+  if (first_split >= 0) {
+    WaitForSlice(p, first_split, role);
     SumSlice<C>(p, first_split, role);
   }
-  if (last_split >= 0 && ShareFlag(ArriveAtSlice(p, last_split, role), role, sync.last_flag)) {
+  if (last_split >= 0) {
+    WaitForSlice(p, last_split, role);
     SumSlice<C>(p, last_split, role);
   }
 }
@@ -305,13 +308,11 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
   __shared__ __align__(8) uint64_t full_bars[C::kStages];
   __shared__ __align__(8) uint64_t empty_bars[C::kStages];
   __shared__ __align__(8) uint64_t ready_bar;
-  __shared__ int last_flag;
   // TMA's 128-byte swizzle repeats every 1024 bytes: the ring starts on such a boundary.
   const BlockSync sync{.ring = (ptx::SharedAddress(smem) + 1023) & ~1023u,
                        .full = ptx::SharedAddress(full_bars),
                        .empty = ptx::SharedAddress(empty_bars),
-                       .ready = ptx::SharedAddress(&ready_bar),
-                       .last_flag = &last_flag};
+                       .ready = ptx::SharedAddress(&ready_bar)};
   const int begin = FirstIteration(p, block);
   const int end = FirstIteration(p, block + 1);
   constexpr bool kClusters = ClusterRanksOf<C>() > 1;  // whether C runs the cluster split's sums

@@ -1,5 +1,6 @@
 // Named wrappers for the sm_90 / sm_90a PTX the Hopper kernel uses: mbarriers, the bulk tensor
-// copy engine (TMA), warpgroup MMA bookkeeping, register reallocation and named barriers.
+// copy engine (TMA), warpgroup MMA bookkeeping, register reallocation, named barriers and the
+// release / acquire pair of the striped partition's slice counters.
 //
 // Each helper emits one instruction (or one wait loop) and says which; the kernel never writes asm
 // itself. Addresses of shared memory are 32-bit `.shared` window addresses (ptx::SharedAddress).
@@ -141,6 +142,21 @@ __device__ __forceinline__ void LowerRegisterBudget() {
 // bar.sync id, count: a barrier among `count` threads (a subset of the block) on barrier `id`.
 __device__ __forceinline__ void NamedBarrier(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// red.release.gpu.global.add.s32: adds `v` to a global counter, ordered after every write this
+// thread has made or observed (a CTA barrier before it makes the block's writes count), GPU-wide.
+// The thread does not wait for the addition.
+__device__ __forceinline__ void ReleaseAdd(int* counter, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(counter), "r"(v) : "memory");
+}
+
+// ld.acquire.gpu.global.s32: reads a global counter; whatever the threads that released it
+// (ReleaseAdd) wrote before is visible to this thread, and through a CTA barrier to its block.
+__device__ __forceinline__ int LoadAcquire(const int* counter) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(counter) : "memory");
+  return v;
 }
 
 // ld.shared.b32: a 4-byte shared-memory load.

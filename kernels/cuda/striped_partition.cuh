@@ -4,7 +4,9 @@
 // Iterations run slice-major: iteration i is stage i % stages_per_slice of slice
 // i / stages_per_slice. Block b takes iterations [BlockBegin(b), BlockBegin(b + 1)), so every
 // block streams the same number of weight bytes whatever the layer shape. A slice whose stages
-// fall to several blocks is summed by whichever of them arrives last (ArriveLast tells).
+// fall to several blocks is summed by whichever of them arrives last (ArriveLast tells: the Ampere
+// kernel) or by the block holding its final stages once the others have signalled (the Hopper
+// kernel, hopper_epilogue.cuh).
 // `P` is a kernel's parameter struct with int fields stages_per_slice, total_iters, grid, and an
 // int* counters (one per block index, zero between calls).
 #ifndef MARLIN_KERNELS_CUDA_STRIPED_PARTITION_CUH_
