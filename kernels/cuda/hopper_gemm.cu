@@ -45,7 +45,7 @@ bool NarrowConfiguration(int rows, int64_t k, int64_t n) {
   return rows > 64 || k * n < (int64_t{1} << 27);
 }
 
-// Whether a pass of `rows` over an n-column weight takes the split-k configuration. Measured with
+// Whether a pass of `rows` over a k x n weight takes the split-k configuration. Measured with
 // marlin-bench on an H200 (the card lent that day; split-k, then with 128-k stages, and the others
 // timed alternately in one call, docs/perf/kernel-h100.md): up to 64 rows it won on every weight
 // of at most 6144 columns (64 or 96 slices: the cluster split runs them on 128 or 96 SMs with at
@@ -53,8 +53,15 @@ bool NarrowConfiguration(int rows, int64_t k, int64_t n) {
 // -> 19.3) and lost on wider ones, whose 128 or more slices leave one block a whole 64-column
 // slice, streaming at a block's 4 KB a stage rate (L70B.down 47.5 -> 63.7 us, L8B gate/up 25.7 ->
 // 36.4). 256-k stages since (H100, one call): L8B block 2.33 -> 2.35x at 16 rows, 1.82 -> 1.88 at
-// 64.
-bool SplitKConfiguration(int rows, int64_t n) { return rows <= 64 && n <= 6144; }
+// 64. With them, 8192 columns (128 slices, one block each, nothing to sum) win where the weight
+// is at most 2^26 elements (H100, both timed twice in one call: L70B.o 18.2-18.7 -> 18.0-18.1 us
+// at 1 and 16 rows, 21.1-21.5 -> 18.2-18.3 at 32, 24.2-24.6 -> 20.9-21.1 at 64) and lose on
+// deeper ones (L70B.down 47.4-48.4 -> 51.1-52.5 up to 16 rows), as 10240 columns do (L70B.qkv
+// 21.3-21.7 -> 24.2-25.1 up to 16 rows).
+bool SplitKConfiguration(int rows, int64_t k, int64_t n) {
+  if (rows > 64) return false;
+  return n <= 6144 || (n <= 8192 && k * n <= (int64_t{1} << 26));
+}
 
 // How many row parts (HopperParams) a pass of `rows` rows over a k x n weight runs in: two parts
 // of half the rows side by side read the weight twice (the second time mostly from L2) but sum
@@ -285,7 +292,7 @@ absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half
   // The configuration is chosen for the rows of one part; Launch splits the pass into its parts.
   const int parts = RowParts(rows, w.shape.k, w.shape.n);
   const int part_rows = (rows + parts - 1) / parts;
-  if (SplitKConfiguration(part_rows, w.shape.n)) {
+  if (SplitKConfiguration(part_rows, w.shape.k, w.shape.n)) {
     if (part_rows <= 16) {
       return Launch<Rows16SplitK>(x, rows, w, y, counters, partials, sm_count, stream);
     }
