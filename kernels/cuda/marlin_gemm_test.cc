@@ -232,7 +232,8 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_MediumShapes_SplitSlices) {
   for (int64_t m : {1, 16, 24, 33, 64, 100}) {
     CheckShape(m, 4096, 512, 128);
     CheckShape(m, 1024, 4096, kPerChannel);
-    CheckShape(m, 1024, 8192, 128);  // the Hopper path's wide configurations up to 32 rows
+    CheckShape(m, 1024, 8192, 128);   // the Hopper path's split-k at 8192 columns, 128 slices
+    CheckShape(m, 1024, 10240, 128);  // its wide configurations up to 32 rows
   }
 }
 
