@@ -16,6 +16,23 @@ template <int kN>
 __device__ __forceinline__ void WgmmaF16F32(float (&d)[kN / 2], const uint32_t (&a)[4],
                                             uint64_t b_desc, bool accumulate);
 
+// wgmma m64n8k16, FP32 += FP16 (A from registers, B K-major through a descriptor); when
+// `accumulate` is false, d = a * b.
+template <>
+__device__ __forceinline__ void WgmmaF16F32<8>(float (&d)[4], const uint32_t (&a)[4],
+                                                uint64_t b_desc, bool accumulate) {
+  asm volatile(
+      "{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %9, 0;\n"
+      "  wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 "
+      "{%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, %8, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(static_cast<int>(accumulate)));
+}
+
 // wgmma m64n16k16, FP32 += FP16 (A from registers, B K-major through a descriptor); when
 // `accumulate` is false, d = a * b.
 template <>
