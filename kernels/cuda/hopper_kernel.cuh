@@ -116,6 +116,14 @@ __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const CUte
   }
 }
 
+// A dequantized word's values in mma A fragment order, for this warp's 16 columns of a tile.
+__device__ __forceinline__ void PackAFragment(const FragmentPair& f, uint32_t (&a)[4]) {
+  a[0] = *reinterpret_cast<const uint32_t*>(&f.a[0]);  // rows g, k 2t..2t+1
+  a[1] = *reinterpret_cast<const uint32_t*>(&f.b[0]);  // rows g + 8
+  a[2] = *reinterpret_cast<const uint32_t*>(&f.a[1]);  // rows g, k + 8
+  a[3] = *reinterpret_cast<const uint32_t*>(&f.b[1]);  // rows g + 8, k + 8
+}
+
 // The A fragment of one k-tile for this warp's 16 columns of a tile: the lane's packed word
 // `warp` dequantized, scaled per column (sub-tiles 2 warp and 2 warp + 1), in mma A order.
 __device__ __forceinline__ void DequantizeAFragment(uint32_t word, uint32_t scale_pair,
@@ -124,10 +132,7 @@ __device__ __forceinline__ void DequantizeAFragment(uint32_t word, uint32_t scal
   const half2 scales = BitsToHalf2(scale_pair);
   ScaleFragment(f.a, __low2half(scales));
   ScaleFragment(f.b, __high2half(scales));
-  a[0] = *reinterpret_cast<const uint32_t*>(&f.a[0]);  // rows g, k 2t..2t+1
-  a[1] = *reinterpret_cast<const uint32_t*>(&f.b[0]);  // rows g + 8
-  a[2] = *reinterpret_cast<const uint32_t*>(&f.a[1]);  // rows g, k + 8
-  a[3] = *reinterpret_cast<const uint32_t*>(&f.b[1]);  // rows g + 8, k + 8
+  PackAFragment(f, a);
 }
 
 // One ring slot's packed words and scales for this thread's A fragments.
@@ -159,21 +164,15 @@ __device__ __forceinline__ StageWords<C> LoadStageWords(const ConsumerRole& role
   return w;
 }
 
-// Dequantizes a slot's words and issues its wgmma group: kWgKTiles x this warpgroup's tiles. The
-// first k-tile overwrites the accumulators instead of adding to them when `accumulate` is false
-// (a segment's first stage), so they need no zeroing between segments.
+// A warpgroup's A fragments of one stage: kWgKTiles x its tiles.
 template <typename C>
-__device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_smem, bool accumulate,
-                                           HopperAccumulators<C>& acc) {
-  uint32_t a[C::kWgKTiles][C::kWgTiles][4];
-#pragma unroll
-  for (int kt = 0; kt < C::kWgKTiles; ++kt)
-#pragma unroll
-    for (int j = 0; j < C::kWgTiles; ++j) {
-      DequantizeAFragment(w.word[kt][j], w.scale_pair[j], a[kt][j]);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) ptx::PinRegister(a[kt][j][r]);
-    }
+using StageFragments = uint32_t[C::kWgKTiles][C::kWgTiles][4];
+
+// Issues one stage's wgmma group from its fragments into `d`; the first k-tile overwrites `d`
+// instead of adding to it when `accumulate` is false.
+template <typename C>
+__device__ __forceinline__ void IssueGroup(const StageFragments<C>& a, uint32_t x_smem,
+                                           bool accumulate, HopperAccumulators<C>& d) {
   ptx::WgmmaFence();
 #pragma unroll
   for (int kt = 0; kt < C::kWgKTiles; ++kt) {
@@ -183,9 +182,70 @@ __device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_sm
     // make the compiler serialize the wgmma pipeline.
 #pragma unroll
     for (int j = 0; j < C::kWgTiles; ++j)
-      ptx::WgmmaF16F32<C::kBatch>(acc[j], a[kt][j], b_desc, kt > 0 || accumulate);
+      ptx::WgmmaF16F32<C::kBatch>(d[j], a[kt][j], b_desc, kt > 0 || accumulate);
   }
   ptx::WgmmaCommit();
+}
+
+// Dequantizes a slot's words and issues its wgmma group. The first k-tile overwrites the
+// accumulators instead of adding to them when `accumulate` is false (a segment's first stage), so
+// they need no zeroing between segments.
+template <typename C>
+__device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_smem, bool accumulate,
+                                           HopperAccumulators<C>& acc) {
+  StageFragments<C> a;
+#pragma unroll
+  for (int kt = 0; kt < C::kWgKTiles; ++kt)
+#pragma unroll
+    for (int j = 0; j < C::kWgTiles; ++j) {
+      DequantizeAFragment(w.word[kt][j], w.scale_pair[j], a[kt][j]);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) ptx::PinRegister(a[kt][j][r]);
+    }
+  IssueGroup<C>(a, x_smem, accumulate, acc);
+}
+
+// Under C::kScalesInFp32: a slot's words dequantized without their scales (q itself).
+template <typename C>
+__device__ __forceinline__ void DequantizeUnscaledStage(const StageWords<C>& w,
+                                                        StageFragments<C>& a) {
+#pragma unroll
+  for (int kt = 0; kt < C::kWgKTiles; ++kt)
+#pragma unroll
+    for (int j = 0; j < C::kWgTiles; ++j) {
+      PackAFragment(DequantizeWord(w.word[kt][j]), a[kt][j]);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) ptx::PinRegister(a[kt][j][r]);
+    }
+}
+
+// A stage's scales as FP32, per tile: x for the thread's first column (sub-tile 2 warp), y for
+// its second (sub-tile 2 warp + 1).
+template <typename C>
+struct StageScales {
+  float2 v[C::kWgTiles];
+};
+
+template <typename C>
+__device__ __forceinline__ StageScales<C> ScalesOf(const StageWords<C>& w) {
+  StageScales<C> s;
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j) s.v[j] = __half22float2(BitsToHalf2(w.scale_pair[j]));
+  return s;
+}
+
+// sum += product x scales, accumulator by accumulator (accumulator i of a tile lies in the
+// thread's first column when (i / 2) % 2 == 0, else in its second).
+template <typename C>
+__device__ __forceinline__ void AddScaled(const HopperAccumulators<C>& product,
+                                          const StageScales<C>& scales,
+                                          HopperAccumulators<C>& sum) {
+#pragma unroll
+  for (int j = 0; j < C::kWgTiles; ++j)
+#pragma unroll
+    for (int i = 0; i < C::kAccFloats; ++i) {
+      sum[j][i] = fmaf((i / 2) % 2 ? scales.v[j].y : scales.v[j].x, product[j][i], sum[j][i]);
+    }
 }
 
 // A block's ring in shared memory and its barriers.
@@ -226,6 +286,9 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
   int first_split = -1, last_split = -1;
   HopperAccumulators<C> acc;
   ZeroAccumulators<C>(acc);
+  // C::kScalesInFp32: the stages' unscaled products (two alternating sets) and their scales.
+  HopperAccumulators<C> product[2];
+  StageScales<C> scales[2];
   int slot = 0;
   uint32_t phase = 0;
   auto release = [&](int s) {
@@ -259,13 +322,58 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
     // dequantize into other registers (one copy in a loop rewrote them under the group in flight:
     // wrong sums from 64 rows on).
     int iter = segment_begin;
-    for (; iter + 1 < segment_end; iter += 2) {
-      consume(iter == segment_begin);
-      consume(false);
+    if constexpr (!C::kScalesInFp32) {
+      for (; iter + 1 < segment_end; iter += 2) {
+        consume(iter == segment_begin);
+        consume(false);
+      }
+      if (iter < segment_end) consume(iter == segment_begin);
+      ptx::WgmmaWait<0>();
+      PinAccumulators<C>(acc);
+    } else {
+      // Stage products alternate between two sets; the one a stage does not issue into holds the
+      // previous stage's product, added to acc once its group is done (after this stage's
+      // dequantization, before its issue: a read of accumulators while a group that may write
+      // them is in flight made ptxas serialize every wgmma, C7514). A segment starts with acc and
+      // the set its first stage adds at zero.
+      ZeroAccumulators<C>(acc);
+      ZeroAccumulators<C>(product[1]);
+      scales[1] = StageScales<C>{};
+      auto consume_scaled = [&](int set) {
+        ptx::BarrierWait(full + 8 * slot, phase);
+        const StageSmem<C> smem(sync.ring, slot);
+        const StageWords<C> words = LoadStageWords<C>(role, smem);
+        scales[set] = ScalesOf<C>(words);
+        StageFragments<C> a;
+        DequantizeUnscaledStage<C>(words, a);  // while the previous stage's group runs
+        // The previous stage's group is done: its product joins the sum, its slot goes back.
+        ptx::WgmmaWait<0>();
+        PinAccumulators<C>(product[1 - set]);
+        AddScaled<C>(product[1 - set], scales[1 - set], acc);
+        if (in_flight >= 0) release(in_flight);
+        in_flight = slot;
+        IssueGroup<C>(a, smem.x + FirstKTileOf<C>(role) / kBoxKTiles * C::kXBoxBytes,
+                      /*accumulate=*/false, product[set]);
+        if (++slot == C::kStages) {
+          slot = 0;
+          phase ^= 1;
+        }
+      };
+      for (; iter + 1 < segment_end; iter += 2) {
+        consume_scaled(0);
+        consume_scaled(1);
+      }
+      const bool odd = iter < segment_end;
+      if (odd) consume_scaled(0);
+      ptx::WgmmaWait<0>();
+      PinAccumulators<C>(product[0]);
+      PinAccumulators<C>(product[1]);
+      if (odd) {
+        AddScaled<C>(product[0], scales[0], acc);
+      } else {
+        AddScaled<C>(product[1], scales[1], acc);
+      }
     }
-    if (iter < segment_end) consume(iter == segment_begin);
-    ptx::WgmmaWait<0>();
-    PinAccumulators<C>(acc);
     release(in_flight);
     if constexpr (C::kSplitK) {
       ExchangeKHalves<C>(role, sync.ring + C::kStages * C::kStageBytes, acc);
