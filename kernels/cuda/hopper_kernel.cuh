@@ -187,6 +187,24 @@ __device__ __forceinline__ void IssueGroup(const StageFragments<C>& a, uint32_t 
   ptx::WgmmaCommit();
 }
 
+// A slot's words dequantized into A fragments: scaled per column, or (kScaled false, under
+// C::kScalesInFp32) q itself.
+template <typename C, bool kScaled>
+__device__ __forceinline__ void DequantizeStage(const StageWords<C>& w, StageFragments<C>& a) {
+#pragma unroll
+  for (int kt = 0; kt < C::kWgKTiles; ++kt)
+#pragma unroll
+    for (int j = 0; j < C::kWgTiles; ++j) {
+      if constexpr (kScaled) {
+        DequantizeAFragment(w.word[kt][j], w.scale_pair[j], a[kt][j]);
+      } else {
+        PackAFragment(DequantizeWord(w.word[kt][j]), a[kt][j]);
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) ptx::PinRegister(a[kt][j][r]);
+    }
+}
+
 // Dequantizes a slot's words and issues its wgmma group. The first k-tile overwrites the
 // accumulators instead of adding to them when `accumulate` is false (a segment's first stage), so
 // they need no zeroing between segments.
@@ -194,29 +212,8 @@ template <typename C>
 __device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_smem, bool accumulate,
                                            HopperAccumulators<C>& acc) {
   StageFragments<C> a;
-#pragma unroll
-  for (int kt = 0; kt < C::kWgKTiles; ++kt)
-#pragma unroll
-    for (int j = 0; j < C::kWgTiles; ++j) {
-      DequantizeAFragment(w.word[kt][j], w.scale_pair[j], a[kt][j]);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) ptx::PinRegister(a[kt][j][r]);
-    }
+  DequantizeStage<C, /*kScaled=*/true>(w, a);
   IssueGroup<C>(a, x_smem, accumulate, acc);
-}
-
-// Under C::kScalesInFp32: a slot's words dequantized without their scales (q itself).
-template <typename C>
-__device__ __forceinline__ void DequantizeUnscaledStage(const StageWords<C>& w,
-                                                        StageFragments<C>& a) {
-#pragma unroll
-  for (int kt = 0; kt < C::kWgKTiles; ++kt)
-#pragma unroll
-    for (int j = 0; j < C::kWgTiles; ++j) {
-      PackAFragment(DequantizeWord(w.word[kt][j]), a[kt][j]);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) ptx::PinRegister(a[kt][j][r]);
-    }
 }
 
 // A stage's scales as FP32, per tile: x for the thread's first column (sub-tile 2 warp), y for
@@ -286,9 +283,6 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
   int first_split = -1, last_split = -1;
   HopperAccumulators<C> acc;
   ZeroAccumulators<C>(acc);
-  // C::kScalesInFp32: the stages' unscaled products (two alternating sets) and their scales.
-  HopperAccumulators<C> product[2];
-  StageScales<C> scales[2];
   int slot = 0;
   uint32_t phase = 0;
   auto release = [&](int s) {
@@ -336,6 +330,8 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
       // dequantization, before its issue: a read of accumulators while a group that may write
       // them is in flight made ptxas serialize every wgmma, C7514). A segment starts with acc and
       // the set its first stage adds at zero.
+      HopperAccumulators<C> product[2];  // the stages' unscaled products, alternating
+      StageScales<C> scales[2];
       ZeroAccumulators<C>(acc);
       ZeroAccumulators<C>(product[1]);
       scales[1] = StageScales<C>{};
@@ -345,7 +341,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
         const StageWords<C> words = LoadStageWords<C>(role, smem);
         scales[set] = ScalesOf<C>(words);
         StageFragments<C> a;
-        DequantizeUnscaledStage<C>(words, a);  // while the previous stage's group runs
+        DequantizeStage<C, /*kScaled=*/false>(words, a);  // while the previous group runs
         // The previous stage's group is done: its product joins the sum, its slot goes back.
         ptx::WgmmaWait<0>();
         PinAccumulators<C>(product[1 - set]);
