@@ -66,8 +66,12 @@ struct HopperConfig {
   // Measured on the H100 (both alternated twice in one call): L8B.qkv 10.0 -> 9.4 us and L8B.down
   // 17.9 -> 16.8 at 16 rows, L70B.o 18.0 -> 16.9-17.1; about even at 32 rows; at 64 rows, whose 32
   // products a thread adds per stage, L8B.o and L8B.qkv 1-2% slower, so not there.
-  static constexpr bool kScalesInFp32 = kSplitK && kBatch <= 32;
-  static constexpr int kAccSets = kScalesInFp32 ? 3 : 1;  // running sum (+ two stage products)
+  // The wide configurations' stage is half a scale group: two stages multiply into one product.
+  static constexpr int kStagesPerGroup = kGroupKTiles / kStageKTiles > 1 ? kGroupKTiles / kStageKTiles : 1;
+  static constexpr bool kScalesInFp32 = kBatch <= 32 && (kSplitK || kStagesPerGroup == 2);
+  // Accumulator sets: the running sum, and under kScalesInFp32 the stage products (two that
+  // alternate for split-k, one group's for the wide configurations).
+  static constexpr int kAccSets = !kScalesInFp32 ? 1 : kSplitK ? 3 : 2;
   // Where a split-k warpgroup leaves the float4s the other one owns (ExchangeKHalves).
   static constexpr int kExchangeBytes = kSplitK ? kWgTiles * kAccFloats * 4 * kWarpgroupThreads : 0;
   // The ring's share: the exchange and (a split-k block's smem can reach the limit) the static

@@ -324,6 +324,62 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
       if (iter < segment_end) consume(iter == segment_begin);
       ptx::WgmmaWait<0>();
       PinAccumulators<C>(acc);
+    } else if constexpr (!C::kSplitK) {
+      // A scale group is two stages, multiplied into one product: its first stage's group
+      // overwrites the product once the previous group's product, all wgmmas done, has joined
+      // the sum (after this stage's dequantization: see below); its second stage's group adds to
+      // it behind the first. A segment starting mid-group starts with that group's second stage,
+      // which then overwrites the product.
+      HopperAccumulators<C> product;  // the open group's unscaled product
+      StageScales<C> scales{};        // the open group's scales
+      ZeroAccumulators<C>(acc);
+      ZeroAccumulators<C>(product);
+      auto open_group = [&] {
+        ptx::BarrierWait(full + 8 * slot, phase);
+        const StageSmem<C> smem(sync.ring, slot);
+        const StageWords<C> words = LoadStageWords<C>(role, smem);
+        StageFragments<C> a;
+        DequantizeStage<C, /*kScaled=*/false>(words, a);  // while the previous group runs
+        ptx::WgmmaWait<0>();
+        PinAccumulators<C>(product);
+        AddScaled<C>(product, scales, acc);
+        scales = ScalesOf<C>(words);
+        if (in_flight >= 0) release(in_flight);
+        in_flight = slot;
+        IssueGroup<C>(a, smem.x, /*accumulate=*/false, product);
+        if (++slot == C::kStages) {
+          slot = 0;
+          phase ^= 1;
+        }
+      };
+      auto close_group = [&](bool opens) {
+        ptx::BarrierWait(full + 8 * slot, phase);
+        const StageSmem<C> smem(sync.ring, slot);
+        const StageWords<C> words = LoadStageWords<C>(role, smem);
+        scales = ScalesOf<C>(words);  // the group's (a segment's first stage may open it here)
+        StageFragments<C> a;
+        DequantizeStage<C, /*kScaled=*/false>(words, a);
+        IssueGroup<C>(a, smem.x, /*accumulate=*/!opens, product);
+        ptx::WgmmaWait<1>();  // the group's first stage is done: its slot can go back
+        if (in_flight >= 0) release(in_flight);
+        in_flight = slot;
+        if (++slot == C::kStages) {
+          slot = 0;
+          phase ^= 1;
+        }
+      };
+      if ((segment_begin - slice * p.stages_per_slice) % 2 != 0) {
+        close_group(/*opens=*/true);
+        ++iter;
+      }
+      for (; iter + 1 < segment_end; iter += 2) {
+        open_group();
+        close_group(/*opens=*/false);
+      }
+      if (iter < segment_end) open_group();
+      ptx::WgmmaWait<0>();
+      PinAccumulators<C>(product);
+      AddScaled<C>(product, scales, acc);
     } else {
       // Stage products alternate between two sets; the one a stage does not issue into holds the
       // previous stage's product, added to acc once its group is done (after this stage's
