@@ -330,6 +330,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
       // the sum (after this stage's dequantization: see below); its second stage's group adds to
       // it behind the first. A segment starting mid-group starts with that group's second stage,
       // which then overwrites the product.
+      static_assert(C::kStagesPerGroup == 2, "a group is two stages");
       HopperAccumulators<C> product;  // the open group's unscaled product
       StageScales<C> scales{};        // the open group's scales
       ZeroAccumulators<C>(acc);
@@ -368,7 +369,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
           phase ^= 1;
         }
       };
-      if ((segment_begin - slice * p.stages_per_slice) % 2 != 0) {
+      if ((segment_begin - slice * p.stages_per_slice) % C::kStagesPerGroup != 0) {
         close_group(/*opens=*/true);
         ++iter;
       }

@@ -234,6 +234,9 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_MediumShapes_SplitSlices) {
     CheckShape(m, 1024, 4096, kPerChannel);
     CheckShape(m, 1024, 8192, 128);   // the Hopper path's split-k at 8192 columns, 128 slices
     CheckShape(m, 1024, 10240, 128);  // its wide configurations up to 32 rows
+    // The same per channel with 17 stages a slice (the last one partial): wide segments that
+    // start or end mid scale group.
+    CheckShape(m, 1040, 10240, kPerChannel);
   }
 }
 
