@@ -65,15 +65,14 @@ struct HopperConfig {
   // Whether the scales are applied to FP32 products instead of to the dequantized weights: each
   // scale group multiplies q itself into a product, which is added to the running sum times its
   // scales once the group is done. That saves four of a packed word's thirteen dequantization
-  // instructions and the FP16 rounding of q x s. Split-k warpgroups alternate two products (one a
-  // stage); the wide configurations' two stages of a group share one. Measured on the H100 (each
-  // alternated twice with its base in one call): split-k, L8B.qkv 10.0 -> 9.4 us and L8B.down
-  // 17.9 -> 16.8 at 16 rows, L70B.o 18.0 -> 16.9-17.1; wide, L8B.gate/up 24.6-25.8 -> 23.0-23.8 us
-  // at 1-8 rows, 16384^2 55.0 -> 52.9-53.2 at 32, the 70B layers 0-2% faster. At 64 rows, whose 32
-  // products a thread adds a stage, split-k L8B.o and L8B.qkv were 1-2% slower, so not there (and
-  // the wide 64-row configuration lacks the registers).
+  // instructions and the FP16 rounding of q x s (a split-k warpgroup's stage is one group, a wide
+  // one's half of one). Measured on the H100 (each alternated twice with its base in one call):
+  // split-k, L8B.qkv 10.0 -> 9.4 us and L8B.down 17.9 -> 16.8 at 16 rows, L70B.o 18.0 -> 16.9-17.1;
+  // wide, L8B.gate/up 24.6-25.8 -> 23.0-23.8 us at 1-8 rows, 16384^2 55.0 -> 52.9-53.2 at 32, the
+  // 70B layers 0-2% faster. At 64 rows, whose 32 products a thread adds a stage, split-k L8B.o and
+  // L8B.qkv were 1-2% slower, so not there (and the wide 64-row configuration lacks the registers).
   static constexpr bool kScalesInFp32 = kBatch <= 32 && (kSplitK || kStagesPerGroup == 2);
-  static constexpr int kAccSets = !kScalesInFp32 ? 1 : kSplitK ? 3 : 2;  // the sum and products
+  static constexpr int kAccSets = kScalesInFp32 ? 2 : 1;  // the sum (and the open group's product)
   // Where a split-k warpgroup leaves the float4s the other one owns (ExchangeKHalves).
   static constexpr int kExchangeBytes = kSplitK ? kWgTiles * kAccFloats * 4 * kWarpgroupThreads : 0;
   // The ring's share: the exchange and (a split-k block's smem can reach the limit) the static

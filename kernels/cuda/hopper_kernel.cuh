@@ -297,13 +297,20 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
     const int slice = segment_begin / p.stages_per_slice;
     const int segment_end = min(end, (slice + 1) * p.stages_per_slice);
     int in_flight = -1;  // the slot whose wgmma group may still be reading it
-    auto consume = [&](bool first) {
+    // Waits for the current slot's copies; its words and the activations this warpgroup reads.
+    struct Stage {
+      StageWords<C> words;
+      uint32_t x;
+    };
+    auto wait_stage = [&] {
       ptx::BarrierWait(full + 8 * slot, phase);
       const StageSmem<C> smem(sync.ring, slot);
-      const StageWords<C> words = LoadStageWords<C>(role, smem);
-      IssueStage<C>(words, smem.x + FirstKTileOf<C>(role) / kBoxKTiles * C::kXBoxBytes,
-                    /*accumulate=*/!first, acc);
-      ptx::WgmmaWait<1>();  // the previous stage's group is done: its slot can go back
+      return Stage{LoadStageWords<C>(role, smem),
+                   smem.x + FirstKTileOf<C>(role) / kBoxKTiles * C::kXBoxBytes};
+    };
+    // Once the group that read the in-flight slot is done: that slot goes back to the producer,
+    // the current one is in flight, the ring moves on.
+    auto next_slot = [&] {
       if (in_flight >= 0) release(in_flight);
       in_flight = slot;
       if (++slot == C::kStages) {
@@ -317,6 +324,12 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
     // wrong sums from 64 rows on).
     int iter = segment_begin;
     if constexpr (!C::kScalesInFp32) {
+      auto consume = [&](bool first) {
+        const Stage stage = wait_stage();
+        IssueStage<C>(stage.words, stage.x, /*accumulate=*/!first, acc);
+        ptx::WgmmaWait<1>();  // the previous stage's group is done: its slot can go back
+        next_slot();
+      };
       for (; iter + 1 < segment_end; iter += 2) {
         consume(iter == segment_begin);
         consume(false);
@@ -324,49 +337,44 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
       if (iter < segment_end) consume(iter == segment_begin);
       ptx::WgmmaWait<0>();
       PinAccumulators<C>(acc);
-    } else if constexpr (!C::kSplitK) {
-      // A scale group is two stages, multiplied into one product: its first stage's group
-      // overwrites the product once the previous group's product, all wgmmas done, has joined
-      // the sum (after this stage's dequantization: see below); its second stage's group adds to
-      // it behind the first. A segment starting mid-group starts with that group's second stage,
-      // which then overwrites the product.
-      static_assert(C::kStagesPerGroup == 2, "a group is two stages");
+    } else {
+      // Each scale group (one split-k stage, two wide stages) is multiplied into one product. A
+      // group's first stage overwrites it once the previous group's product, all wgmmas done, has
+      // joined the sum — after this stage's dequantization, before its issue: a read of
+      // accumulators while a group that may write them is in flight made ptxas serialize every
+      // wgmma (C7514). A wide group's second stage adds to the product behind the first. A wide
+      // segment starting mid-group starts with that group's second stage, which then overwrites
+      // the product.
+      static_assert(C::kStagesPerGroup == 1 || C::kStagesPerGroup == 2, "groups of 1-2 stages");
       HopperAccumulators<C> product;  // the open group's unscaled product
       StageScales<C> scales{};        // the open group's scales
       ZeroAccumulators<C>(acc);
       ZeroAccumulators<C>(product);
       auto open_group = [&] {
-        ptx::BarrierWait(full + 8 * slot, phase);
-        const StageSmem<C> smem(sync.ring, slot);
-        const StageWords<C> words = LoadStageWords<C>(role, smem);
+        const Stage stage = wait_stage();
         StageFragments<C> a;
-        DequantizeStage<C, /*kScaled=*/false>(words, a);  // while the previous group runs
+        DequantizeStage<C, /*kScaled=*/false>(stage.words, a);  // while the previous group runs
         ptx::WgmmaWait<0>();
         PinAccumulators<C>(product);
         AddScaled<C>(product, scales, acc);
-        scales = ScalesOf<C>(words);
-        if (in_flight >= 0) release(in_flight);
-        in_flight = slot;
-        IssueGroup<C>(a, smem.x, /*accumulate=*/false, product);
-        if (++slot == C::kStages) {
-          slot = 0;
-          phase ^= 1;
-        }
+        scales = ScalesOf<C>(stage.words);
+        next_slot();
+        IssueGroup<C>(a, stage.x, /*accumulate=*/false, product);
       };
       auto close_group = [&](bool opens) {
-        ptx::BarrierWait(full + 8 * slot, phase);
-        const StageSmem<C> smem(sync.ring, slot);
-        const StageWords<C> words = LoadStageWords<C>(role, smem);
-        scales = ScalesOf<C>(words);  // the group's (a segment's first stage may open it here)
+        const Stage stage = wait_stage();
+        scales = ScalesOf<C>(stage.words);  // the group's (a segment's first stage may open it)
         StageFragments<C> a;
-        DequantizeStage<C, /*kScaled=*/false>(words, a);
-        IssueGroup<C>(a, smem.x, /*accumulate=*/!opens, product);
+        DequantizeStage<C, /*kScaled=*/false>(stage.words, a);
+        IssueGroup<C>(a, stage.x, /*accumulate=*/!opens, product);
         ptx::WgmmaWait<1>();  // the group's first stage is done: its slot can go back
-        if (in_flight >= 0) release(in_flight);
-        in_flight = slot;
-        if (++slot == C::kStages) {
-          slot = 0;
-          phase ^= 1;
+        next_slot();
+      };
+      auto second_stage = [&] {  // of a trip
+        if constexpr (C::kStagesPerGroup == 1) {
+          open_group();
+        } else {
+          close_group(/*opens=*/false);
         }
       };
       if ((segment_begin - slice * p.stages_per_slice) % C::kStagesPerGroup != 0) {
@@ -375,57 +383,12 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
       }
       for (; iter + 1 < segment_end; iter += 2) {
         open_group();
-        close_group(/*opens=*/false);
+        second_stage();
       }
       if (iter < segment_end) open_group();
       ptx::WgmmaWait<0>();
       PinAccumulators<C>(product);
       AddScaled<C>(product, scales, acc);
-    } else {
-      // Stage products alternate between two sets; the one a stage does not issue into holds the
-      // previous stage's product, added to acc once its group is done (after this stage's
-      // dequantization, before its issue: a read of accumulators while a group that may write
-      // them is in flight made ptxas serialize every wgmma, C7514). A segment starts with acc and
-      // the set its first stage adds at zero.
-      HopperAccumulators<C> product[2];  // the stages' unscaled products, alternating
-      StageScales<C> scales[2];
-      ZeroAccumulators<C>(acc);
-      ZeroAccumulators<C>(product[1]);
-      scales[1] = StageScales<C>{};
-      auto consume_scaled = [&](int set) {
-        ptx::BarrierWait(full + 8 * slot, phase);
-        const StageSmem<C> smem(sync.ring, slot);
-        const StageWords<C> words = LoadStageWords<C>(role, smem);
-        scales[set] = ScalesOf<C>(words);
-        StageFragments<C> a;
-        DequantizeStage<C, /*kScaled=*/false>(words, a);  // while the previous group runs
-        // The previous stage's group is done: its product joins the sum, its slot goes back.
-        ptx::WgmmaWait<0>();
-        PinAccumulators<C>(product[1 - set]);
-        AddScaled<C>(product[1 - set], scales[1 - set], acc);
-        if (in_flight >= 0) release(in_flight);
-        in_flight = slot;
-        IssueGroup<C>(a, smem.x + FirstKTileOf<C>(role) / kBoxKTiles * C::kXBoxBytes,
-                      /*accumulate=*/false, product[set]);
-        if (++slot == C::kStages) {
-          slot = 0;
-          phase ^= 1;
-        }
-      };
-      for (; iter + 1 < segment_end; iter += 2) {
-        consume_scaled(0);
-        consume_scaled(1);
-      }
-      const bool odd = iter < segment_end;
-      if (odd) consume_scaled(0);
-      ptx::WgmmaWait<0>();
-      PinAccumulators<C>(product[0]);
-      PinAccumulators<C>(product[1]);
-      if (odd) {
-        AddScaled<C>(product[0], scales[0], acc);
-      } else {
-        AddScaled<C>(product[1], scales[1], acc);
-      }
     }
     release(in_flight);
     if constexpr (C::kSplitK) {
