@@ -26,6 +26,7 @@ run_test() {  # name, then the command (killed after 300 s: a hung kernel must n
   echo "$name exit: $? ($(grep -E '^\[  (PASSED|FAILED) ' "$logs/$name.log" | tr '\n' ' '))"
 }
 run_test gemm-tests marlin_gemm_test
+run_test device-layout-tests device_layout_test
 run_test cuda-backend-tests marlin_server_cuda_backend_test
 run_test e2e-cuda env MARLIN_E2E_BACKEND=cuda marlin_e2e_test
 for tool in memcheck racecheck; do

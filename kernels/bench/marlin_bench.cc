@@ -185,6 +185,13 @@ struct KernelPath {
     cuda::ForceGemmPathForTesting(path);
     cuda::ForceHopperPartitionForTesting(partition);
   }
+  // The weight layout this path is timed with on a device of `compute_capability`: what the service
+  // gives it (the Ampere path reads only kPacked). The benchmark's weights are random bytes, a
+  // weight of the same statistics in either layout, so they are not converted.
+  cuda::DeviceLayout Layout(int compute_capability) const {
+    return path == cuda::GemmPath::kAmpere ? cuda::DeviceLayout::kPacked
+                                           : cuda::FastestDeviceLayout(compute_capability);
+  }
 };
 
 // Parses --paths: auto, ampere, hopper, hopper:striped, hopper:cluster. Empty on a bad name.
@@ -278,8 +285,10 @@ int Main(int argc, char** argv) {
   copy_b = DeviceBuffer();
   std::printf("# marlin-bench on %s (%d SMs, %d MiB L2)\n", prop.name, prop.multiProcessorCount,
               prop.l2CacheSize >> 20);
-  std::printf("copy bandwidth (read + write): %.2f TB/s; cuBLAS FP16 GEMM 8192^3: %.0f TFLOP/s\n\n",
+  std::printf("copy bandwidth (read + write): %.2f TB/s; cuBLAS FP16 GEMM 8192^3: %.0f TFLOP/s\n",
               bandwidth / 1e12, tflops);
+  std::printf("weight layout: %s on the hopper and auto paths, packed on the ampere path\n\n",
+              cuda::DeviceLayoutName(cuda::FastestDeviceLayout(workspace.compute_capability())));
 
   if (!profile_layer.empty()) {
     for (const Layer& layer : kLayers) {
@@ -294,9 +303,11 @@ int Main(int argc, char** argv) {
           FillRandomUniform(sc.as<__half>(), sc.size() / 2, 0.001f, 0.01f, 8, stream.get()));
       BENCH_CHECK(FillRandomNormal(x.as<__half>(), x.size() / 2, 1.f, 9, stream.get()));
       paths.front().Force();
+      const cuda::DeviceWeight w{q.get(), sc.as<__half>(), shape,
+                                 paths.front().Layout(workspace.compute_capability())};
       for (int i = 0; i < 3; ++i) {
-        BENCH_CHECK(cuda::Gemm(x.as<__half>(), profile_m, {q.get(), sc.as<__half>(), shape},
-                               y.as<__half>(), workspace, stream.get()));
+        BENCH_CHECK(
+            cuda::Gemm(x.as<__half>(), profile_m, w, y.as<__half>(), workspace, stream.get()));
       }
       BENCH_CHECK(stream.Synchronize());
       return 0;
@@ -344,10 +355,13 @@ int Main(int argc, char** argv) {
       const int marlin_calls = std::max(min_calls, int4_copies);
       std::vector<Variant> variants;
       for (const KernelPath& path : paths) {
-        variants.push_back({marlin_calls, [&, path](int i) {
+        const cuda::DeviceLayout layout = path.Layout(workspace.compute_capability());
+        variants.push_back({marlin_calls, [&, path, layout](int i) {
                               path.Force();
-                              return cuda::Gemm(x.as<__half>(), m, weights[i % int4_copies],
-                                                y.as<__half>(), workspace, stream.get());
+                              cuda::DeviceWeight w = weights[i % int4_copies];
+                              w.layout = layout;
+                              return cuda::Gemm(x.as<__half>(), m, w, y.as<__half>(), workspace,
+                                                stream.get());
                             }});
       }
       variants.push_back({std::max(min_calls, fp16_copies), [&](int i) {
@@ -390,6 +404,8 @@ int Main(int argc, char** argv) {
   json["device"] = prop.name;
   json["copy_bandwidth_tbps"] = bandwidth / 1e12;
   json["cublas_fp16_tflops"] = tflops;
+  json["hopper_weight_layout"] =
+      cuda::DeviceLayoutName(cuda::FastestDeviceLayout(workspace.compute_capability()));
   for (const KernelPath& path : paths) json["paths"].push_back(path.name);
   for (const std::string model : {"L8B", "L70B", "big"}) {
     for (int64_t m : ms) {

@@ -115,11 +115,12 @@ struct HopperParams {
   int k_tiles;  // k / 16
   int n_tiles;  // n / 64
   bool per_channel;
-  int stages_per_slice;  // ceil(k_tiles / C::kStageKTiles)
-  int total_iters;       // slices * stages_per_slice
-  int grid;              // blocks per row part (the partition's grid)
-  int* counters;         // one arrival counter per block index, zero between calls
-  float* partials;       // 2 slots of kSlotFloats per block
+  bool word_major_tiles;  // the weight's DeviceLayout is kWordMajorTiles (else kPacked)
+  int stages_per_slice;   // ceil(k_tiles / C::kStageKTiles)
+  int total_iters;        // slices * stages_per_slice
+  int grid;               // blocks per row part (the partition's grid)
+  int* counters;          // one arrival counter per block index, zero between calls
+  float* partials;        // 2 slots of kSlotFloats per block
   // 0: the striped partition. r >= 1: the cluster split, r blocks (one cluster) per slice; block b
   // takes stages [(b % r) S / r, (b % r + 1) S / r) of slice b / r, S = stages_per_slice.
   int cluster_ranks;
@@ -182,6 +183,12 @@ struct ConsumerRole {
         warp((thread / 32) % 4),
         lane(thread % 32) {}
 };
+
+// Where in a 512-byte weight tile the thread's packed word lies (device_layout.h): word `warp` of
+// lane `lane`. Grouped by word (kWordMajorTiles), a warp's loads hit 32 banks; packed, 8.
+__device__ __forceinline__ uint32_t TileWordOffset(const ConsumerRole& role, bool word_major) {
+  return word_major ? role.warp * 128 + role.lane * 4 : role.lane * 16 + role.warp * 4;
+}
 
 // The slice tile a consumer thread's tile j is, and the first of the stage's k-tiles it multiplies.
 template <typename C>

@@ -253,6 +253,7 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   p.k_tiles = static_cast<int>(w.shape.k / 16);
   p.n_tiles = static_cast<int>(w.shape.n / 64);
   p.per_channel = w.shape.group_size == kPerChannel;
+  p.word_major_tiles = w.layout == DeviceLayout::kWordMajorTiles;
   const int slices = (p.n_tiles + C::kBlockNTiles - 1) / C::kBlockNTiles;
   p.stages_per_slice = (p.k_tiles + C::kStageKTiles - 1) / C::kStageKTiles;
   p.total_iters = slices * p.stages_per_slice;

@@ -143,8 +143,10 @@ struct StageWords {
 };
 
 // Reads all of a slot's words and scales at once, so their shared-memory latency is paid once.
+// `word_offset` is the thread's TileWordOffset.
 template <typename C>
 __device__ __forceinline__ StageWords<C> LoadStageWords(const ConsumerRole& role,
+                                                        uint32_t word_offset,
                                                         const StageSmem<C>& smem) {
   StageWords<C> w;
 #pragma unroll
@@ -156,9 +158,8 @@ __device__ __forceinline__ StageWords<C> LoadStageWords(const ConsumerRole& role
         ptx::LoadShared4(scale_row + tile * 128 + (role.lane / 4) * 16 + role.warp * 4);
 #pragma unroll
     for (int kt = 0; kt < C::kWgKTiles; ++kt) {
-      w.word[kt][j] =
-          ptx::LoadShared4(smem.w + ((FirstKTileOf<C>(role) + kt) * C::kBlockNTiles + tile) * 512 +
-                           role.lane * 16 + role.warp * 4);
+      w.word[kt][j] = ptx::LoadShared4(
+          smem.w + ((FirstKTileOf<C>(role) + kt) * C::kBlockNTiles + tile) * 512 + word_offset);
     }
   }
   return w;
@@ -276,6 +277,7 @@ template <typename C>
 __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, int begin, int end,
                                               const BlockSync& sync) {
   const ConsumerRole role(threadIdx.x - kWarpgroupThreads);
+  const uint32_t word_offset = TileWordOffset(role, p.word_major_tiles);
   const uint32_t full = sync.full, empty = sync.empty;
   // A block splits at most its first and its last slice with other blocks. It sums, after its main
   // loop, the split slices whose final stages it holds (its first segment, when it ends before
@@ -305,7 +307,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
     auto wait_stage = [&] {
       ptx::BarrierWait(full + 8 * slot, phase);
       const StageSmem<C> smem(sync.ring, slot);
-      return Stage{LoadStageWords<C>(role, smem),
+      return Stage{LoadStageWords<C>(role, word_offset, smem),
                    smem.x + FirstKTileOf<C>(role) / kBoxKTiles * C::kXBoxBytes};
     };
     // Once the group that read the in-flight slot is done: that slot goes back to the producer,

@@ -55,14 +55,20 @@ absl::StatusOr<int> ComputeCapability(int device) {
 }
 
 // The path this call takes: the forced one (tests, benchmark) or the dispatch table's.
-absl::StatusOr<GemmPath> PathFor(int sm, int64_t m, int64_t k, int64_t n) {
+absl::StatusOr<GemmPath> PathFor(int sm, int64_t m, int64_t k, int64_t n, DeviceLayout layout) {
   const GemmPath forced = ForcedGemmPath();
-  if (forced == GemmPath::kAuto) return ChooseGemmPath(sm, m, k, n);
   if (!GemmPathAvailable(forced, sm)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "Gemm: the ", GemmPathName(forced), " path does not run on sm_", sm, " in this build"));
   }
-  return forced;
+  const GemmPath path = forced == GemmPath::kAuto ? ChooseGemmPath(sm, m, k, n) : forced;
+  if (layout == DeviceLayout::kWordMajorTiles && path != GemmPath::kHopper) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("Gemm: a weight in DeviceLayout::kWordMajorTiles needs the hopper path; the ",
+                     GemmPathName(path), " path runs this call on sm_", sm,
+                     " (ConvertDeviceLayout back to kPacked)"));
+  }
+  return path;
 }
 
 template <typename C>
@@ -173,7 +179,7 @@ absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
   p.n_tiles = static_cast<int>(n / kTileN);
   p.counters = static_cast<int*>(workspace.get());
   p.partials = reinterpret_cast<float*>(static_cast<char*>(workspace.get()) + kCounterBytes);
-  absl::StatusOr<GemmPath> path = PathFor(workspace.compute_capability(), m, k, n);
+  absl::StatusOr<GemmPath> path = PathFor(workspace.compute_capability(), m, k, n, w.layout);
   if (!path.ok()) return path.status();
   const int64_t pass_rows = *path == GemmPath::kHopper ? hopper::kMaxPassRows : kMaxPassRows;
   for (int64_t row0 = 0; row0 < m; row0 += pass_rows) {

@@ -18,15 +18,18 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/cuda/cuda_resources.h"
+#include "kernels/cuda/device_layout.h"
 #include "kernels/format/weight_format.h"
 
 namespace marlin::cuda {
 
-// A packed weight in device memory: PackedWeight::qweight and PackedWeight::scales copied as is.
+// A packed weight in device memory: PackedWeight::qweight and PackedWeight::scales copied as is
+// (kPacked), or with the qweight bytes rearranged by ConvertDeviceLayout.
 struct DeviceWeight {
   const void* qweight = nullptr;   // K*N/2 bytes, 16-byte aligned
   const __half* scales = nullptr;  // num_groups()*N halves, 16-byte aligned
   WeightShape shape;
+  DeviceLayout layout = DeviceLayout::kPacked;
 };
 
 // Scratch memory for the cross-block reduction, sized for one device. It must not be shared by
@@ -51,7 +54,9 @@ class GemmWorkspace {
 };
 
 // Enqueues y = x . dequant(w) on `stream`. Fails (without launching) with InvalidArgument when the
-// shape is not one the format accepts or m < 1, and with an InternalError on a launch failure.
+// shape is not one the format accepts or m < 1, with FailedPrecondition when w.layout is one the
+// chosen path cannot read (kWordMajorTiles off the Hopper path), and with an InternalError on a
+// launch failure.
 // On sm_90 the Hopper path (TMA + wgmma) or the Ampere path (mma.sync) runs, as gemm_dispatch.h's
 // measured table says; elsewhere the Ampere path.
 absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,

@@ -1,6 +1,7 @@
 // GPU tests of the FP16 x INT4 kernels against a float64 reference (ctest label `gpu`). Every
 // test runs once per kernel path, forced through gemm_dispatch.h's test hook: the Ampere path
-// (sm_80 and later) and the Hopper path (sm_90a only; skipped elsewhere). Without a CUDA device
+// (sm_80 and later) and the Hopper path (sm_90a only; skipped elsewhere), the latter with the
+// weights in both device layouts (device_layout.h). Without a CUDA device
 // every test skips. Fresh random data each run; the seed is printed on
 // failure. Tolerance: the kernel rounds each dequantized weight to FP16 exactly as the reference
 // does, accumulates in FP32 (error ~ sqrt(K) * 2^-24 relative, negligible) and rounds the output to
@@ -86,20 +87,28 @@ void CopyToDeviceAndWait(void* device, const void* host, size_t bytes) {
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
-DeviceWeightCopy Upload(const PackedWeight& packed) {
+// Uploads `packed` and rearranges its words into `layout` (device_layout.h).
+DeviceWeightCopy Upload(const PackedWeight& packed, DeviceLayout layout) {
   DeviceWeightCopy d;
   d.qweight = ValueOrDie(DeviceBuffer::Create(packed.qweight.size()));
   d.scales = ValueOrDie(DeviceBuffer::Create(packed.scales.size() * 2));
   CopyToDeviceAndWait(d.qweight.get(), packed.qweight.data(), packed.qweight.size());
   CopyToDeviceAndWait(d.scales.get(), packed.scales.data(), packed.scales.size() * 2);
-  d.view = DeviceWeight{d.qweight.get(), d.scales.as<__half>(), packed.shape};
+  Stream stream = ValueOrDie(Stream::Create());
+  EXPECT_TRUE(ConvertDeviceLayout(d.qweight.get(), packed.shape, DeviceLayout::kPacked, layout,
+                                  stream.get())
+                  .ok());
+  EXPECT_TRUE(stream.Synchronize().ok());
+  d.view = DeviceWeight{d.qweight.get(), d.scales.as<__half>(), packed.shape, layout};
   return d;
 }
 
-// A kernel path and, for the Hopper path, its partition: every test runs once per variant.
+// A kernel path, for the Hopper path its partition, and the weights' device layout: every test
+// runs once per variant.
 struct KernelVariant {
   GemmPath path;
   HopperPartition partition;
+  DeviceLayout layout;
   const char* name;
 };
 void PrintTo(const KernelVariant& variant, std::ostream* os) { *os << variant.name; }
@@ -180,7 +189,7 @@ class MarlinGemmTest : public ::testing::TestWithParam<KernelVariant> {
     SCOPED_TRACE(absl::StrCat("M=", m, " K=", k, " N=", n, " group=", group, " seed=", seed_));
     const QuantizedWeight w = RandomWeight(WeightShape{k, n, group}, rng_);
     const PackedWeight packed = ValueOrDie(Pack(w));
-    DeviceWeightCopy dw = Upload(packed);
+    DeviceWeightCopy dw = Upload(packed, GetParam().layout);
     const std::vector<uint16_t> x = RandomActivations(m * k, rng_);
     const std::vector<uint16_t> y = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
     std::vector<int64_t> columns;
@@ -254,7 +263,7 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_Group128_SampledColumns
   for (const Layer& layer : kBenchmarkLayers) {
     SCOPED_TRACE(layer.name);
     const QuantizedWeight w = RandomWeight(WeightShape{layer.k, layer.n, 128}, rng_);
-    DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)));
+    DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), GetParam().layout);
     for (int64_t m : {1, 16, 37, 64, 129}) {
       SCOPED_TRACE(absl::StrCat("M=", m, " seed=", seed_));
       const std::vector<uint16_t> x = RandomActivations(m * layer.k, rng_);
@@ -285,7 +294,7 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BitIdenticalAcrossRuns) {
                                                {16, 6144}, {128, 4096}, {256, 4096}};
   for (const auto& [m, n] : cases) {
     const QuantizedWeight w = RandomWeight(WeightShape{4096, n, 128}, rng_);
-    DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)));
+    DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), GetParam().layout);
     const std::vector<uint16_t> x = RandomActivations(m * 4096, rng_);
     const std::vector<uint16_t> first = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
     for (int run = 0; run < 2; ++run) {
@@ -298,7 +307,7 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BitIdenticalAcrossRuns) {
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_GraphReplayAndTwoStreams) {
   const int64_t m = 24, k = 4096, n = 2048;
   const QuantizedWeight w = RandomWeight(WeightShape{k, n, 128}, rng_);
-  DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)));
+  DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), GetParam().layout);
   const std::vector<uint16_t> x = RandomActivations(m * k, rng_);
   const std::vector<uint16_t> expected = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
 
@@ -335,6 +344,23 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_GraphReplayAndTwoStreams) {
   EXPECT_EQ(y2, expected);
 }
 
+// Word-major tiles are the Hopper path's: the Ampere path refuses them instead of misreading them.
+TEST_P(MarlinGemmTest, WordMajorTilesOnlyOnTheHopperPath) {
+  const QuantizedWeight w = RandomWeight(WeightShape{256, 128, 128}, rng_);
+  DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), DeviceLayout::kWordMajorTiles);
+  DeviceBuffer dx = ValueOrDie(DeviceBuffer::Create(4 * 256 * 2));
+  DeviceBuffer dy = ValueOrDie(DeviceBuffer::Create(4 * 128 * 2));
+  const absl::Status s =
+      Gemm(dx.as<__half>(), 4, dw.view, dy.as<__half>(), *workspace_, stream_.get());
+  if (GetParam().path == GemmPath::kAmpere) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_NE(s.message().find("kWordMajorTiles"), absl::string_view::npos) << s;
+  } else {
+    EXPECT_TRUE(s.ok()) << s;
+  }
+  EXPECT_EQ(cudaStreamSynchronize(stream_.get()), cudaSuccess);
+}
+
 TEST_P(MarlinGemmTest, RefusesShapesTheFormatRejects) {
   DeviceWeight w{reinterpret_cast<const void*>(256), reinterpret_cast<const __half*>(256),
                  WeightShape{100, 256, 128}};
@@ -353,15 +379,21 @@ TEST_P(MarlinGemmTest, RefusesShapesTheFormatRejects) {
 }
 
 // The cluster split takes every shape whose slices fit the co-resident clusters (all but the
-// widest benchmark layers, which stay striped under it).
+// widest benchmark layers, which stay striped under it). The Hopper path runs with the layout the
+// service gives it (word-major tiles) under both partitions, and with packed words as dispatched.
 INSTANTIATE_TEST_SUITE_P(
     Paths, MarlinGemmTest,
     ::testing::Values(KernelVariant{GemmPath::kAmpere, HopperPartition::kAuto,
-                                    "AmpereMmaSync_Sm80Plus"},
+                                    DeviceLayout::kPacked, "AmpereMmaSync_PackedLayout_Sm80Plus"},
                       KernelVariant{GemmPath::kHopper, HopperPartition::kStriped,
-                                    "HopperTmaWgmma_StripedPartition_Sm90a"},
+                                    DeviceLayout::kWordMajorTiles,
+                                    "HopperTmaWgmma_StripedPartition_WordMajorTiles_Sm90a"},
                       KernelVariant{GemmPath::kHopper, HopperPartition::kClusterSplit,
-                                    "HopperTmaWgmma_ClusterSplit_Sm90a"}),
+                                    DeviceLayout::kWordMajorTiles,
+                                    "HopperTmaWgmma_ClusterSplit_WordMajorTiles_Sm90a"},
+                      KernelVariant{GemmPath::kHopper, HopperPartition::kAuto,
+                                    DeviceLayout::kPacked,
+                                    "HopperTmaWgmma_Dispatched_PackedLayout_Sm90a"}),
     [](const ::testing::TestParamInfo<KernelVariant>& info) { return info.param.name; });
 
 }  // namespace

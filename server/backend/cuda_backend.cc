@@ -16,17 +16,20 @@ size_t RoundUp(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 
 class CudaWeight : public PreparedWeight {
  public:
-  CudaWeight(const WeightShape& shape, cuda::DeviceBuffer qweight, cuda::DeviceBuffer scales)
+  CudaWeight(const WeightShape& shape, cuda::DeviceBuffer qweight, cuda::DeviceBuffer scales,
+             cuda::DeviceLayout layout)
       : PreparedWeight(shape, qweight.size() + scales.size()),
         qweight_(std::move(qweight)),
-        scales_(std::move(scales)) {}
+        scales_(std::move(scales)),
+        layout_(layout) {}
   cuda::DeviceWeight view() const {
-    return cuda::DeviceWeight{qweight_.get(), scales_.as<__half>(), shape()};
+    return cuda::DeviceWeight{qweight_.get(), scales_.as<__half>(), shape(), layout_};
   }
 
  private:
   cuda::DeviceBuffer qweight_;
   cuda::DeviceBuffer scales_;
+  cuda::DeviceLayout layout_;  // how qweight_'s words lie (converted once, after the upload)
 };
 
 }  // namespace
@@ -121,8 +124,17 @@ absl::StatusOr<std::shared_ptr<const PreparedWeight>> CudaBackend::Prepare(
       !st.ok()) {
     return Fail(st);
   }
+  // The words rearranged for the kernel path this device runs (the Hopper path reads them
+  // without shared-memory bank conflicts in kWordMajorTiles).
+  const cuda::DeviceLayout layout =
+      cuda::FastestDeviceLayout(lanes_.front()->workspace.compute_capability());
+  if (absl::Status st = cuda::ConvertDeviceLayout(
+          q->get(), weight.shape, cuda::DeviceLayout::kPacked, layout, upload->get());
+      !st.ok()) {
+    return Fail(st);
+  }
   if (absl::Status st = upload->Synchronize(); !st.ok()) return Fail(st);
-  return std::make_shared<CudaWeight>(weight.shape, *std::move(q), *std::move(s));
+  return std::make_shared<CudaWeight>(weight.shape, *std::move(q), *std::move(s), layout);
 }
 
 absl::Status CudaBackend::Reserve(Lane& lane, size_t x_bytes, size_t y_bytes) {
