@@ -138,9 +138,6 @@ absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, int parts, cons
   return maps;
 }
 
-// Largest configuration launched with programmatic dependent launch.
-constexpr int kMaxOverlappedBatch = 64;
-
 // The fewest k stages a block of the cluster split takes; shorter runs are all pipeline fill.
 constexpr int kMinStagesPerRank = 4;
 
@@ -270,12 +267,13 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   p.grid = p.cluster_ranks > 0 ? slices * p.cluster_ranks : std::min(part_sms, p.total_iters);
   // Programmatic dependent launch: this kernel may start while the previous one on the stream
   // finishes (it streams weights first and waits for that kernel before anything else). Measured
-  // on the H100 (L70B block, same run): 2-4% faster up to 32 rows, 2-6% slower from 128 rows,
-  // where the calls are compute-bound; so only for the memory-bound configurations.
+  // on the H100 (L70B block, same run): 2-4% faster up to 32 rows. From 128 rows it read 2-6%
+  // slower in session 3's kernels and was kept to 64 rows until session 10, when alternating both
+  // twice in one call gave +1-3% per model at 128 and 256 rows (L8B 0.87 / 0.88 -> 0.89 / 0.90 at
+  // 256, L8B.o 25.6 / 24.8 -> 22.5 / 23.9 us; L70B 0.97 / 0.96 -> 0.98 / 0.98).
   cudaLaunchAttribute attributes[2]{};
   attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attributes[0].val.programmaticStreamSerializationAllowed =
-      C::kBatch <= kMaxOverlappedBatch ? 1 : 0;
+  attributes[0].val.programmaticStreamSerializationAllowed = 1;
   attributes[1].id = cudaLaunchAttributeClusterDimension;
   attributes[1].val.clusterDim.x = std::max(1, p.cluster_ranks);
   attributes[1].val.clusterDim.y = 1;
