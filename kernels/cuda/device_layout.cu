@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_resources.h"
 #include "kernels/cuda/gemm_dispatch.h"
 
@@ -37,7 +36,6 @@ __global__ void ConvertTilesKernel(uint32_t* words, int64_t tiles, bool to_word_
     } else {
       reinterpret_cast<uint4*>(t)[lane] = make_uint4(v[0], v[1], v[2], v[3]);
     }
-    __syncwarp();
   }
 }
 
@@ -62,7 +60,8 @@ absl::Status ConvertDeviceLayout(void* qweight, const WeightShape& shape, Device
                                  DeviceLayout to, cudaStream_t stream) {
   if (absl::Status valid = ValidateShape(shape); !valid.ok()) return valid;
   if (qweight == nullptr || reinterpret_cast<uintptr_t>(qweight) % 16 != 0) {
-    return absl::InvalidArgumentError("ConvertDeviceLayout: qweight must be 16-byte aligned");
+    return absl::InvalidArgumentError(
+        "ConvertDeviceLayout: qweight must be a non-null, 16-byte aligned device pointer");
   }
   if (from == to) return absl::OkStatus();
   const int64_t tiles = shape.k * shape.n / 2 / kTileBytes;

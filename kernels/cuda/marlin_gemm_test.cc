@@ -344,21 +344,30 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_GraphReplayAndTwoStreams) {
   EXPECT_EQ(y2, expected);
 }
 
-// Word-major tiles are the Hopper path's: the Ampere path refuses them instead of misreading them.
+// Word-major tiles are the Hopper path's: it multiplies them like packed ones, and the Ampere path
+// refuses them before launching anything instead of misreading them.
 TEST_P(MarlinGemmTest, WordMajorTilesOnlyOnTheHopperPath) {
-  const QuantizedWeight w = RandomWeight(WeightShape{256, 128, 128}, rng_);
+  const int64_t m = 4, k = 256, n = 128;
+  const QuantizedWeight w = RandomWeight(WeightShape{k, n, 128}, rng_);
   DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), DeviceLayout::kWordMajorTiles);
-  DeviceBuffer dx = ValueOrDie(DeviceBuffer::Create(4 * 256 * 2));
-  DeviceBuffer dy = ValueOrDie(DeviceBuffer::Create(4 * 128 * 2));
-  const absl::Status s =
-      Gemm(dx.as<__half>(), 4, dw.view, dy.as<__half>(), *workspace_, stream_.get());
-  if (GetParam().path == GemmPath::kAmpere) {
-    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
-    EXPECT_NE(s.message().find("kWordMajorTiles"), absl::string_view::npos) << s;
-  } else {
-    EXPECT_TRUE(s.ok()) << s;
+  const std::vector<uint16_t> x = RandomActivations(m * k, rng_);
+  if (GetParam().path == GemmPath::kHopper) {
+    ExpectMatchesReference(x, m, w, RunOnDevice(dw.view, x, m, *workspace_, stream_.get()), {});
+    return;
   }
-  EXPECT_EQ(cudaStreamSynchronize(stream_.get()), cudaSuccess);
+  DeviceBuffer dx = ValueOrDie(DeviceBuffer::Create(x.size() * 2));
+  DeviceBuffer dy = ValueOrDie(DeviceBuffer::Create(m * n * 2));
+  const std::vector<uint16_t> poison(m * n, kPoison);
+  CopyToDeviceAndWait(dx.get(), x.data(), x.size() * 2);
+  CopyToDeviceAndWait(dy.get(), poison.data(), poison.size() * 2);
+  const absl::Status s =
+      Gemm(dx.as<__half>(), m, dw.view, dy.as<__half>(), *workspace_, stream_.get());
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("kWordMajorTiles"), absl::string_view::npos) << s;
+  ASSERT_EQ(cudaStreamSynchronize(stream_.get()), cudaSuccess);
+  std::vector<uint16_t> y(m * n);
+  ASSERT_EQ(cudaMemcpy(y.data(), dy.get(), y.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(y, poison) << "a refused call must not write y";
 }
 
 TEST_P(MarlinGemmTest, RefusesShapesTheFormatRejects) {
