@@ -175,10 +175,11 @@ template <typename C>
 __device__ __forceinline__ void IssueGroup(const StageFragments<C>& a, uint32_t x_smem,
                                            bool accumulate, HopperAccumulators<C>& d) {
   ptx::WgmmaFence();
+  const uint64_t x_desc = ptx::Swizzle128KMajorDescriptor(x_smem);
 #pragma unroll
   for (int kt = 0; kt < C::kWgKTiles; ++kt) {
-    const uint64_t b_desc = ptx::Swizzle128KMajorDescriptor(
-        x_smem + kt / kBoxKTiles * C::kXBoxBytes + kt % kBoxKTiles * 32);
+    const uint64_t b_desc =
+        ptx::DescriptorPlusBytes(x_desc, kt / kBoxKTiles * C::kXBoxBytes + kt % kBoxKTiles * 32);
     // Tiles past N multiply zeros (TMA fills them) and are never stored; a branch here would
     // make the compiler serialize the wgmma pipeline.
 #pragma unroll

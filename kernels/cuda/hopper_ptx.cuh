@@ -219,6 +219,15 @@ __device__ __forceinline__ uint64_t Swizzle128KMajorDescriptor(uint32_t smem) {
   return ((smem & 0x3ffff) >> 4) | (kLeadingUnused << 16) | (kAtomStride << 32) | kSwizzle128;
 }
 
+// `desc` (Swizzle128KMajorDescriptor) of the operand `bytes` (a multiple of 16) further on: only
+// the 14-bit start-address field grows, by bytes / 16. Shared-memory addresses stay below 2^18, so
+// it never carries into the next field, and one 32-bit add on the low word does it (deriving each
+// k-tile's descriptor afresh took four instructions).
+__device__ __forceinline__ uint64_t DescriptorPlusBytes(uint64_t desc, uint32_t bytes) {
+  const uint32_t low = static_cast<uint32_t>(desc) + (bytes >> 4);
+  return (desc & 0xffffffff00000000ull) | low;
+}
+
 }  // namespace marlin::cuda::ptx
 
 #endif  // MARLIN_KERNELS_CUDA_HOPPER_PTX_CUH_
