@@ -268,9 +268,9 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   // Programmatic dependent launch: this kernel may start while the previous one on the stream
   // finishes (it streams weights first and waits for that kernel before anything else). Measured
   // on the H100 (L70B block, same run): 2-4% faster up to 32 rows. From 128 rows it read 2-6%
-  // slower in session 3's kernels and was kept to 64 rows until session 10, when alternating both
-  // twice in one call gave +1-3% per model at 128 and 256 rows (L8B 0.87 / 0.88 -> 0.89 / 0.90 at
-  // 256, L8B.o 25.6 / 24.8 -> 22.5 / 23.9 us; L70B 0.97 / 0.96 -> 0.98 / 0.98).
+  // slower in session 3's kernels and was kept to 64 rows until session 10, when both, alternated
+  // twice in each of two calls, gave +1-3% per model at 128 rows (L70B 1.45 / 1.46 -> 1.47 / 1.49)
+  // and between even and +2% at 256 (L8B 0.87 / 0.88 -> 0.89 / 0.90 in the first call).
   cudaLaunchAttribute attributes[2]{};
   attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attributes[0].val.programmaticStreamSerializationAllowed = 1;
