@@ -185,12 +185,11 @@ struct KernelPath {
     cuda::ForceGemmPathForTesting(path);
     cuda::ForceHopperPartitionForTesting(partition);
   }
-  // The weight layout this path is timed with on a device of `compute_capability`: what the service
+  // The weight layout this path is timed with, given the device's fastest one: what the service
   // gives it (the Ampere path reads only kPacked). The benchmark's weights are random bytes, a
   // weight of the same statistics in either layout, so they are not converted.
-  cuda::DeviceLayout Layout(int compute_capability) const {
-    return path == cuda::GemmPath::kAmpere ? cuda::DeviceLayout::kPacked
-                                           : cuda::FastestDeviceLayout(compute_capability);
+  cuda::DeviceLayout Layout(cuda::DeviceLayout fastest) const {
+    return path == cuda::GemmPath::kAmpere ? cuda::DeviceLayout::kPacked : fastest;
   }
 };
 
@@ -259,6 +258,8 @@ int Main(int argc, char** argv) {
   Stream stream = Check(Stream::Create());
   auto cublas = Check(Cublas::Create(stream.get()));
   cuda::GemmWorkspace workspace = Check(cuda::GemmWorkspace::Create(0));
+  const cuda::DeviceLayout fastest_layout =
+      cuda::FastestDeviceLayout(workspace.compute_capability());
   const size_t rotate_bytes = size_t{4} * prop.l2CacheSize;
 
   // Ceilings measured here: device-to-device copy bandwidth (read + write) and FP16 GEMM rate.
@@ -288,7 +289,7 @@ int Main(int argc, char** argv) {
   std::printf("copy bandwidth (read + write): %.2f TB/s; cuBLAS FP16 GEMM 8192^3: %.0f TFLOP/s\n",
               bandwidth / 1e12, tflops);
   std::printf("weight layout: %s on the hopper and auto paths, packed on the ampere path\n\n",
-              cuda::DeviceLayoutName(cuda::FastestDeviceLayout(workspace.compute_capability())));
+              cuda::DeviceLayoutName(fastest_layout));
 
   if (!profile_layer.empty()) {
     for (const Layer& layer : kLayers) {
@@ -304,7 +305,7 @@ int Main(int argc, char** argv) {
       BENCH_CHECK(FillRandomNormal(x.as<__half>(), x.size() / 2, 1.f, 9, stream.get()));
       paths.front().Force();
       const cuda::DeviceWeight w{q.get(), sc.as<__half>(), shape,
-                                 paths.front().Layout(workspace.compute_capability())};
+                                 paths.front().Layout(fastest_layout)};
       for (int i = 0; i < 3; ++i) {
         BENCH_CHECK(
             cuda::Gemm(x.as<__half>(), profile_m, w, y.as<__half>(), workspace, stream.get()));
@@ -355,7 +356,7 @@ int Main(int argc, char** argv) {
       const int marlin_calls = std::max(min_calls, int4_copies);
       std::vector<Variant> variants;
       for (const KernelPath& path : paths) {
-        const cuda::DeviceLayout layout = path.Layout(workspace.compute_capability());
+        const cuda::DeviceLayout layout = path.Layout(fastest_layout);
         variants.push_back({marlin_calls, [&, path, layout](int i) {
                               path.Force();
                               cuda::DeviceWeight w = weights[i % int4_copies];
@@ -404,8 +405,7 @@ int Main(int argc, char** argv) {
   json["device"] = prop.name;
   json["copy_bandwidth_tbps"] = bandwidth / 1e12;
   json["cublas_fp16_tflops"] = tflops;
-  json["hopper_weight_layout"] =
-      cuda::DeviceLayoutName(cuda::FastestDeviceLayout(workspace.compute_capability()));
+  json["hopper_weight_layout"] = cuda::DeviceLayoutName(fastest_layout);
   for (const KernelPath& path : paths) json["paths"].push_back(path.name);
   for (const std::string model : {"L8B", "L70B", "big"}) {
     for (int64_t m : ms) {
