@@ -95,12 +95,34 @@ struct HopperConfig {
   static_assert(kSlotFloats * 4 <= kStages * kStageBytes, "a partial must fit the idle ring");
 };
 
-// The most blocks per cluster configuration C's cluster split may take: the leader's idle ring
-// holds every rank's partial (hopper_epilogue.cuh, SumPushedPartials). 1 for the 256-row one.
+// Where the cluster split's partials lie in an owner's idle ring (hopper_epilogue.cuh,
+// ScatterPartials): one share per rank, in rank order, each the float4s of every tile that the
+// owner owns (float4 r4 of a tile belongs to rank r4 % ranks), thread-minor, so a warp's stores
+// and loads cover 512 contiguous bytes.
+template <typename C>
+struct ClusterShare {
+  int vecs;        // float4s of a tile that one rank owns, at most
+  uint32_t bytes;  // one rank's share
+  __host__ __device__ constexpr explicit ClusterShare(int ranks)
+      : vecs((C::kAccFloats / 4 + ranks - 1) / ranks),
+        bytes(static_cast<uint32_t>(C::kWgTiles * vecs * kConsumerThreads * 16)) {}
+  // Byte offset of rank `from`'s share of float4 `index` (of those the owner owns) of tile j,
+  // consumer thread `thread`.
+  __device__ __forceinline__ uint32_t Offset(int from, int j, int index, int thread) const {
+    return from * bytes +
+           static_cast<uint32_t>(((j * vecs + index) * kConsumerThreads + thread) * 16);
+  }
+};
+
+// The most blocks per cluster configuration C's cluster split may take: every rank's share must
+// fit an owner's idle ring (with one share per rank, about one whole partial for any count).
 template <typename C>
 constexpr int ClusterRanksOf() {
-  constexpr int kPartialsInRing = C::kStages * C::kStageBytes / (C::kSlotFloats * 4);
-  return kPartialsInRing < kMaxClusterRanks ? kPartialsInRing : kMaxClusterRanks;
+  int most = 1;
+  for (int ranks = 2; ranks <= kMaxClusterRanks; ++ranks) {
+    if (ranks * ClusterShare<C>(ranks).bytes <= C::kStages * C::kStageBytes) most = ranks;
+  }
+  return most;
 }
 
 // A pass of up to kMaxRowParts x kBatch rows: row part q (rows [q kBatch, (q + 1) kBatch)) runs

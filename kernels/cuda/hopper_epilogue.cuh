@@ -1,14 +1,14 @@
 // How the Hopper kernel's consumers finish a segment: the accumulator layout in the output, the
 // split-k warpgroups' exchange, whole-slice stores, the striped partition's global partials,
-// signals and sums, and the cluster split's partials pushed to the leader over distributed shared
+// signals and sums, and the cluster split's partials reduce-scattered over distributed shared
 // memory.
 // Included by hopper_kernel.cuh; every function runs on the consumer warpgroups.
 //
 //   ExchangeKHalves<C>(role, exchange_smem, acc);        // split-k configurations only
 //   FinishSegment<C>(p, block, begin, last, role, acc);  // striped partition, then
 //   SignalSlice(p, slice, role);  or  WaitForSlice(p, slice, role); SumSlice<C>(p, slice, role);
-//   PushPartial<C>(p, role, rank, ring, ready, acc);         // cluster ranks >= 1
-//   SumPushedPartials<C>(p, slice, role, ring, ready, acc);  // the cluster's leader
+//   ScatterPartials<C>(p, role, rank, ring, acc);     // cluster split, every rank, then
+//   SumOwnedPartials<C>(p, slice, role, rank, ring);
 #ifndef MARLIN_KERNELS_CUDA_HOPPER_EPILOGUE_CUH_
 #define MARLIN_KERNELS_CUDA_HOPPER_EPILOGUE_CUH_
 
@@ -23,29 +23,43 @@
 
 namespace marlin::cuda::hopper {
 
-// Output row and column of accumulator i of tile j for this thread (wgmma_ops.cuh's layout).
+// Output row of accumulator i of a tile for this thread (wgmma_ops.cuh's layout); its column in
+// the tile is 16 warp + lane / 4 + 8 ((i / 2) % 2).
 __device__ __forceinline__ int AccRow(const ConsumerRole& role, int i) {
   return 8 * (i / 4) + 2 * (role.lane % 4) + i % 2;
 }
-template <typename C>
-__device__ __forceinline__ int AccCol(const ConsumerRole& role, int n_tile0, int j, int i) {
-  return (n_tile0 + TileOf<C>(role, j)) * 64 + 16 * role.warp + role.lane / 4 + 8 * ((i / 2) % 2);
+
+// The FP16 pair (lo, hi) as one 32-bit register, lo in the low half.
+__device__ __forceinline__ uint32_t HalfPairBits(float lo, float hi) {
+  const half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-// Stores accumulators 4 r4 .. 4 r4 + 3 of tile j (values v) where the row exists.
+// Stores accumulators 4 r4 .. 4 r4 + 3 of tile j (values v) where the row exists. They hold rows
+// R and R + 1 (R = 8 r4 + 2 (lane % 4)) of columns c and c + 8 (AccRow); a warp's 8-row group is
+// two 8 x 8 blocks of (column, row), which two transposes (movmatrix) turn into (row, column):
+// lane l then holds row 8 r4 + l / 4 at columns 2 q, 2 q + 1 and 8 + 2 q, 8 + 2 q + 1 of the
+// warp's 16 (q = l % 4). One exchange with the neighbouring lane leaves each lane four adjacent
+// columns, so one 8-byte store per lane writes the warp's 8 rows x 32 bytes: whole sectors (one
+// FP16 per lane and store wrote half of each: Nsight Compute, L8B.qkv at 256 rows, 50% of the
+// store sectors wasted). Every lane of the warp calls it (movmatrix and the shuffle are
+// warp-collective), without a branch before them: the one around a warp-collective instruction
+// made ptxas give up the uniform datapath in the main loop (R2UR and WARPSYNC on every stage, +7%
+// on L8B.gate/up at 64 rows on the H100); only the store is conditional.
 template <typename C>
 __device__ __forceinline__ void StoreGroup(const HopperParams& p, const ConsumerRole& role,
                                            int n_tile0, int j, int r4, float4 v) {
-  if (!OwnsGroup<C>(role, r4) || n_tile0 + TileOf<C>(role, j) >= p.n_tiles) return;
-  const float vals[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const int i = 4 * r4 + e;
-    const int row = AccRow(role, i);
-    if (row < p.m_rows) {
-      p.y[static_cast<int64_t>(row) * p.n + AccCol<C>(role, n_tile0, j, i)] =
-          __float2half_rn(vals[e]);
-    }
+  const uint32_t low = ptx::TransposeMatrix8x8(HalfPairBits(v.x, v.y));   // columns 0-7
+  const uint32_t high = ptx::TransposeMatrix8x8(HalfPairBits(v.z, v.w));  // columns 8-15
+  const int q = role.lane % 4;
+  const bool odd = q % 2 == 1;  // takes columns 8 + 2 (q - 1) .. + 3, else 2 q .. 2 q + 3
+  const uint32_t neighbour = __shfl_xor_sync(0xffffffffu, odd ? low : high, 1);
+  const int tile = n_tile0 + TileOf<C>(role, j);
+  const int row = 8 * r4 + role.lane / 4;
+  const int col = tile * 64 + 16 * role.warp + (odd ? 6 + 2 * q : 2 * q);
+  if (OwnsGroup<C>(role, r4) && tile < p.n_tiles && row < p.m_rows) {
+    *reinterpret_cast<uint2*>(p.y + static_cast<int64_t>(row) * p.n + col) =
+        odd ? make_uint2(neighbour, high) : make_uint2(low, neighbour);
   }
 }
 
@@ -187,7 +201,7 @@ __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
   constexpr int kVecs = C::kWgTiles * kTileVecs;
   constexpr int kChunk = kVecs < 8 ? kVecs : 8;
   static_assert(kVecs % kChunk == 0, "chunks split the float4s evenly");
-#pragma unroll
+#pragma unroll 1  // one copy of the chunk's code (see ConsumeStages): registers are not indexed
   for (int c0 = 0; c0 < kVecs; c0 += kChunk) {
     float4 sum[kChunk];
 #pragma unroll
@@ -214,86 +228,70 @@ __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
   }
 }
 
-// Byte offset of a consumer thread's float4 `vec` (tile vec / kTileVecs) in a pushed partial:
-// thread-minor, so a warp's 16-byte stores and loads cover 512 contiguous bytes.
-__device__ __forceinline__ uint32_t PartialOffset(int thread, int vec) {
-  return static_cast<uint32_t>(vec * kConsumerThreads + thread) * 16;
-}
+// The cluster split's sums are reduce-scattered: float4 r4 of every tile (rows 8 r4 .. 8 r4 + 7
+// of the slice) belongs to rank r4 % ranks, which sums every rank's partial of it and stores it.
+// Each rank writes its float4s into their owners' idle rings over distributed shared memory (its
+// own into its own ring), so every rank stores a 1 / ranks share of the slice, in parallel, and a
+// ring receives a share of each rank's partial, never a whole one (a leader that summed whole
+// partials had no ring for a 256-row one). The shares' layout is in hopper_config.cuh
+// (ClusterShare).
 
-// Where cluster rank `rank` leaves its partial in the leader's (rank 0's) idle ring.
+// Consumers, cluster split, once every rank's consumers are past their ring: writes this thread's
+// float4s that hold rows of the pass (FinishesGroup) into their owners' rings, at this rank's
+// share.
 template <typename C>
-__device__ __forceinline__ uint32_t PushSlot(uint32_t ring, int rank) {
-  return ring + static_cast<uint32_t>(rank) * C::kSlotFloats * 4;
-}
-
-// Writes this thread's float4s of a partial that hold rows of the pass (FinishesGroup) at `slot`
-// (PartialOffset) with `store(address, value)`: a local or a distributed shared-memory store.
-template <typename C, typename Store>
-__device__ __forceinline__ void WritePartial(const HopperParams& p, const ConsumerRole& role,
-                                             uint32_t slot, const HopperAccumulators<C>& acc,
-                                             Store store) {
-  constexpr int kTileVecs = C::kAccFloats / 4;
+__device__ __forceinline__ void ScatterPartials(const HopperParams& p, const ConsumerRole& role,
+                                                int rank, uint32_t ring,
+                                                const HopperAccumulators<C>& acc) {
+  const ClusterShare<C> share(p.cluster_ranks);
+  const uint32_t from = ring + share.Offset(rank, 0, 0, role.thread);
 #pragma unroll
-  for (int j = 0; j < C::kWgTiles; ++j)
+  for (int j = 0; j < C::kWgTiles; ++j) {
+    int owner = 0, index = 0;  // r4 % ranks and r4 / ranks, without divisions
 #pragma unroll
-    for (int r4 = 0; r4 < kTileVecs; ++r4) {
+    for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
       if (FinishesGroup<C>(p, role, r4)) {
-        store(slot + PartialOffset(role.thread, j * kTileVecs + r4), GroupOf<C>(acc, j, r4));
+        ptx::StoreClusterShared16(ptx::MapToClusterRank(from + share.Offset(0, j, index, 0), owner),
+                                  GroupOf<C>(acc, j, r4));
+      }
+      if (++owner == p.cluster_ranks) {
+        owner = 0;
+        ++index;
       }
     }
-}
-
-// Consumers, cluster split, a block of rank >= 1: once the leader says its ring is idle (`ready`,
-// this block's barrier), writes this block's partial into its slot of the leader's ring over
-// distributed shared memory (rows of the pass only) and arrives at the cluster barrier the leader
-// waits at. Nothing in the cluster touches this block's shared memory after that: it may exit
-// (exited threads do not hold a cluster barrier up).
-template <typename C>
-__device__ __forceinline__ void PushPartial(const HopperParams& p, const ConsumerRole& role,
-                                            int rank, uint32_t ring, uint32_t ready,
-                                            const HopperAccumulators<C>& acc) {
-  ptx::BarrierWaitCluster(ready, 0);
-  WritePartial<C>(p, role, ptx::MapToClusterRank(PushSlot<C>(ring, rank), 0), acc,
-                  [](uint32_t at, float4 v) { ptx::StoreClusterShared16(at, v); });
-  ptx::ClusterArrive();
-}
-
-// Consumers, cluster split, the leader (rank 0) of `slice`'s cluster, once both warpgroups are
-// past the ring: tells the other ranks the ring is idle (their `ready` barriers), waits at the
-// cluster barrier until every consumer thread of theirs has pushed, sums all ranks' partials
-// in rank order (deterministic) and stores the slice. Its own partial goes to slot 0 first, so the
-// sums hold no accumulators (they would not fit the tallest configuration's registers).
-template <typename C>
-__device__ __forceinline__ void SumPushedPartials(const HopperParams& p, int slice,
-                                                  const ConsumerRole& role, uint32_t ring,
-                                                  uint32_t ready,
-                                                  const HopperAccumulators<C>& acc) {
-  if (role.thread + 1 < p.cluster_ranks) {
-    ptx::RemoteBarrierArrive(ptx::MapToClusterRank(ready, role.thread + 1));
   }
-  WritePartial<C>(p, role, PushSlot<C>(ring, 0), acc,
-                  [](uint32_t at, float4 v) { ptx::StoreShared16(at, v); });
-  ptx::ClusterArrive();
-  ptx::ClusterWait();
-  constexpr int kTileVecs = C::kAccFloats / 4;
-#pragma unroll
-  for (int j = 0; j < C::kWgTiles; ++j)
-#pragma unroll
-    for (int r4 = 0; r4 < kTileVecs; ++r4) {
-      if (!FinishesGroup<C>(p, role, r4)) continue;
-      const uint4 own = ptx::LoadShared16(ring + PartialOffset(role.thread, j * kTileVecs + r4));
-      float4 sum = make_float4(__uint_as_float(own.x), __uint_as_float(own.y),
-                               __uint_as_float(own.z), __uint_as_float(own.w));
-      for (int q = 1; q < p.cluster_ranks; ++q) {
-        const uint4 part = ptx::LoadShared16(PushSlot<C>(ring, q) +
-                                             PartialOffset(role.thread, j * kTileVecs + r4));
-        sum.x += __uint_as_float(part.x);
-        sum.y += __uint_as_float(part.y);
-        sum.z += __uint_as_float(part.z);
-        sum.w += __uint_as_float(part.w);
+}
+
+// Consumers, cluster split, once every rank has scattered its partials: sums the ranks' shares of
+// the float4s this rank owns, in rank order (deterministic), and stores them. Loops, not unrolled
+// code: the registers they use are not indexed, and the code runs once a call from a cold
+// instruction cache.
+template <typename C>
+__device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slice,
+                                                 const ConsumerRole& role, int rank,
+                                                 uint32_t ring) {
+  const ClusterShare<C> share(p.cluster_ranks);
+#pragma unroll 1
+  for (int j = 0; j < C::kWgTiles; ++j) {
+#pragma unroll 1
+    for (int index = 0; index < share.vecs; ++index) {
+      const int r4 = rank + index * p.cluster_ranks;
+      if (r4 >= C::kAccFloats / 4) break;
+      float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (FinishesGroup<C>(p, role, r4)) {  // else nobody wrote it: StoreGroup skips the rows
+        const uint32_t at = ring + share.Offset(0, j, index, role.thread);
+#pragma unroll 1
+        for (int q = 0; q < p.cluster_ranks; ++q) {
+          const uint4 part = ptx::LoadShared16(at + q * share.bytes);
+          sum.x += __uint_as_float(part.x);
+          sum.y += __uint_as_float(part.y);
+          sum.z += __uint_as_float(part.z);
+          sum.w += __uint_as_float(part.w);
+        }
       }
-      StoreGroup<C>(p, role, slice * C::kBlockNTiles, j, r4, sum);
+      StoreGroup<C>(p, role, slice * C::kBlockNTiles, j, r4, sum);  // by the whole warp
     }
+  }
 }
 
 }  // namespace marlin::cuda::hopper

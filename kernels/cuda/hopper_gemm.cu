@@ -182,7 +182,7 @@ absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
 
 // The cluster split's blocks per slice for a pass of `slices` slices of `stages_per_slice` stages:
 // the size that keeps the most SMs busy with every slice's cluster co-resident, every block at
-// least kMinStagesPerRank stages and every rank's partial in the leader's ring (ClusterRanksOf);
+// least kMinStagesPerRank stages and every rank's share of the partials in a ring (ClusterRanksOf);
 // 0 when no size fits (more slices than SMs).
 template <typename C>
 absl::StatusOr<int> BestClusterRanks(int slices, int stages_per_slice, int parts, int sm_count) {

@@ -5,10 +5,10 @@
 // output columns x 16 k, in registers: one packed word per lane and k-tile dequantizes straight
 // into a warp's A fragment) and the activations its B operand (16 k x kBatch rows, read by the
 // tensor cores from shared memory in the 128-byte-swizzled layout TMA writes). Column slices of
-// kBlockNTiles 64-column tiles and k stages (64 rows; 256 for split-k) are spread over a
-// persistent grid by the Ampere kernel's striped partition (striped_partition.cuh), a split
-// slice summed by the block holding its final stages once the others have signalled, or by the
-// cluster split (below). Shapes and shared types are in hopper_config.cuh, how a segment is
+// kBlockNTiles 64-column tiles and k stages (64 k; 256 for split-k) are
+// spread over a persistent grid by the Ampere kernel's striped partition (striped_partition.cuh), a
+// split slice summed by the block holding its final stages once the others have signalled, or by
+// the cluster split (below). Shapes and shared types are in hopper_config.cuh, how a segment is
 // finished and summed in hopper_epilogue.cuh.
 //
 // A block is three warpgroups. Warpgroup 0 is the producer: one thread waits for a free ring
@@ -21,9 +21,9 @@
 //
 // Where every slice can have a co-resident cluster of blocks (small and mid-size layers), the host
 // picks the cluster split instead of the striped partition: block b takes k part b % r of slice
-// b / r; ranks 1 .. r - 1 push their partials into the idle ring of rank 0 over distributed
-// shared memory and exit, and rank 0 sums them and stores the slice: no global partials, fences
-// or arrival counters.
+// b / r; the ranks reduce-scatter their partials through each other's idle rings over distributed
+// shared memory, each summing and storing 1 / r of the slice: no global partials, fences or
+// arrival counters.
 #ifndef MARLIN_KERNELS_CUDA_HOPPER_KERNEL_CUH_
 #define MARLIN_KERNELS_CUDA_HOPPER_KERNEL_CUH_
 
@@ -251,23 +251,25 @@ __device__ __forceinline__ void AddScaled(const HopperAccumulators<C>& product,
 struct BlockSync {
   uint32_t ring;         // the first slot
   uint32_t full, empty;  // kStages mbarriers each, 8 bytes apart
-  uint32_t ready;        // cluster split, ranks >= 1: completes when the leader's ring is idle
 };
 
-// Consumers, cluster split, after the block's one segment: the leader sums the cluster's partials
-// and stores the slice; every other rank pushes its partial to the leader and is done.
+// Consumers, cluster split, after the block's one segment: once every rank's consumers are past
+// their ring, each rank scatters its partial to the float4s' owners, and once every rank has,
+// sums and stores the float4s it owns (hopper_epilogue.cuh). The cluster barriers' release and
+// acquire order the distributed shared-memory writes before the reads; after the last one nobody
+// writes into another block, so every block may exit.
 template <typename C>
 __device__ __forceinline__ void FinishClusterSlice(const HopperParams& p, int slice,
                                                    const ConsumerRole& role, const BlockSync& sync,
                                                    const HopperAccumulators<C>& acc) {
   ptx::ClusterWait();  // every block's barriers are initialized (RunBlock)
   const int rank = static_cast<int>(ptx::ClusterRank());
-  if (rank == 0) {
-    ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);  // the ring's last stage is read
-    SumPushedPartials<C>(p, slice, role, sync.ring, sync.ready, acc);
-  } else {
-    PushPartial<C>(p, role, rank, sync.ring, sync.ready, acc);
-  }
+  ptx::ClusterArrive();  // this block's consumers are past the ring (its last group has retired)
+  ptx::ClusterWait();
+  ScatterPartials<C>(p, role, rank, sync.ring, acc);
+  ptx::ClusterArrive();
+  ptx::ClusterWait();
+  SumOwnedPartials<C>(p, slice, role, rank, sync.ring);
 }
 
 // Warpgroups 1..kConsumers: multiply every ring slot, release it, finish slices. Two stages'
@@ -416,13 +418,15 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
     }
     segment_begin = segment_end;
   }
-  if (first_split >= 0) {
-    WaitForSlice(p, first_split, role);
-    SumSlice<C>(p, first_split, role);
-  }
-  if (last_split >= 0) {
-    WaitForSlice(p, last_split, role);
-    SumSlice<C>(p, last_split, role);
+  // Both sums in one loop, so the summing code exists once: it runs once a call, from a cold
+  // instruction cache (Nsight Compute, L8B.qkv striped at 256 rows: most of the epilogue's stall
+  // samples were instruction fetches).
+#pragma unroll 1
+  for (int k = 0; k < 2; ++k) {
+    const int split = k == 0 ? first_split : last_split;
+    if (split < 0) continue;
+    WaitForSlice(p, split, role);
+    SumSlice<C>(p, split, role);
   }
 }
 
@@ -434,12 +438,10 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
   extern __shared__ __align__(1024) uint8_t smem[];
   __shared__ __align__(8) uint64_t full_bars[C::kStages];
   __shared__ __align__(8) uint64_t empty_bars[C::kStages];
-  __shared__ __align__(8) uint64_t ready_bar;
   // TMA's 128-byte swizzle repeats every 1024 bytes: the ring starts on such a boundary.
   const BlockSync sync{.ring = (ptx::SharedAddress(smem) + 1023) & ~1023u,
                        .full = ptx::SharedAddress(full_bars),
-                       .empty = ptx::SharedAddress(empty_bars),
-                       .ready = ptx::SharedAddress(&ready_bar)};
+                       .empty = ptx::SharedAddress(empty_bars)};
   const int begin = FirstIteration(p, block);
   const int end = FirstIteration(p, block + 1);
   constexpr bool kClusters = ClusterRanksOf<C>() > 1;  // whether C runs the cluster split's sums
@@ -449,7 +451,6 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
       ptx::BarrierInit(sync.full + 8 * s, 1);                // the producer's expect_tx arrival
       ptx::BarrierInit(sync.empty + 8 * s, kConsumers * 4);  // one arrival per consumer warp
     }
-    if (kClusters && p.cluster_ranks > 1) ptx::BarrierInit(sync.ready, 1);  // the leader's arrival
     ptx::FenceBarrierInit();
     ptx::PrefetchTensorMap(x_map);
     ptx::PrefetchTensorMap(&maps.w);

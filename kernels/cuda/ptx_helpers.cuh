@@ -60,6 +60,14 @@ __device__ __forceinline__ uint2 LoadShared8(uint32_t smem) {
   return v;
 }
 
+// movmatrix.m8n8.trans.b16: transposes an 8x8 matrix of 16-bit values held across the warp, lane l
+// holding row l / 4, columns 2 (l % 4) (low half) and 2 (l % 4) + 1. Warp-collective.
+__device__ __forceinline__ uint32_t TransposeMatrix8x8(uint32_t v) {
+  uint32_t t;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(t) : "r"(v));
+  return t;
+}
+
 // mma.sync m16n8k16: d += a (16x16 FP16, row) * b (16x8 FP16, col), FP32 accumulators.
 __device__ __forceinline__ void MmaF16F32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                           uint32_t b1) {
