@@ -35,7 +35,7 @@ inline constexpr int kMaxRowParts = 2;      // row parts of one pass (HopperPara
 
 constexpr int RoundUp(int v, int to) { return (v + to - 1) / to * to; }
 
-template <int kBatch_, int kWgTiles_, bool kSplitK_ = false>
+template <int kBatch_, int kWgTiles_, bool kSplitK_ = false, bool kGroupStages_ = false>
 struct HopperConfig {
   static constexpr int kBatch = kBatch_;      // activation rows per pass (wgmma N), zero-padded
   static constexpr int kWgTiles = kWgTiles_;  // 64-column tiles per consumer warpgroup
@@ -45,10 +45,13 @@ struct HopperConfig {
   static constexpr bool kSplitK = kSplitK_;
   static constexpr int kKGroups = kSplitK ? kConsumers : 1;  // warpgroups sharing a tile
   static constexpr int kBlockNTiles = kWgTiles * kConsumers / kKGroups;  // 64-column tiles/slice
+  // Whether every warpgroup takes a whole scale group (128 k) a stage instead of half of one: half
+  // as many stages, each with twice the wgmmas to share a consumer's fixed cost per stage.
+  static constexpr bool kGroupStages = kGroupStages_;
   // k-tiles a warpgroup multiplies per stage: a split-k warpgroup takes a whole scale group, so
   // its stage moves as many weight bytes as a wide one's (a consumer's cost per stage is mostly
   // fixed).
-  static constexpr int kWgKTiles = kSplitK ? kGroupKTiles : kBoxKTiles;
+  static constexpr int kWgKTiles = kSplitK || kGroupStages ? kGroupKTiles : kBoxKTiles;
   static constexpr int kStageKTiles = kWgKTiles * kKGroups;
   static constexpr int kXBoxBytes = kBatch * 128;  // kBatch rows x 64 k values
   static constexpr int kXBoxes = kStageKTiles / kBoxKTiles;
@@ -59,19 +62,19 @@ struct HopperConfig {
   static constexpr int kSBytes = kScaleRows * kScaleRowBytes;
   static constexpr int kStageBytes = RoundUp(kXBytes + kWBytes + kSBytes, 1024);
   static constexpr int kAccFloats = kBatch / 2;  // per tile, per thread
-  // Stages per scale group: a split-k warpgroup's stage is a whole group, a wide or narrow one's
-  // half of one.
+  // Stages per scale group: a split-k or group-stage warpgroup's stage is a whole group, any other
+  // one's half of one.
   static constexpr int kStagesPerGroup = kGroupKTiles / kWgKTiles;
   // Whether the scales are applied to FP32 products instead of to the dequantized weights: each
   // scale group multiplies q itself into a product, which is added to the running sum times its
   // scales once the group is done. That saves four of a packed word's thirteen dequantization
-  // instructions and the FP16 rounding of q x s (a split-k warpgroup's stage is one group, a wide
-  // one's half of one). Measured on the H100 (each alternated twice with its base in one call):
-  // split-k, L8B.qkv 10.0 -> 9.4 us and L8B.down 17.9 -> 16.8 at 16 rows, L70B.o 18.0 -> 16.9-17.1;
-  // wide, L8B.gate/up 24.6-25.8 -> 23.0-23.8 us at 1-8 rows, 16384^2 55.0 -> 52.9-53.2 at 32, the
-  // 70B layers 0-2% faster. At 64 rows, whose 32 products a thread adds a stage, split-k L8B.o and
-  // L8B.qkv were 1-2% slower, so not there (and the wide 64-row configuration lacks the registers).
-  static constexpr bool kScalesInFp32 = kBatch <= 32 && (kSplitK || kStagesPerGroup == 2);
+  // instructions and the FP16 rounding of q x s (a stage is one group or half of one). Measured on
+  // the H100 (each alternated twice with its base in one call): split-k, L8B.qkv 10.0 -> 9.4 us and
+  // L8B.down 17.9 -> 16.8 at 16 rows, L70B.o 18.0 -> 16.9-17.1; wide, L8B.gate/up 24.6-25.8
+  // -> 23.0-23.8 us at 1-8 rows, 16384^2 55.0 -> 52.9-53.2 at 32, the 70B layers 0-2% faster. At 64
+  // rows, whose 32 products a thread adds a stage, split-k L8B.o and L8B.qkv were 1-2% slower, so
+  // not there (and the wide 64-row configuration lacks the registers).
+  static constexpr bool kScalesInFp32 = kBatch <= 32;
   static constexpr int kAccSets = kScalesInFp32 ? 2 : 1;  // the sum (and the open group's product)
   // Where a split-k warpgroup leaves the float4s the other one owns (ExchangeKHalves).
   static constexpr int kExchangeBytes = kSplitK ? kWgTiles * kAccFloats * 4 * kWarpgroupThreads : 0;

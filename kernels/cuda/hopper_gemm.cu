@@ -26,17 +26,25 @@ namespace {
 // every SM busy with at most two blocks per slice. Taller products run as 256-row passes. Up to
 // 8 rows, m64n8k16 wgmmas: a stage's 16 of them cost the consumers less than m64n16k16 ones (H100,
 // both alternated twice in one call: L70B.o 17.2-17.5 -> 16.6-16.9 us at 1-8 rows, L8B.down
-// 17.2-17.5 -> 16.6-17.0; per model +1-2%).
-using Rows8Wide = HopperConfig<8, 2>;
+// 17.2-17.5 -> 16.6-17.0; per model +1-2%). Group stages (a whole scale group, 128 k, per
+// warpgroup and stage: half the stages, each with twice the wgmmas for its fixed cost) where they
+// measured faster (H100, each build alternated twice with the one without in one call): 128 rows,
+// L8B.qkv 30.8 / 28.8 -> 26.6 / 25.7 us at 256 rows (two 128-row parts), L70B.gate/up 200 / 204 ->
+// 189 / 190 at 128; 64-row narrow, L8B.gate/up 39.0 / 38.4 -> 36.7 / 36.9 at 64 rows, L70B.qkv
+// 28.4 / 28.7 -> 27.4 / 27.2; 8-row wide, L8B.gate/up 22.3 / 22.4 -> 21.3 / 21.6 at one row,
+// L70B.qkv 20.0 / 19.9 -> 19.5 / 19.4. Not the 16-row wide one (L70B.qkv 20.5 / 20.4 -> 21.4 /
+// 21.3 at 16 rows, L70B.down 46.7 / 47.2 -> 48.7 / 48.8), and the 64-row wide and 256-row ones
+// lack the registers for two groups in flight.
+using Rows8Wide = HopperConfig<8, 2, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows8SplitK = HopperConfig<8, 1, /*kSplitK=*/true>;
 using Rows16Wide = HopperConfig<16, 2>;
 using Rows16SplitK = HopperConfig<16, 1, /*kSplitK=*/true>;
 using Rows32Wide = HopperConfig<32, 2>;
 using Rows32SplitK = HopperConfig<32, 1, /*kSplitK=*/true>;
 using Rows64Wide = HopperConfig<64, 2>;
-using Rows64Narrow = HopperConfig<64, 1>;
+using Rows64Narrow = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows64SplitK = HopperConfig<64, 1, /*kSplitK=*/true>;
-using Rows128Narrow = HopperConfig<128, 1>;
+using Rows128Narrow = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows256Narrow = HopperConfig<256, 1>;
 
 // Whether a pass of more than 32 rows over a k x n weight that does not take the split-k
@@ -205,11 +213,16 @@ absl::StatusOr<int> BestClusterRanks(int slices, int stages_per_slice, int parts
 // blocks per slice on long runs (16 rows: L70B.down 51.1 -> 57.8, L8B.down 20.1 -> 23.1), when it
 // split slices at 256 rows (L70B.o 64.0 -> 72.8; unsplit, 16384^2 won: 214.9 -> 198.4) and with
 // under ~70% of the SMs busy. The H100 holds 30 co-resident clusters of 4 blocks and 39 of 3, so
-// a 32-slice layer splits 3 ways on 96 SMs: enough for short runs, not for long ones.
+// a 32-slice layer splits 3 ways on 96 SMs: enough for short runs, not for long ones. Since the
+// ranks reduce-scatter their partials (hopper_epilogue.cuh), 256-row slices split too. Of the
+// benchmark layers that changes L70B.down (64 slices, two blocks each, against striped): 209.6 /
+// 229.6 -> 201.1 / 211.2 us on the H100, each build timed twice in one call, and 167.3 against
+// 180.3 striped in the next call's full run. (L70B.qkv's 40 slices stay striped: the H100 holds
+// 39 co-resident three-block clusters, and two blocks per slice use under 70% of the SMs.)
 bool ClusterSplitPays(int rows, int ranks, int blocks, int stages_per_rank, int sm_count) {
   if (10 * blocks < 7 * sm_count) return false;
   if (ranks == 1) return true;  // one block per slice: nothing to sum
-  if (rows > 128) return false;
+  if (rows > 128) return true;
   return ranks == 2 || (rows <= 16 && stages_per_rank <= 24);
 }
 

@@ -5,7 +5,7 @@
 // output columns x 16 k, in registers: one packed word per lane and k-tile dequantizes straight
 // into a warp's A fragment) and the activations its B operand (16 k x kBatch rows, read by the
 // tensor cores from shared memory in the 128-byte-swizzled layout TMA writes). Column slices of
-// kBlockNTiles 64-column tiles and k stages (64 k; 256 for split-k) are
+// kBlockNTiles 64-column tiles and k stages (64 k; 128 under group stages, 256 for split-k) are
 // spread over a persistent grid by the Ampere kernel's striped partition (striped_partition.cuh), a
 // split slice summed by the block holding its final stages once the others have signalled, or by
 // the cluster split (below). Shapes and shared types are in hopper_config.cuh, how a segment is
