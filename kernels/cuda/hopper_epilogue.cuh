@@ -36,8 +36,8 @@ __device__ __forceinline__ uint32_t HalfPairBits(float lo, float hi) {
 }
 
 // Stores accumulators 4 r4 .. 4 r4 + 3 of tile j (values v) where the row exists. They hold rows
-// R and R + 1 (R = 8 r4 + 2 (lane % 4)) of columns c and c + 8 (AccRow); a warp's 8-row group is
-// two 8 x 8 blocks of (column, row), which two transposes (movmatrix) turn into (row, column):
+// R and R + 1 (R = 8 r4 + 2 (lane % 4)) of columns c and c + 8 (see AccRow); a warp's 8-row group
+// is two 8 x 8 blocks of (column, row), which two transposes (movmatrix) turn into (row, column):
 // lane l then holds row 8 r4 + l / 4 at columns 2 q, 2 q + 1 and 8 + 2 q, 8 + 2 q + 1 of the
 // warp's 16 (q = l % 4). One exchange with the neighbouring lane leaves each lane four adjacent
 // columns, so one 8-byte store per lane writes the warp's 8 rows x 32 bytes: whole sectors (one

@@ -35,27 +35,6 @@ __device__ __forceinline__ void BarrierArrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 
-// mbarrier.arrive.release.cluster on a barrier in another block of the cluster (an address from
-// MapToClusterRank): one arrival, ordered after this thread's earlier writes, cluster-wide.
-__device__ __forceinline__ void RemoteBarrierArrive(uint32_t cluster_bar) {
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar)
-               : "memory");
-}
-
-// mbarrier.try_wait.parity.acquire.cluster in a loop: as BarrierWait, and what the threads that
-// arrived (RemoteBarrierArrive, from any block of the cluster) wrote before is visible after it.
-__device__ __forceinline__ void BarrierWaitCluster(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      "  .reg .pred done;\n"
-      "wait_%=:\n"
-      "  mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
-      "  @!done bra wait_%=;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-
 // mbarrier.try_wait.parity in a loop: returns once the phase of parity `parity` has completed.
 __device__ __forceinline__ void BarrierWait(uint32_t bar, uint32_t parity) {
   asm volatile(
@@ -181,7 +160,7 @@ __device__ __forceinline__ uint32_t ClusterRank() {
 }
 
 // mapa.shared::cluster: the address of this block's shared-memory location `smem` in the shared
-// memory of the cluster's block `rank` (for StoreClusterShared16 and RemoteBarrierArrive).
+// memory of the cluster's block `rank` (for StoreClusterShared16).
 __device__ __forceinline__ uint32_t MapToClusterRank(uint32_t smem, uint32_t rank) {
   uint32_t mapped;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(mapped) : "r"(smem), "r"(rank));
