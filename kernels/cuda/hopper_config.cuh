@@ -75,6 +75,15 @@ struct HopperConfig {
   // rows, whose 32 products a thread adds a stage, split-k L8B.o and L8B.qkv were 1-2% slower, so
   // not there (and the wide 64-row configuration lacks the registers).
   static constexpr bool kScalesInFp32 = kBatch <= 32;
+  // Whether a striped block processes a last segment that another block sums before its other
+  // segments (hopper_kernel.cuh, BlockOrder). Measured on the H100 (a build with it everywhere
+  // against one without, alternated three times in one call): L70B.qkv, narrow and striped, 19.9 ->
+  // 18.8-19.0 us at 4 rows, 20.2-20.4 -> 19.2-19.4 at 16, 21.2-21.5 -> 20.5-20.8 at 32;
+  // L70B.gate/up, wide and striped at 64 rows, 118.8-119.4 -> 117.1-118.0. Elsewhere its code cost:
+  // ptxas spilled more in the 64-row narrow and split-k configurations, and L8B.qkv at 64 rows
+  // (split-k, no striped block) went from 10.3-10.7 to 11.1-11.2 us.
+  static constexpr bool kLastSegmentFirst =
+      (kBatch <= 32 && kWgTiles == 1 && !kSplitK) || (kBatch == 64 && kWgTiles == 2);
   static constexpr int kAccSets = kScalesInFp32 ? 2 : 1;  // the sum (and the open group's product)
   // Where a split-k warpgroup leaves the float4s the other one owns (ExchangeKHalves).
   static constexpr int kExchangeBytes = kSplitK ? kWgTiles * kAccFloats * 4 * kWarpgroupThreads : 0;

@@ -34,29 +34,22 @@ namespace {
 // 28.4 / 28.7 -> 27.4 / 27.2; 8-row wide, L8B.gate/up 22.3 / 22.4 -> 21.3 / 21.6 at one row,
 // L70B.qkv 20.0 / 19.9 -> 19.5 / 19.4. Not the 16-row wide one (L70B.qkv 20.5 / 20.4 -> 21.4 /
 // 21.3 at 16 rows, L70B.down 46.7 / 47.2 -> 48.7 / 48.8), and the 64-row wide and 256-row ones
-// lack the registers for two groups in flight.
+// lack the registers for two groups in flight. The narrow ones up to 32 rows take group stages
+// (session 12; their registers allow it, and they entered with them).
 using Rows8Wide = HopperConfig<8, 2, /*kSplitK=*/false, /*kGroupStages=*/true>;
+using Rows8Narrow = HopperConfig<8, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows8SplitK = HopperConfig<8, 1, /*kSplitK=*/true>;
 using Rows16Wide = HopperConfig<16, 2>;
+using Rows16Narrow = HopperConfig<16, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows16SplitK = HopperConfig<16, 1, /*kSplitK=*/true>;
 using Rows32Wide = HopperConfig<32, 2>;
+using Rows32Narrow = HopperConfig<32, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows32SplitK = HopperConfig<32, 1, /*kSplitK=*/true>;
 using Rows64Wide = HopperConfig<64, 2>;
 using Rows64Narrow = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows64SplitK = HopperConfig<64, 1, /*kSplitK=*/true>;
 using Rows128Narrow = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows256Narrow = HopperConfig<256, 1>;
-
-// Whether a pass of more than 32 rows over a k x n weight that does not take the split-k
-// configuration takes the narrow one (up to 32 rows such weights take the wide one). Measured
-// with marlin-bench on the H100 (Llama-3 8B/70B layers and 16384^2, wide and narrow timed
-// alternately in one call, docs/perf/kernel-h100.md): up to 32 rows narrow won only where n <=
-// 4096 (now split-k) and lost on the 28672-column gate/up (29.5 -> 34.6 us at 16); at 33-64 rows
-// it won on every weight under 2^27 elements (L8B.o 20.5 -> 14.2 us) and lost above (L70B.down
-// 69 -> 74 us); at 128 rows it won or tied everywhere (L8B block 0.91 -> 1.21x cuBLAS).
-bool NarrowConfiguration(int rows, int64_t k, int64_t n) {
-  return rows > 64 || k * n < (int64_t{1} << 27);
-}
 
 // Whether a pass of `rows` over a k x n weight takes the split-k configuration. Measured with
 // marlin-bench on an H200 (the card lent that day; split-k, then with 128-k stages, and the others
@@ -164,6 +157,10 @@ absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
   std::lock_guard<std::mutex> lock(mu);
   const auto it = known.find(device);
   if (it != known.end()) return it->second;
+  // The driver answers for the kernel's current shared-memory limit: raise it first (a pass may
+  // ask before any launch of C, or after launching only C's row-part kernel).
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+      HopperGemmKernel<C, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
   ClusterCapacities capacities{};
   capacities[1] = sm_count;  // one block per SM, no cluster launched
   for (int ranks = 2; ranks <= kMaxClusterRanks; ++ranks) {
@@ -226,17 +223,69 @@ bool ClusterSplitPays(int rows, int ranks, int blocks, int stages_per_rank, int 
   return ranks == 2 || (rows <= 16 && stages_per_rank <= 24);
 }
 
+// The column slices and k stages of configuration C's passes over weight w.
+template <typename C>
+struct PassShape {
+  int slices;
+  int stages_per_slice;
+  explicit PassShape(const DeviceWeight& w)
+      : slices(static_cast<int>((w.shape.n / 64 + C::kBlockNTiles - 1) / C::kBlockNTiles)),
+        stages_per_slice(
+            static_cast<int>((w.shape.k / 16 + C::kStageKTiles - 1) / C::kStageKTiles)) {}
+};
+
+// The cluster_ranks the measured rule gives configuration C's pass of `rows` rows (of one part)
+// in `parts` row parts over w (0: striped), whatever partition a test forces.
+template <typename C>
+absl::StatusOr<int> MeasuredClusterRanks(int rows, const DeviceWeight& w, int parts, int sm_count) {
+  const PassShape<C> shape(w);
+  absl::StatusOr<int> ranks =
+      BestClusterRanks<C>(shape.slices, shape.stages_per_slice, parts, sm_count);
+  if (!ranks.ok() || *ranks == 0) return ranks;
+  const bool pays = ClusterSplitPays(rows, *ranks, parts * shape.slices * *ranks,
+                                     (shape.stages_per_slice + *ranks - 1) / *ranks, sm_count);
+  return pays ? *ranks : 0;
+}
+
 // The pass's cluster_ranks (0: striped): the forced partition, else the measured rule.
 template <typename C>
-absl::StatusOr<int> ChooseClusterRanks(int rows, int slices, int stages_per_slice, int parts,
-                                       int sm_count) {
+absl::StatusOr<int> ChooseClusterRanks(int rows, const DeviceWeight& w, int parts, int sm_count) {
   const HopperPartition forced = ForcedHopperPartition();
   if (forced == HopperPartition::kStriped) return 0;
-  absl::StatusOr<int> ranks = BestClusterRanks<C>(slices, stages_per_slice, parts, sm_count);
-  if (!ranks.ok() || *ranks == 0 || forced == HopperPartition::kClusterSplit) return ranks;
-  const bool pays = ClusterSplitPays(rows, *ranks, parts * slices * *ranks,
-                                     (stages_per_slice + *ranks - 1) / *ranks, sm_count);
-  return pays ? *ranks : 0;
+  if (forced == HopperPartition::kClusterSplit) {
+    const PassShape<C> shape(w);
+    return BestClusterRanks<C>(shape.slices, shape.stages_per_slice, parts, sm_count);
+  }
+  return MeasuredClusterRanks<C>(rows, w, parts, sm_count);
+}
+
+// Whether a pass of `rows` rows (33-64 when it is more than 32) over weight w that does not take
+// the split-k configuration takes the narrow configuration Narrow over the wide one Wide (each
+// for the pass's row count; 65 rows and more are always narrow). Each is judged by the partition
+// the measured rule gives it, whatever a test forces. Measured with marlin-bench on the H100
+// (docs/perf/kernel-h100.md, sessions 2 and 12, each choice alternated twice in one call):
+// - A partition without global partial sums (one block per slice, or the cluster split) beats
+//   the striped one: L8B.gate/up keeps the wide configuration up to 32 rows (112 slices, one block
+//   each; narrow, striped: 21.5 -> 26.4 us at 1 row, 24.9 -> 29.2 at 32) and L70B.down takes the
+//   narrow one at every row count (64 slices on two-block clusters; wide, striped: 46.0 -> 43.0
+//   us at 1 row, 49.9 -> 45.6 at 32, 64.3 -> 60.7 at 64).
+// - Between two such partitions fewer blocks per slice win: 16384^2 takes narrow up to 32 rows
+//   (128 slices, one block each; wide, two-block clusters: 48.3 -> 46.5 us at 1 row, 50.9 -> 48.3
+//   at 32).
+// - Between two striped ones, narrow (group stages) wins up to 32 rows (L70B.qkv 22.6 -> 21.4 us at
+//   32 rows, L70B.gate/up 96.0 -> 94.9; both within 1% up to 16 rows); at 33-64 rows it won on
+//   every weight under 2^27 elements (L8B.o 20.5 -> 14.2 us) and lost above (L70B.gate/up 118.1 ->
+//   119.6 at 64 rows).
+template <typename Wide, typename Narrow>
+absl::StatusOr<bool> TakesNarrow(int rows, const DeviceWeight& w, int parts, int sm_count) {
+  const absl::StatusOr<int> wide = MeasuredClusterRanks<Wide>(rows, w, parts, sm_count);
+  if (!wide.ok()) return wide.status();
+  const absl::StatusOr<int> narrow = MeasuredClusterRanks<Narrow>(rows, w, parts, sm_count);
+  if (!narrow.ok()) return narrow.status();
+  if (*wide == 0 && *narrow > 0) return true;
+  if (rows > 32) return w.shape.k * w.shape.n < (int64_t{1} << 27);
+  if (*wide == 0) return true;
+  return *narrow > 0 && *narrow <= *wide;
 }
 
 // Launches configuration C on a pass of `rows` rows: ceil(rows / C::kBatch) row parts side by side,
@@ -264,20 +313,19 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   p.n_tiles = static_cast<int>(w.shape.n / 64);
   p.per_channel = w.shape.group_size == kPerChannel;
   p.word_major_tiles = w.layout == DeviceLayout::kWordMajorTiles;
-  const int slices = (p.n_tiles + C::kBlockNTiles - 1) / C::kBlockNTiles;
-  p.stages_per_slice = (p.k_tiles + C::kStageKTiles - 1) / C::kStageKTiles;
-  p.total_iters = slices * p.stages_per_slice;
+  const PassShape<C> shape(w);
+  p.stages_per_slice = shape.stages_per_slice;
+  p.total_iters = shape.slices * p.stages_per_slice;
   p.counters = counters;
   p.partials = partials;
   static_assert(2 * C::kSlotFloats <= kSlotFloatsPerSm, "kSlotFloatsPerSm too small");
   MARLIN_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
   const int part_sms = sm_count / parts;
-  absl::StatusOr<int> ranks =
-      ChooseClusterRanks<C>(std::min(rows, C::kBatch), slices, p.stages_per_slice, parts, sm_count);
+  absl::StatusOr<int> ranks = ChooseClusterRanks<C>(std::min(rows, C::kBatch), w, parts, sm_count);
   if (!ranks.ok()) return ranks.status();
   p.cluster_ranks = *ranks;
-  p.grid = p.cluster_ranks > 0 ? slices * p.cluster_ranks : std::min(part_sms, p.total_iters);
+  p.grid = p.cluster_ranks > 0 ? shape.slices * p.cluster_ranks : std::min(part_sms, p.total_iters);
   // Programmatic dependent launch: this kernel may start while the previous one on the stream
   // finishes (it streams weights first and waits for that kernel before anything else). Measured
   // on the H100 (L70B block, same run): 2-4% faster up to 32 rows. From 128 rows it read 2-6%
@@ -302,6 +350,18 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   return absl::OkStatus();
 }
 
+// Launches the narrow configuration Narrow or the wide one Wide (TakesNarrow).
+template <typename Wide, typename Narrow>
+absl::Status LaunchWideOrNarrow(const __half* x, int rows, int parts, const DeviceWeight& w,
+                                __half* y, int* counters, float* partials, int sm_count,
+                                cudaStream_t stream) {
+  const int part_rows = (rows + parts - 1) / parts;
+  const absl::StatusOr<bool> narrow = TakesNarrow<Wide, Narrow>(part_rows, w, parts, sm_count);
+  if (!narrow.ok()) return narrow.status();
+  return *narrow ? Launch<Narrow>(x, rows, w, y, counters, partials, sm_count, stream)
+                 : Launch<Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+}
+
 }  // namespace
 
 absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
@@ -321,20 +381,22 @@ absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half
     }
     return Launch<Rows64SplitK>(x, rows, w, y, counters, partials, sm_count, stream);
   }
-  // Up to 32 rows, every weight left is wider than 4096 columns (wide, NarrowConfiguration).
+  // Every weight left is wider than 4096 columns: wide or narrow by their partitions (TakesNarrow).
   if (part_rows <= 8) {
-    return Launch<Rows8Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+    return LaunchWideOrNarrow<Rows8Wide, Rows8Narrow>(x, rows, parts, w, y, counters, partials,
+                                                      sm_count, stream);
   }
   if (part_rows <= 16) {
-    return Launch<Rows16Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+    return LaunchWideOrNarrow<Rows16Wide, Rows16Narrow>(x, rows, parts, w, y, counters, partials,
+                                                        sm_count, stream);
   }
   if (part_rows <= 32) {
-    return Launch<Rows32Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+    return LaunchWideOrNarrow<Rows32Wide, Rows32Narrow>(x, rows, parts, w, y, counters, partials,
+                                                        sm_count, stream);
   }
-  const bool narrow = NarrowConfiguration(part_rows, w.shape.k, w.shape.n);
   if (part_rows <= 64) {
-    return narrow ? Launch<Rows64Narrow>(x, rows, w, y, counters, partials, sm_count, stream)
-                  : Launch<Rows64Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+    return LaunchWideOrNarrow<Rows64Wide, Rows64Narrow>(x, rows, parts, w, y, counters, partials,
+                                                        sm_count, stream);
   }
   if (part_rows <= 128) {
     return Launch<Rows128Narrow>(x, rows, w, y, counters, partials, sm_count, stream);

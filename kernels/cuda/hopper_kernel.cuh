@@ -79,26 +79,58 @@ __device__ __forceinline__ void LoadActivationStage(const CUtensorMap* x_map, St
   }
 }
 
-// Warpgroup 0, one thread: fills the ring for iterations [begin, end). Weights and scales never
-// change under a call, so the first ring's worth of them is requested before the grid waits for
-// the previous kernel on the stream (programmatic dependent launch): their streaming overlaps that
-// kernel's last blocks. Activations (of the block's row part: `x_map`), which the previous kernel
-// may have written, come after.
+// The order a block processes its iterations [begin, end) in: [mid, end), then [begin, mid).
+// Under the striped partition, in configurations with C::kLastSegmentFirst, a last segment that
+// ends inside its slice (a later block holds the slice's final stages and sums it) comes first:
+// its partial is written and signalled early in the main loop instead of at its end, so the block
+// that sums the slice rarely waits once its own loop is done. Otherwise (one segment, a range
+// ending on a slice boundary, the cluster split) mid == begin.
+template <typename C>
+struct BlockOrder {
+  int begin, mid, end;
+  __device__ __forceinline__ BlockOrder(const HopperParams& p, int begin_, int end_)
+      : begin(begin_), mid(begin_), end(end_) {
+    if constexpr (C::kLastSegmentFirst) {
+      const int last_slice_begin = (end - 1) / p.stages_per_slice * p.stages_per_slice;
+      if (p.cluster_ranks == 0 && end % p.stages_per_slice != 0 && last_slice_begin > begin) {
+        mid = last_slice_begin;
+      }
+    }
+  }
+  // Moves `at` on to the next stage in this order once `done` - begin stages are processed;
+  // `restart` is iteration `begin`'s cursor.
+  template <typename P>
+  __device__ __forceinline__ void Advance(const P& p, int done, const StageCursor& restart,
+                                          StageCursor& at) const {
+    at.Advance(p);
+    if constexpr (C::kLastSegmentFirst) {
+      if (done == begin + (end - mid)) at = restart;  // [mid, end) done: on to `begin`
+    }
+  }
+};
+
+// Warpgroup 0, one thread: fills the ring for the block's iterations, in BlockOrder. Weights and
+// scales never change under a call, so the first ring's worth of them is requested before the grid
+// waits for the previous kernel on the stream (programmatic dependent launch): their streaming
+// overlaps that kernel's last blocks. Activations (of the block's row part: `x_map`), which the
+// previous kernel may have written, come after.
 template <typename C>
 __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const CUtensorMap* x_map,
-                                              const HopperParams& p, int begin, int end,
+                                              const HopperParams& p, const BlockOrder<C>& order,
                                               uint32_t ring, uint32_t full, uint32_t empty) {
+  const int begin = order.begin, end = order.end;
   const int early = end - begin < C::kStages ? end - begin : C::kStages;
-  StageCursor at(p, begin);
+  const StageCursor restart(p, begin);
+  StageCursor at(p, order.mid);
   for (int slot = 0; slot < early; ++slot) {
     LoadWeightStage<C>(maps, p, at, StageSmem<C>(ring, slot), full + 8 * slot);
-    at.Advance(p);
+    order.Advance(p, begin + slot + 1, restart, at);
   }
   ptx::GridDependencyWait();
-  at = StageCursor(p, begin);
+  at = StageCursor(p, order.mid);
   for (int slot = 0; slot < early; ++slot) {
     LoadActivationStage<C>(x_map, at, StageSmem<C>(ring, slot), full + 8 * slot);
-    at.Advance(p);
+    order.Advance(p, begin + slot + 1, restart, at);
   }
   int slot = early % C::kStages;
   uint32_t phase = early == C::kStages ? 1 : 0;
@@ -108,7 +140,7 @@ __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const CUte
     const uint32_t bar = full + 8 * slot;
     LoadWeightStage<C>(maps, p, at, smem, bar);
     LoadActivationStage<C>(x_map, at, smem, bar);
-    at.Advance(p);
+    order.Advance(p, iter + 1, restart, at);
     if (++slot == C::kStages) {
       slot = 0;
       phase ^= 1;
@@ -277,8 +309,9 @@ __device__ __forceinline__ void FinishClusterSlice(const HopperParams& p, int sl
 // for, read, dequantized and issued; a slot goes back to the producer once the group that reads
 // it has completed.
 template <typename C>
-__device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, int begin, int end,
-                                              const BlockSync& sync) {
+__device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
+                                              const BlockOrder<C>& order, const BlockSync& sync) {
+  const int begin = order.begin, end = order.end;
   const ConsumerRole role(threadIdx.x - kWarpgroupThreads);
   const uint32_t word_offset = TileWordOffset(role, p.word_major_tiles);
   const uint32_t full = sync.full, empty = sync.empty;
@@ -298,9 +331,10 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
   // branch that touches the accumulators: reading them there for a segment's end made ptxas wait
   // for every wgmma group at the loop's back edge (C7517; the SASS had a full
   // WARPGROUP.DEPBAR on every iteration, so no two groups were ever in flight).
-  for (int segment_begin = begin; segment_begin < end;) {
+  int range_end = end;  // [mid, end), then [begin, mid) (BlockOrder)
+  for (int segment_begin = order.mid; segment_begin < range_end;) {
     const int slice = segment_begin / p.stages_per_slice;
-    const int segment_end = min(end, (slice + 1) * p.stages_per_slice);
+    const int segment_end = min(range_end, (slice + 1) * p.stages_per_slice);
     int in_flight = -1;  // the slot whose wgmma group may still be reading it
     // Waits for the current slot's copies; its words and the activations this warpgroup reads.
     struct Stage {
@@ -417,6 +451,12 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block, 
       }
     }
     segment_begin = segment_end;
+    if constexpr (C::kLastSegmentFirst) {
+      if (segment_begin == end && order.mid != begin) {
+        segment_begin = begin;
+        range_end = order.mid;
+      }
+    }
   }
   // Both sums in one loop, so the summing code exists once: it runs once a call, from a cold
   // instruction cache (Nsight Compute, L8B.qkv striped at 256 rows: most of the epilogue's stall
@@ -442,8 +482,7 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
   const BlockSync sync{.ring = (ptx::SharedAddress(smem) + 1023) & ~1023u,
                        .full = ptx::SharedAddress(full_bars),
                        .empty = ptx::SharedAddress(empty_bars)};
-  const int begin = FirstIteration(p, block);
-  const int end = FirstIteration(p, block + 1);
+  const BlockOrder<C> order(p, FirstIteration(p, block), FirstIteration(p, block + 1));
   constexpr bool kClusters = ClusterRanksOf<C>() > 1;  // whether C runs the cluster split's sums
 
   if (threadIdx.x == 0) {
@@ -467,13 +506,13 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
   if (threadIdx.x < kWarpgroupThreads) {
     ptx::LowerRegisterBudget<kProducerRegisters>();
     if (threadIdx.x == 0) {
-      ProduceStages<C>(maps, x_map, p, begin, end, sync.ring, sync.full, sync.empty);
+      ProduceStages<C>(maps, x_map, p, order, sync.ring, sync.full, sync.empty);
     }
     if (kClusters && p.cluster_ranks > 1) ptx::ClusterWait();
   } else {
     ptx::RaiseRegisterBudget<kConsumerRegisters>();
     ptx::GridDependencyWait();  // before the workspace and y, which the previous call used
-    ConsumeStages<C>(p, block, begin, end, sync);
+    ConsumeStages<C>(p, block, order, sync);
   }
 }
 
