@@ -259,9 +259,9 @@ absl::StatusOr<int> ChooseClusterRanks(int rows, const DeviceWeight& w, int part
   return MeasuredClusterRanks<C>(rows, w, parts, sm_count);
 }
 
-// Whether a pass of `rows` rows (33-64 when it is more than 32) over weight w that does not take
-// the split-k configuration takes the narrow configuration Narrow over the wide one Wide (each
-// for the pass's row count; 65 rows and more are always narrow). Each is judged by the partition
+// Whether a pass of up to 64 rows (`rows` per part) over weight w that does not take the split-k
+// configuration takes the narrow configuration Narrow over the wide one Wide, both of its row
+// count (from 65 rows on every such pass is narrow). Each is judged by the partition
 // the measured rule gives it, whatever a test forces. Measured with marlin-bench on the H100
 // (docs/perf/kernel-h100.md, sessions 2 and 12, each choice alternated twice in one call):
 // - A partition without global partial sums (one block per slice, or the cluster split) beats
@@ -275,7 +275,7 @@ absl::StatusOr<int> ChooseClusterRanks(int rows, const DeviceWeight& w, int part
 // - Between two striped ones, narrow (group stages) wins up to 32 rows (L70B.qkv 22.6 -> 21.4 us at
 //   32 rows, L70B.gate/up 96.0 -> 94.9; both within 1% up to 16 rows); at 33-64 rows it won on
 //   every weight under 2^27 elements (L8B.o 20.5 -> 14.2 us) and lost above (L70B.gate/up 118.1 ->
-//   119.6 at 64 rows).
+//   119.9 at 64 rows).
 template <typename Wide, typename Narrow>
 absl::StatusOr<bool> TakesNarrow(int rows, const DeviceWeight& w, int parts, int sm_count) {
   const absl::StatusOr<int> wide = MeasuredClusterRanks<Wide>(rows, w, parts, sm_count);
