@@ -2,7 +2,7 @@
 # Builds the libFuzzer targets (tests/fuzz, clang, ASan+UBSan) and runs each for SECONDS from its
 # seed corpus (tests/fuzz/corpus/<target>/, read only; new inputs go to a scratch corpus).
 #
-#   scripts/fuzz.sh 60                 # every target, 60 s each, one after another
+#   scripts/fuzz.sh 60                 # every target, 60 s each, JOBS (2) at a time
 #   scripts/fuzz.sh 600 npy gptq       # chosen targets
 #   JOBS=2 FUZZ_BUILD=build-fuzz scripts/fuzz.sh 60
 #
@@ -24,12 +24,10 @@ CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithD
   -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
 cmake --build "$build" -j "$jobs" --target "${targets[@]/%/_fuzz}"
 
-status=0
-for t in "${targets[@]}"; do
-  work="$build/corpus/$t"
-  crashes="$build/crashes/$t"
+# One target's run; prints its summary line and returns non-zero on a crash.
+run_target() {
+  local t=$1 work="$build/corpus/$1" crashes="$build/crashes/$1" log="$build/fuzz-$1.log" rc
   mkdir -p "$work" "$crashes"
-  log="$build/fuzz-$t.log"
   set +e
   ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
     "$build/fuzz/${t}_fuzz" -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=30 \
@@ -37,13 +35,29 @@ for t in "${targets[@]}"; do
     "$work" "tests/fuzz/corpus/$t" >"$log" 2>&1
   rc=$?
   set -e
+  local execs cov found
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo '?')
   found=$(find "$crashes" -type f | wc -l)
   echo "fuzz: $t seconds=$seconds executions=$execs coverage=$cov corpus=$(find "$work" -maxdepth 1 -type f | wc -l) crashes=$found rc=$rc"
   if ((rc != 0 || found != 0)); then
-    status=1
     tail -40 "$log"
+    return 1
   fi
+}
+
+# Each libFuzzer process uses one core: JOBS of them run at once, their output printed in target
+# order once every one is done.
+status=0
+for ((i = 0; i < ${#targets[@]}; i += jobs)); do
+  pids=()
+  for t in "${targets[@]:i:jobs}"; do
+    run_target "$t" >"$build/fuzz-$t.summary" 2>&1 &
+    pids+=($!)
+  done
+  for j in "${!pids[@]}"; do
+    wait "${pids[j]}" || status=1
+    cat "$build/fuzz-${targets[i + j]}.summary"
+  done
 done
 exit $status
