@@ -66,7 +66,8 @@ std::shared_ptr<grpc::Channel> PlaintextChannel(int port);
 // Polls `done` every 5 ms for up to `timeout`; true as soon as it holds.
 bool Eventually(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(10));
 
-// The store holds exactly `ids` and accounts exactly their bytes (nothing half-uploaded).
+// The store holds exactly `ids` and, once the requests that used removed versions have let go
+// (within 5 s), accounts exactly their bytes (nothing half-uploaded).
 void ExpectStoreHoldsExactly(MarlinServer& server, std::vector<std::string> ids);
 
 // Certificates in `dir` (created): ca.pem, server.pem/.key (CN and SAN localhost, 127.0.0.1),
