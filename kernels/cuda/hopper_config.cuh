@@ -93,6 +93,16 @@ struct HopperConfig {
   static constexpr int kStages =
       kRingBytes / kStageBytes < kMaxStages ? kRingBytes / kStageBytes : kMaxStages;
   static constexpr int kSmemBytes = kStages * kStageBytes + kExchangeBytes + 1024;
+  // Stages whose weights a block requests before the grid waits for the previous kernel
+  // (ProduceStages); their activation boxes all go out as soon as it has. Measured on the H100
+  // (each alternated four times with 12 in one call): a split-k block, whose stage carries 2-4x
+  // the activation bytes of a wide or narrow one and whose call mostly ends with every block at
+  // once, starts its loop sooner with fewer: at 4, L8B.o 7.5 -> 7.2 us at 1-8 rows, 7.9 -> 7.3
+  // at 16 and 8.7 -> 7.8 at 32; L8B.down 15.6 -> 14.8 at 16; L70B.o 15.1 -> 14.7 at 16 and 16.9
+  // -> 16.0 at 32 (6, 8 and 10 fell in between; 3 was no better). The other configurations lost
+  // with 8 (L70B.qkv 19.0 -> 19.5-20.5 us at 1 row, L70B.gate/up 88.1 -> 89.3), and with deeper
+  // rings (24 stages at most: L70B.qkv 18.9 -> 20.6 us at 1 row).
+  static constexpr int kEarlyStages = kSplitK && kStages > 4 ? 4 : kStages;
   // Two stages' wgmma groups are in flight: the accumulators and two stages' A fragments must fit
   // the consumers' registers (two tiles at 128 rows did not; ptxas serialized the groups, C7512).
   static_assert(kAccSets * kWgTiles * kAccFloats + 2 * kWgKTiles * kWgTiles * 4 <= 160,

@@ -110,16 +110,18 @@ struct BlockOrder {
 };
 
 // Warpgroup 0, one thread: fills the ring for the block's iterations, in BlockOrder. Weights and
-// scales never change under a call, so the first ring's worth of them is requested before the grid
-// waits for the previous kernel on the stream (programmatic dependent launch): their streaming
-// overlaps that kernel's last blocks. Activations (of the block's row part: `x_map`), which the
-// previous kernel may have written, come after.
+// scales never change under a call, so the first C::kEarlyStages stages of them (a ring's worth,
+// or fewer) are requested before the grid waits for the previous kernel on the stream
+// (programmatic dependent launch): their streaming overlaps that kernel's last blocks. Activations
+// (of the block's row part: `x_map`), which the previous kernel may have written, come after; so
+// does the rest of the ring, whose slots are still fresh (a wait for the parity before a fresh
+// barrier's first phase returns at once).
 template <typename C>
 __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const CUtensorMap* x_map,
                                               const HopperParams& p, const BlockOrder<C>& order,
                                               uint32_t ring, uint32_t full, uint32_t empty) {
   const int begin = order.begin, end = order.end;
-  const int early = end - begin < C::kStages ? end - begin : C::kStages;
+  const int early = end - begin < C::kEarlyStages ? end - begin : C::kEarlyStages;
   const StageCursor restart(p, begin);
   StageCursor at(p, order.mid);
   for (int slot = 0; slot < early; ++slot) {
