@@ -273,13 +273,14 @@ absl::StatusOr<int> ChooseClusterRanks(int rows, const DeviceWeight& w, int part
 //   (128 slices, one block each; wide, two-block clusters: 48.3 -> 46.5 us at 1 row, 50.9 -> 48.3
 //   at 32).
 // - Between two striped ones, narrow (group stages) wins up to 32 rows (L70B.qkv 22.6 -> 21.4 us at
-//   32 rows, L70B.gate/up 96.0 -> 94.9; both within 1% up to 16 rows); at 33-64 rows it won on
-//   every weight under 2^27 elements (L8B.o 20.5 -> 14.2 us), and on larger ones with fewer wide
-//   slices than SMs, where every wide slice is split between blocks and narrow halves the blocks
-//   per slice (session 14: 16384^2, 64 wide and 128 narrow slices on 132 SMs, 69.1 / 70.5 / 70.0
-//   -> 65.7 / 65.8 / 65.8 us at 64 rows); it lost where the wide slices outnumber the SMs
-//   (L70B.gate/up, 224 of them: 118.1 -> 119.9 at 64 rows in session 12, 116.0 / 116.6 / 116.9 ->
-//   119.1 / 119.5 / 119.7 in session 14).
+//   32 rows, L70B.gate/up 96.0 -> 94.9; both within 1% up to 16 rows).
+// - At 33-64 rows narrow won on every weight under 2^27 elements (L8B.o 20.5 -> 14.2 us), and on
+//   larger ones with fewer wide slices than SMs, where every wide slice is split between blocks
+//   and narrow halves the blocks per slice (session 14: 16384^2, 64 wide slices on two-block
+//   clusters against 128 narrow ones on one block each, 69.1 / 70.5 / 70.0 -> 65.7 / 65.8 / 65.8
+//   us at 64 rows); it lost where the wide slices outnumber the SMs (L70B.gate/up, 224 striped
+//   ones: 118.1 -> 119.9 at 64 rows in session 12, 116.0 / 116.6 / 116.9 -> 119.1 / 119.5 / 119.7
+//   in session 14).
 template <typename Wide, typename Narrow>
 absl::StatusOr<bool> TakesNarrow(int rows, const DeviceWeight& w, int parts, int sm_count) {
   const absl::StatusOr<int> wide = MeasuredClusterRanks<Wide>(rows, w, parts, sm_count);
