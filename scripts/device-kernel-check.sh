@@ -3,10 +3,12 @@
 # (kernel, CUDA backend, the end-to-end suite on the CUDA backend), compute-sanitizer memcheck and
 # racecheck on a small shape (both kernel paths), a SASS summary (HGMMA = the Hopper path's wgmma,
 # HMMA = the Ampere path's mma.sync), then the kernel benchmark with both paths and the dispatch
-# side by side (BENCH_PATHS overrides which: marlin-bench --paths; FULL_BENCH=0 skips it). Where
+# side by side (BENCH_PATHS overrides which: marlin-bench --paths; FULL_BENCH=0 skips it), and
+# tall products (257-4096 rows; TALL_M overrides, TALL_BENCH=0 skips) with the Hopper path, the
+# dequant-cublas path and the dispatch side by side (bench-tall.md, bench-tall.json). Where
 # COMPARE_REF=... scripts/stage-device.sh staged another build, its kernel tests and an A/B of the
-# two benchmarks come first (see below). Logs go to $OUT (or ./device-out): bench.md, bench.json
-# and kernel-logs.tar.gz (test logs, sanitizer logs, SASS summary, the A/B tables ab-*.md/json).
+# two benchmarks come first (see below). Logs go to $OUT (or ./device-out): bench.md, bench.json,
+# bench-tall.md, bench-tall.json and kernel-logs.tar.gz (test logs, sanitizer logs, SASS summary, the A/B tables ab-*.md/json).
 #
 #   [BENCH_PATHS=hopper:striped,hopper:cluster] scripts/device-kernel-check.sh [marlin-bench args...]
 #   [COMPARE_BENCH_ARGS="--layers L8B --m 128,256"] [FULL_BENCH=0] scripts/device-kernel-check.sh
@@ -22,18 +24,23 @@ cuobjdump -sass device-bundle/bin/marlin-bench |
   grep -oE '\b(HMMA|HGMMA|UTMALDG|WARPGROUP|LDSM|LDGSTS|LDL|STL)[.A-Z0-9_]*' | sort | uniq -c \
   >"$logs/sass.txt"
 cat "$logs/sass.txt"
-run_test() {  # name, then the command (killed after 300 s: a hung kernel must not eat the lease)
-  local name=$1; shift
-  timeout 300 "$@" >"$logs/$name.log" 2>&1
+run_test() {  # name, then the command (killed after TEST_TIMEOUT s, 300 unless set: a hung kernel
+  local name=$1; shift  # must not eat the lease)
+  timeout "${TEST_TIMEOUT:-300}" "$@" >"$logs/$name.log" 2>&1
   echo "$name exit: $? ($(grep -E '^\[  (PASSED|FAILED) ' "$logs/$name.log" | tr '\n' ' '))"
 }
-run_test gemm-tests marlin_gemm_test
+TEST_TIMEOUT=450 run_test gemm-tests marlin_gemm_test  # five paths, ~270 s on an H100
 run_test device-layout-tests device_layout_test
+run_test dequantize-tests dequantize_weight_test
 run_test cuda-backend-tests marlin_server_cuda_backend_test
 run_test e2e-cuda env MARLIN_E2E_BACKEND=cuda marlin_e2e_test
+# racecheck only on our kernels: the dequant-cublas path's dequantization shares no memory between
+# threads, and cuBLAS's kernels are not ours to check.
 for tool in memcheck racecheck; do
+  filter='*SanitizerShape*'
+  [[ $tool == racecheck ]] && filter='*SanitizerShape*:-*DequantCublas*'
   compute-sanitizer --tool $tool --error-exitcode 9 marlin_gemm_test \
-    --gtest_filter='*SanitizerShape*' >"$logs/sanitizer-$tool.log" 2>&1
+    --gtest_filter="$filter" >"$logs/sanitizer-$tool.log" 2>&1
   echo "compute-sanitizer $tool exit: $? ($(tail -1 "$logs/sanitizer-$tool.log"))"
 done
 # A/B against the build that COMPARE_REF=... scripts/stage-device.sh staged: its kernel tests, both
@@ -44,7 +51,7 @@ if [[ -d device-bundle/compare ]]; then
   echo "compare: $(cat $ref/REF)"
   run_test bit-identity-x4 marlin_gemm_test --gtest_filter='*BitIdentical*' --gtest_repeat=4
   if [[ ${COMPARE_TESTS:-1} == 1 ]]; then
-    run_test compare-gemm-tests $ref/marlin_gemm_test
+    TEST_TIMEOUT=450 run_test compare-gemm-tests $ref/marlin_gemm_test
     run_test compare-bit-identity-x4 $ref/marlin_gemm_test --gtest_filter='*BitIdentical*' \
       --gtest_repeat=4
     for tool in memcheck racecheck; do
@@ -69,5 +76,11 @@ if [[ ${FULL_BENCH:-1} == 1 ]]; then
   marlin-bench --paths "${BENCH_PATHS:-ampere,hopper:striped,hopper:cluster,auto}" \
     --json "$out/bench.json" "$@" >"$out/bench.md"
   grep -E '^\| (L8B|L70B|big) \|' "$out/bench.md"
+fi
+# Tall products: the Hopper path's passes against the dequant-cublas path and the dispatch.
+if [[ ${TALL_BENCH:-1} == 1 ]]; then
+  marlin-bench --paths hopper,dequant-cublas,auto --m "${TALL_M:-257,320,384,512,768,1024,2048,4096}" \
+    --json "$out/bench-tall.json" >"$out/bench-tall.md"
+  grep -E '^\| (L8B|L70B|big) \|' "$out/bench-tall.md"
 fi
 tar -czf "$out/kernel-logs.tar.gz" -C "$out" kernel-logs && rm -rf "$logs"

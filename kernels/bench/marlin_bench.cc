@@ -4,7 +4,6 @@
 // replays divided by the call count, cuBLAS measured in the same run.
 //
 //   marlin-bench [--m 1,4,16,32,64,128,256] [--layers L8B,L70B,big] [--json FILE]
-#include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
@@ -13,6 +12,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -24,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "kernels/bench/random_fill.h"
 #include "kernels/cuda/cuda_resources.h"
+#include "kernels/cuda/dequant_cublas.h"
 #include "kernels/cuda/gemm_dispatch.h"
 #include "kernels/cuda/marlin_gemm.h"
 #include "nlohmann/json.hpp"
@@ -62,45 +63,24 @@ T Check(absl::StatusOr<T> v) {
   return *std::move(v);
 }
 
-absl::Status CublasStatus(cublasStatus_t s, const char* what) {
-  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": cuBLAS status ", static_cast<int>(s)));
-}
-
-// A cuBLAS handle bound to one stream with a fixed workspace (so it can be graph-captured).
-class Cublas {
- public:
+// The FP16 baseline: a cuBLAS handle bound to one stream with a fixed workspace (so it can be
+// graph-captured).
+struct Cublas {
+  cuda::CublasHandle handle;
+  DeviceBuffer workspace;
   static absl::StatusOr<std::unique_ptr<Cublas>> Create(cudaStream_t stream) {
-    cublasHandle_t h = nullptr;
-    if (auto s = CublasStatus(cublasCreate(&h), "cublasCreate"); !s.ok()) return s;
-    auto c = std::unique_ptr<Cublas>(new Cublas(h));
+    auto c = std::make_unique<Cublas>();
+    absl::StatusOr<cuda::CublasHandle> h = cuda::CublasHandle::Create();
+    if (!h.ok()) return h.status();
+    c->handle = *std::move(h);
     absl::StatusOr<DeviceBuffer> ws = DeviceBuffer::Create(size_t{64} << 20);
     if (!ws.ok()) return ws.status();
-    c->workspace_ = *std::move(ws);
-    if (auto s = CublasStatus(cublasSetStream(h, stream), "cublasSetStream"); !s.ok()) return s;
-    if (auto s = CublasStatus(cublasSetWorkspace(h, c->workspace_.get(), c->workspace_.size()),
-                              "cublasSetWorkspace");
-        !s.ok()) {
+    c->workspace = *std::move(ws);
+    if (absl::Status s = c->handle.Bind(stream, c->workspace.get(), c->workspace.size()); !s.ok()) {
       return s;
     }
     return c;
   }
-  ~Cublas() { cublasDestroy(handle_); }
-
-  // y (m x n) = x (m x k) . w (k x n), all row-major FP16, FP32 accumulation, tensor cores.
-  absl::Status Gemm(const __half* x, const __half* w, __half* y, int64_t m, int64_t k,
-                    int64_t n) const {
-    const float alpha = 1.f, beta = 0.f;
-    return CublasStatus(cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, n, m, k, &alpha, w,
-                                     CUDA_R_16F, n, x, CUDA_R_16F, k, &beta, y, CUDA_R_16F, n,
-                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT_TENSOR_OP),
-                        "cublasGemmEx");
-  }
-
- private:
-  explicit Cublas(cublasHandle_t h) : handle_(h) {}
-  cublasHandle_t handle_;
-  DeviceBuffer workspace_;  // fixed cuBLAS workspace, required for graph capture
 };
 
 // One timed variant: a graph of `calls` back-to-back calls of `record(i)`.
@@ -193,13 +173,14 @@ struct KernelPath {
   }
 };
 
-// Parses --paths: auto, ampere, hopper, hopper:striped, hopper:cluster. Empty on a bad name.
+// Parses --paths: auto, ampere, hopper, hopper:striped, hopper:cluster, dequant-cublas. Empty on a
+// bad name.
 std::vector<KernelPath> ParsePaths(const std::string& list) {
   std::vector<KernelPath> paths;
   for (absl::string_view name : absl::StrSplit(list, ',')) {
     const size_t before = paths.size();
-    for (cuda::GemmPath p :
-         {cuda::GemmPath::kAuto, cuda::GemmPath::kAmpere, cuda::GemmPath::kHopper}) {
+    for (cuda::GemmPath p : {cuda::GemmPath::kAuto, cuda::GemmPath::kAmpere,
+                             cuda::GemmPath::kHopper, cuda::GemmPath::kDequantCublas}) {
       for (cuda::HopperPartition q : {cuda::HopperPartition::kAuto, cuda::HopperPartition::kStriped,
                                       cuda::HopperPartition::kClusterSplit}) {
         std::string known = cuda::GemmPathName(p);
@@ -240,13 +221,14 @@ int Main(int argc, char** argv) {
   std::string path_list = "auto";
   app.add_option("--paths", path_list,
                  "kernel paths to time side by side: auto (the dispatch table), ampere, hopper, "
-                 "hopper:striped, hopper:cluster (the Hopper path with its partition forced)");
+                 "hopper:striped, hopper:cluster (the Hopper path with its partition forced), "
+                 "dequant-cublas");
   CLI11_PARSE(app, argc, argv);
   const std::vector<KernelPath> paths = ParsePaths(path_list);
   if (paths.empty()) {
     std::fprintf(stderr,
                  "marlin-bench: --paths takes auto, ampere, hopper, hopper:striped, "
-                 "hopper:cluster\n");
+                 "hopper:cluster, dequant-cublas\n");
     return 2;
   }
   std::vector<int64_t> ms;
@@ -278,8 +260,9 @@ int Main(int argc, char** argv) {
     __half* b = copy_a.as<__half>() + s * s;
     __half* c = copy_b.as<__half>();
     BENCH_CHECK(FillRandomNormal(a, 2 * s * s, 1.f, 2, stream.get()));
-    const double us = TimePerCallUs(stream.get(), 5, replays,
-                                    [&](int) { return cublas->Gemm(a, b, c, s, s, s); });
+    const double us = TimePerCallUs(stream.get(), 5, replays, [&](int) {
+      return cublas->handle.GemmRowMajor(a, b, s, c, s, s, s, s);
+    });
     tflops = 2.0 * s * s * s / (us * 1e-6) / 1e12;
   }
   copy_a = DeviceBuffer();
@@ -366,9 +349,9 @@ int Main(int argc, char** argv) {
                             }});
       }
       variants.push_back({std::max(min_calls, fp16_copies), [&](int i) {
-                            return cublas->Gemm(x.as<__half>(),
-                                                fweights[i % fp16_copies].as<__half>(),
-                                                y.as<__half>(), m, layer.k, layer.n);
+                            return cublas->handle.GemmRowMajor(
+                                x.as<__half>(), fweights[i % fp16_copies].as<__half>(), layer.n,
+                                y.as<__half>(), layer.n, m, layer.k, layer.n);
                           }});
       std::vector<double> path_us = TimeSideBySide(stream.get(), replays, variants);
       RestoreDispatch();

@@ -1,6 +1,7 @@
-// Which kernel path multiplies a product: the Ampere path (cp.async + mma.sync, sm_80 and later)
-// or the Hopper path (TMA + wgmma, sm_90a). Gemm consults ChooseGemmPath on every call; the
-// table behind it holds what marlin-bench measured on an H100 (docs/perf/kernel-h100.md).
+// Which path multiplies a product: the Ampere path (cp.async + mma.sync, sm_80 and later), the
+// Hopper path (TMA + wgmma, sm_90a), or for tall products the dequant-cublas path (W dequantized to
+// FP16 chunk by chunk, cuBLAS). Gemm consults ChooseGemmPath on every call; the table behind it
+// holds what marlin-bench measured on an H100 (docs/perf/kernel-h100.md).
 //
 //   GemmPath path = ChooseGemmPath(/*sm=*/90, m, k, n);
 //   ForceGemmPathForTesting(GemmPath::kHopper);  // tests and the benchmark only
@@ -13,9 +14,10 @@
 namespace marlin::cuda {
 
 enum class GemmPath {
-  kAuto,    // the dispatch table decides
-  kAmpere,  // kernels/cuda/marlin_kernel.cuh
-  kHopper,  // kernels/cuda/hopper_kernel.cuh
+  kAuto,           // the dispatch table decides
+  kAmpere,         // kernels/cuda/marlin_kernel.cuh
+  kHopper,         // kernels/cuda/hopper_kernel.cuh
+  kDequantCublas,  // kernels/cuda/dequant_cublas.h: W to FP16 in chunks, cuBLAS (sm_80 and later)
 };
 
 const char* GemmPathName(GemmPath path);
@@ -26,6 +28,9 @@ bool GemmPathAvailable(GemmPath path, int sm);
 
 // The path for an m x k by k x n product on compute capability `sm`; never kAuto.
 GemmPath ChooseGemmPath(int sm, int64_t m, int64_t k, int64_t n);
+
+// The fastest of our own kernels on `sm`: kHopper where it runs, else kAmpere.
+GemmPath ChooseKernelPath(int sm);
 
 // Test and benchmark hook: every later Gemm call in this process takes `path` (kAuto restores
 // the table). Gemm fails with FailedPrecondition when the forced path cannot run on the device.

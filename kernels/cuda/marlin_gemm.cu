@@ -1,10 +1,11 @@
-// Host side of the FP16 x INT4 kernel: validation, tile-configuration dispatch, workspace.
+// Host side of Gemm: validation, the path, the Ampere path's tile configurations, the workspace.
 #include "kernels/cuda/marlin_gemm.h"
 
 #include <algorithm>
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/dequant_cublas.h"
 #include "kernels/cuda/gemm_dispatch.h"
 #include "kernels/cuda/hopper_gemm.h"
 #include "kernels/cuda/marlin_kernel.cuh"
@@ -40,8 +41,17 @@ constexpr size_t kCounterBytes = 4096;
 constexpr size_t kMaxSlotFloatsPerSm = 2 * 128 * 256;
 static_assert(hopper::kSlotFloatsPerSm <= kMaxSlotFloatsPerSm, "workspace too small for Hopper");
 
-size_t WorkspaceBytes(int sm_count) {
-  return kCounterBytes + size_t{1} * sm_count * kMaxSlotFloatsPerSm * sizeof(float);
+// The workspace: kCounterBytes of counters, a region for the kernels' partial sums or the
+// dequant-cublas path's chunks of dequantized columns, the cuBLAS workspace. A chunk of at least
+// 64 MiB holds 2048 columns at K = 16384 (1152 at the deepest benchmark layer, K = 28672): chunks
+// much narrower than that cost cuBLAS efficiency (H100, L70B.down at 4096 rows in 576-column
+// chunks: 2958 us against 2591 for one product).
+constexpr size_t kMinChunkBytes = size_t{64} << 20;
+size_t ScratchBytes(int sm_count) {
+  return std::max(kMinChunkBytes, size_t{1} * sm_count * kMaxSlotFloatsPerSm * sizeof(float));
+}
+size_t WorkspaceBytes(int sm_count, int sm) {
+  return kCounterBytes + ScratchBytes(sm_count) + CublasWorkspaceBytes(sm);
 }
 
 // Device compute capability as major * 10 + minor.
@@ -54,15 +64,22 @@ absl::StatusOr<int> ComputeCapability(int device) {
   return major * 10 + minor;
 }
 
-// The path this call takes: the forced one (tests, benchmark) or the dispatch table's.
-absl::StatusOr<GemmPath> PathFor(int sm, int64_t m, int64_t k, int64_t n, DeviceLayout layout) {
+// The path this call takes: the forced one (tests, benchmark) or the dispatch table's. The table's
+// dequant-cublas choice gives way to the kernels where a chunk cannot hold 64 columns of w
+// (K > 2^18).
+absl::StatusOr<GemmPath> PathFor(int sm, int64_t m, int64_t k, int64_t n, DeviceLayout layout,
+                                 size_t chunk_bytes) {
   const GemmPath forced = ForcedGemmPath();
   if (!GemmPathAvailable(forced, sm)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "Gemm: the ", GemmPathName(forced), " path does not run on sm_", sm, " in this build"));
   }
-  const GemmPath path = forced == GemmPath::kAuto ? ChooseGemmPath(sm, m, k, n) : forced;
-  if (layout == DeviceLayout::kWordMajorTiles && path != GemmPath::kHopper) {
+  GemmPath path = forced == GemmPath::kAuto ? ChooseGemmPath(sm, m, k, n) : forced;
+  if (forced == GemmPath::kAuto && path == GemmPath::kDequantCublas &&
+      ChunkColumns(k, n, chunk_bytes) == 0) {
+    path = ChooseKernelPath(sm);
+  }
+  if (layout == DeviceLayout::kWordMajorTiles && path == GemmPath::kAmpere) {
     return absl::FailedPreconditionError(
         absl::StrCat("Gemm: a weight in DeviceLayout::kWordMajorTiles needs the hopper path; the ",
                      GemmPathName(path), " path runs this call on sm_", sm,
@@ -118,8 +135,20 @@ absl::StatusOr<size_t> GemmWorkspace::BytesFor(int device) {
   int sm_count = 0;
   MARLIN_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-  return WorkspaceBytes(sm_count);
+  absl::StatusOr<int> sm = ComputeCapability(device);
+  if (!sm.ok()) return sm.status();
+  return WorkspaceBytes(sm_count, *sm);
 }
+
+GemmWorkspace::GemmWorkspace(DeviceBuffer buffer, std::unique_ptr<CublasHandle> cublas,
+                             int sm_count, int compute_capability)
+    : buffer_(std::move(buffer)),
+      cublas_(std::move(cublas)),
+      sm_count_(sm_count),
+      compute_capability_(compute_capability) {}
+GemmWorkspace::GemmWorkspace(GemmWorkspace&&) noexcept = default;
+GemmWorkspace& GemmWorkspace::operator=(GemmWorkspace&&) noexcept = default;
+GemmWorkspace::~GemmWorkspace() = default;
 
 absl::StatusOr<GemmWorkspace> GemmWorkspace::Create(int device) {
   int sm_count = 0;
@@ -135,15 +164,18 @@ absl::StatusOr<GemmWorkspace> GemmWorkspace::Create(int device) {
     return absl::InternalError(absl::StrCat("device has ", sm_count, " SMs; workspace holds ",
                                             kCounterBytes / sizeof(int), " counters"));
   }
-  absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Create(WorkspaceBytes(sm_count));
+  absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Create(WorkspaceBytes(sm_count, *sm));
   if (!buffer.ok()) return buffer.status();
+  absl::StatusOr<CublasHandle> cublas = CublasHandle::Create();
+  if (!cublas.ok()) return cublas.status();
   // Zeroed on a stream of its own and waited for: a cudaMemset runs on the legacy stream, which the
   // callers' non-blocking streams do not wait for.
   absl::StatusOr<Stream> zeroing = Stream::Create();
   if (!zeroing.ok()) return zeroing.status();
   MARLIN_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(buffer->get(), 0, kCounterBytes, zeroing->get()));
   if (absl::Status s = zeroing->Synchronize(); !s.ok()) return s;
-  return GemmWorkspace(*std::move(buffer), sm_count, *sm);
+  return GemmWorkspace(*std::move(buffer), std::make_unique<CublasHandle>(*std::move(cublas)),
+                       sm_count, *sm);
 }
 
 absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
@@ -161,7 +193,8 @@ absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
   if (!Aligned16(x) || !Aligned16(y) || !Aligned16(w.qweight) || !Aligned16(w.scales)) {
     return absl::InvalidArgumentError("Gemm: x, y, qweight and scales must be 16-byte aligned");
   }
-  if (workspace.get() == nullptr || workspace.size() < WorkspaceBytes(workspace.sm_count())) {
+  if (workspace.get() == nullptr ||
+      workspace.size() < WorkspaceBytes(workspace.sm_count(), workspace.compute_capability())) {
     return absl::InvalidArgumentError("Gemm: workspace not created by GemmWorkspace::Create");
   }
 
@@ -179,8 +212,18 @@ absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
   p.n_tiles = static_cast<int>(n / kTileN);
   p.counters = static_cast<int*>(workspace.get());
   p.partials = reinterpret_cast<float*>(static_cast<char*>(workspace.get()) + kCounterBytes);
-  absl::StatusOr<GemmPath> path = PathFor(workspace.compute_capability(), m, k, n, w.layout);
+  const size_t scratch_bytes = ScratchBytes(workspace.sm_count());
+  absl::StatusOr<GemmPath> path =
+      PathFor(workspace.compute_capability(), m, k, n, w.layout, scratch_bytes);
   if (!path.ok()) return path.status();
+  if (*path == GemmPath::kDequantCublas) {
+    char* cublas_workspace = static_cast<char*>(workspace.get()) + kCounterBytes + scratch_bytes;
+    return DequantCublasGemm(
+        x, m, w, y,
+        DequantCublasScratch{workspace.cublas(), p.partials, scratch_bytes, cublas_workspace,
+                             CublasWorkspaceBytes(workspace.compute_capability())},
+        stream);
+  }
   const int64_t pass_rows = *path == GemmPath::kHopper ? hopper::kMaxPassRows : kMaxPassRows;
   for (int64_t row0 = 0; row0 < m; row0 += pass_rows) {
     p.x = x + row0 * k;

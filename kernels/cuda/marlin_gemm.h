@@ -2,7 +2,9 @@
 //
 // x is M x K FP16 (row-major), W a packed INT4 weight (kernels/format, docs/weight-format.md) in
 // device memory, y M x N FP16; accumulation in FP32. Each call needs a GemmWorkspace that no other
-// call uses at the same time: one per stream. Calls are safe under CUDA-graph capture.
+// call uses at the same time: one per stream. Calls are safe under CUDA-graph capture. Tall
+// products may run as W dequantized to FP16 chunk by chunk and multiplied by cuBLAS
+// (dequant_cublas.h), where the measured dispatch (gemm_dispatch.h) says that is faster.
 //
 //   ASSIGN_OR_RETURN(auto ws, marlin::cuda::GemmWorkspace::Create(device));
 //   marlin::cuda::DeviceWeight w{qweight_dev, scales_dev, shape};
@@ -14,6 +16,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -32,33 +35,42 @@ struct DeviceWeight {
   DeviceLayout layout = DeviceLayout::kPacked;
 };
 
-// Scratch memory for the cross-block reduction, sized for one device. It must not be shared by
-// calls that may run concurrently; every call leaves it ready for the next.
+class CublasHandle;  // dequant_cublas.h
+
+// Scratch memory for one device: the kernels' cross-block reduction (counters, partial sums), which
+// the large-batch path reuses for its dequantized chunks, and that path's cuBLAS handle and
+// workspace. It must not be shared by calls that may run concurrently; every call leaves it ready
+// for the next. Create it on the device it serves (the current device).
 class GemmWorkspace {
  public:
   static absl::StatusOr<GemmWorkspace> Create(int device);
-  // Bytes a workspace for `device` needs (what Create allocates).
+  // Device bytes a workspace for `device` needs (what Create allocates).
   static absl::StatusOr<size_t> BytesFor(int device);
+  GemmWorkspace(GemmWorkspace&&) noexcept;
+  GemmWorkspace& operator=(GemmWorkspace&&) noexcept;
+  ~GemmWorkspace();
 
   void* get() const { return buffer_.get(); }
   size_t size() const { return buffer_.size(); }
   int sm_count() const { return sm_count_; }
   int compute_capability() const { return compute_capability_; }
+  const CublasHandle& cublas() const { return *cublas_; }
 
  private:
-  GemmWorkspace(DeviceBuffer buffer, int sm_count, int compute_capability)
-      : buffer_(std::move(buffer)), sm_count_(sm_count), compute_capability_(compute_capability) {}
-  DeviceBuffer buffer_;
+  GemmWorkspace(DeviceBuffer buffer, std::unique_ptr<CublasHandle> cublas, int sm_count,
+                int compute_capability);
+  DeviceBuffer buffer_;  // counters, partial sums (or chunks), cuBLAS workspace
+  std::unique_ptr<CublasHandle> cublas_;
   int sm_count_ = 0;            // the blocks one launch spreads over
   int compute_capability_ = 0;  // major * 10 + minor: picks the kernel path
 };
 
 // Enqueues y = x . dequant(w) on `stream`. Fails (without launching) with InvalidArgument when the
 // shape is not one the format accepts or m < 1, with FailedPrecondition when w.layout is one the
-// chosen path cannot read (kWordMajorTiles off the Hopper path), and with an InternalError on a
+// chosen path cannot read (kWordMajorTiles on the Ampere path), and with an InternalError on a
 // launch failure.
-// On sm_90 the Hopper path (TMA + wgmma) or the Ampere path (mma.sync) runs, as gemm_dispatch.h's
-// measured table says; elsewhere the Ampere path.
+// gemm_dispatch.h's measured table picks the path: on sm_90 the Hopper path (TMA + wgmma), on
+// sm_80-89 the Ampere path (mma.sync), and for tall products on both the dequant-cublas path.
 absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
                   const GemmWorkspace& workspace, cudaStream_t stream);
 

@@ -1,12 +1,12 @@
-// GPU tests of the FP16 x INT4 kernels against a float64 reference (ctest label `gpu`). Every
-// test runs once per kernel path, forced through gemm_dispatch.h's test hook: the Ampere path
-// (sm_80 and later) and the Hopper path (sm_90a only; skipped elsewhere), the latter with the
-// weights in both device layouts (device_layout.h). Without a CUDA device
-// every test skips. Fresh random data each run; the seed is printed on
-// failure. Tolerance: the kernel rounds each dequantized weight to FP16 exactly as the reference
-// does, accumulates in FP32 (error ~ sqrt(K) * 2^-24 relative, negligible) and rounds the output to
-// FP16 (at most 2^-11 relative per element, about 2^-11 / sqrt(3) in RMS), so a relative Frobenius
-// error of 1e-3 leaves a margin of ~3x over the output rounding alone.
+// GPU tests of Gemm's paths against a float64 reference (ctest label `gpu`). Every test runs once
+// per path, forced through gemm_dispatch.h's test hook: the Ampere path (sm_80 and later), the
+// Hopper path (sm_90a only; skipped elsewhere) with the weights in both device layouts
+// (device_layout.h), and the dequant-cublas path (sm_80 and later). Without a CUDA device
+// every test skips. Fresh random data each run; the seed is printed on failure. Tolerance: every
+// path rounds each dequantized weight to FP16 exactly as the reference does, accumulates in FP32
+// (error ~ sqrt(K) * 2^-24 relative, negligible) and rounds the output to FP16 (at most 2^-11
+// relative per element, about 2^-11 / sqrt(3) in RMS), so a relative Frobenius error of 1e-3
+// leaves a margin of ~3x over the output rounding alone.
 #include "kernels/cuda/marlin_gemm.h"
 
 #include <cuda_runtime_api.h>
@@ -17,6 +17,7 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -344,14 +345,14 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_GraphReplayAndTwoStreams) {
   EXPECT_EQ(y2, expected);
 }
 
-// Word-major tiles are the Hopper path's: it multiplies them like packed ones, and the Ampere path
-// refuses them before launching anything instead of misreading them.
-TEST_P(MarlinGemmTest, WordMajorTilesOnlyOnTheHopperPath) {
+// Word-major tiles are for the Hopper and dequant-cublas paths: they multiply them like packed
+// ones, and the Ampere path refuses them before launching anything instead of misreading them.
+TEST_P(MarlinGemmTest, WordMajorTilesNotOnTheAmperePath) {
   const int64_t m = 4, k = 256, n = 128;
   const QuantizedWeight w = RandomWeight(WeightShape{k, n, 128}, rng_);
   DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), DeviceLayout::kWordMajorTiles);
   const std::vector<uint16_t> x = RandomActivations(m * k, rng_);
-  if (GetParam().path == GemmPath::kHopper) {
+  if (GetParam().path != GemmPath::kAmpere) {
     ExpectMatchesReference(x, m, w, RunOnDevice(dw.view, x, m, *workspace_, stream_.get()), {});
     return;
   }
@@ -387,9 +388,53 @@ TEST_P(MarlinGemmTest, RefusesShapesTheFormatRejects) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// The dispatch (no path forced) on tall products, where it takes the dequant-cublas path from 1024
+// rows on small weights (gemm_dispatch.cc), with the layout the service holds weights in. Runs
+// once, under the dequant-cublas variant.
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_TallProducts_AsDispatched) {
+  if (GetParam().path != GemmPath::kDequantCublas) {
+    GTEST_SKIP() << "runs under DequantCublas_PackedLayout_Sm80Plus only";
+  }
+  ForceGemmPathForTesting(GemmPath::kAuto);
+  const DeviceLayout layout = FastestDeviceLayout(workspace_->compute_capability());
+  for (const auto& [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{1024, 4096, 4096},
+                                {1500, 1024, 8192},
+                                {1100, 4096, 6144}}) {
+    SCOPED_TRACE(absl::StrCat("M=", m, " K=", k, " N=", n, " seed=", seed_));
+    EXPECT_EQ(ChooseGemmPath(workspace_->compute_capability(), m, k, n), GemmPath::kDequantCublas);
+    const QuantizedWeight w = RandomWeight(WeightShape{k, n, 128}, rng_);
+    DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), layout);
+    const std::vector<uint16_t> x = RandomActivations(m * k, rng_);
+    const std::vector<uint16_t> y = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
+    std::vector<int64_t> columns;
+    std::uniform_int_distribution<int64_t> col(0, n - 1);
+    for (int i = 0; i < 16; ++i) columns.push_back(col(rng_));
+    ExpectMatchesReference(x, m, w, y, columns);
+    int64_t unwritten = 0;
+    for (uint16_t v : y) unwritten += v == kPoison;
+    EXPECT_EQ(unwritten, 0);
+  }
+}
+
+// The dequant-cublas path dequantizes into the workspace's scratch region (64 MiB or more), 64
+// columns at least: a weight too deep for that is refused when the path is forced (the dispatch
+// then takes a kernel).
+TEST_P(MarlinGemmTest, DequantCublasRefusesWeightsTooDeepForItsChunk) {
+  if (GetParam().path != GemmPath::kDequantCublas) GTEST_SKIP() << "dequant-cublas only";
+  const int64_t k = int64_t{1} << 20;  // 64 columns of FP16: 128 MiB
+  DeviceWeight w{reinterpret_cast<const void*>(256), reinterpret_cast<const __half*>(256),
+                 WeightShape{k, 64, 128}};
+  const absl::Status s = Gemm(reinterpret_cast<const __half*>(256), 512, w,
+                              reinterpret_cast<__half*>(256), *workspace_, stream_.get());
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("chunk"), absl::string_view::npos) << s;
+}
+
 // The cluster split takes every shape whose slices fit the co-resident clusters (all but the
 // widest benchmark layers, which stay striped under it). The Hopper path runs with the layout the
-// service gives it (word-major tiles) under both partitions, and with packed words as dispatched.
+// service gives it (word-major tiles) under both partitions, and with packed words as dispatched;
+// the dequant-cublas path with packed words (its dequantization reads word-major tiles bit for bit
+// alike, dequantize_weight_test.cc, and the tall dispatched test runs it on the service's layout).
 INSTANTIATE_TEST_SUITE_P(
     Paths, MarlinGemmTest,
     ::testing::Values(KernelVariant{GemmPath::kAmpere, HopperPartition::kAuto,
@@ -402,7 +447,9 @@ INSTANTIATE_TEST_SUITE_P(
                                     "HopperTmaWgmma_ClusterSplit_WordMajorTiles_Sm90a"},
                       KernelVariant{GemmPath::kHopper, HopperPartition::kAuto,
                                     DeviceLayout::kPacked,
-                                    "HopperTmaWgmma_Dispatched_PackedLayout_Sm90a"}),
+                                    "HopperTmaWgmma_Dispatched_PackedLayout_Sm90a"},
+                      KernelVariant{GemmPath::kDequantCublas, HopperPartition::kAuto,
+                                    DeviceLayout::kPacked, "DequantCublas_PackedLayout_Sm80Plus"}),
     [](const ::testing::TestParamInfo<KernelVariant>& info) { return info.param.name; });
 
 }  // namespace

@@ -723,7 +723,7 @@ TEST_F(E2eTest, QueueBoundAndDeadlinesInQueue) {
   o.max_rows_per_request = 8;
   o.max_queue_delay_us = 300'000;
   o.work_conserving = false;  // batches wait the whole delay even with idle lanes
-  StartServer(o);
+  ASSERT_NO_FATAL_FAILURE(StartServer(o));
   TestWeight w = DenseFp16({.k = 128, .n = 64, .group_size = 128}, 12);
   Put("slow", w);
   std::mt19937 rng(13);
@@ -780,7 +780,7 @@ TEST_F(E2eTest, WeightsDirIsLoadedBeforeServing) {
   ServerOptions o = DefaultOptions();
   o.weights_dir = dir.string();
   o.metrics_listen = "127.0.0.1:0";
-  StartServer(o);
+  ASSERT_NO_FATAL_FAILURE(StartServer(o));
   EXPECT_GT(server_->metrics_port(), 0);
   EXPECT_EQ(HealthStatus(channel_), 1);
   ExpectServing("model/layer0/mlp", w);
@@ -865,7 +865,7 @@ TEST_F(E2eTest, DrainTimeoutAnswersTheRestUnavailable) {
   o.max_batch_rows = 100;
   o.max_queue_delay_us = 10'000'000;  // one 64-row request per weight waits until the drain
   o.work_conserving = false;          // ...even though the lane is idle
-  StartServer(o);
+  ASSERT_NO_FATAL_FAILURE(StartServer(o));
   constexpr int kWeights = 8;
   std::vector<TestWeight> weights;
   for (int i = 0; i < kWeights; ++i) {
