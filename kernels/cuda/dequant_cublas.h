@@ -15,8 +15,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <memory>
-#include <type_traits>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -24,17 +22,22 @@
 
 namespace marlin::cuda {
 
-// Converts a cuBLAS status into InternalError naming the call (ResourceExhausted for
-// CUBLAS_STATUS_ALLOC_FAILED).
-absl::Status CublasStatus(cublasStatus_t status, const char* what);
+struct CublasApi;  // the cuBLAS entry points, loaded at run time (dequant_cublas.cc)
 
-// A cuBLAS handle on the current device, destroyed on destruction. Move-only.
+// A cuBLAS handle on the current device, destroyed on destruction. Move-only. cuBLAS is loaded
+// with dlopen on the first Create, not linked: libcublasLt's ~94 KB of static TLS would otherwise
+// sit on every thread's stack, and threads created with small stacks (civetweb's, under the
+// metrics exposer) then fail to start.
 class CublasHandle {
  public:
+  // FailedPrecondition when libcublas cannot be loaded, InternalError when cuBLAS fails.
   static absl::StatusOr<CublasHandle> Create();
   CublasHandle() = default;
-
-  cublasHandle_t get() const { return handle_.get(); }
+  CublasHandle(CublasHandle&& other) noexcept;
+  CublasHandle& operator=(CublasHandle&& other) noexcept;
+  CublasHandle(const CublasHandle&) = delete;
+  CublasHandle& operator=(const CublasHandle&) = delete;
+  ~CublasHandle();
 
   // Binds the handle's next calls to `stream` and to the caller-owned `workspace` (cublasSetStream
   // resets the workspace to cuBLAS's own pool, which may allocate under graph capture, so both
@@ -47,11 +50,12 @@ class CublasHandle {
                             int64_t m, int64_t k, int64_t n) const;
 
  private:
-  struct Destroy {
-    void operator()(cublasHandle_t h) const { cublasDestroy(h); }
-  };
-  explicit CublasHandle(cublasHandle_t h) : handle_(h) {}
-  std::unique_ptr<std::remove_pointer_t<cublasHandle_t>, Destroy> handle_;
+  CublasHandle(const CublasApi* api, cublasHandle_t handle) : api_(api), handle_(handle) {}
+  // Converts a cuBLAS status into InternalError naming the call (ResourceExhausted for
+  // CUBLAS_STATUS_ALLOC_FAILED).
+  absl::Status Status(cublasStatus_t status, const char* what) const;
+  const CublasApi* api_ = nullptr;  // null in a moved-from or default handle
+  cublasHandle_t handle_ = nullptr;
 };
 
 // Recommended cuBLAS workspace bytes on compute capability `sm` (major * 10 + minor): 32 MiB on
