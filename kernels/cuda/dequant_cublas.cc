@@ -31,11 +31,17 @@ struct CublasApi {
 
 namespace {
 
+// The library LoadCublas opens: the toolkit's major version, or a test's name.
+std::string& CublasLibraryName() {
+  static std::string* name = new std::string(absl::StrCat("libcublas.so.", CUBLAS_VER_MAJOR));
+  return *name;
+}
+
 // Loads libcublas once per process (never unloaded); the error, if any, is kept for every later
 // call.
 absl::StatusOr<const CublasApi*> LoadCublas() {
   static const absl::StatusOr<const CublasApi*> api = []() -> absl::StatusOr<const CublasApi*> {
-    const std::string name = absl::StrCat("libcublas.so.", CUBLAS_VER_MAJOR);
+    const std::string name = CublasLibraryName();
     void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (lib == nullptr) {
       return absl::FailedPreconditionError(
@@ -64,6 +70,8 @@ absl::StatusOr<const CublasApi*> LoadCublas() {
 }
 
 }  // namespace
+
+void SetCublasLibraryForTesting(const std::string& name) { CublasLibraryName() = name; }
 
 absl::StatusOr<CublasHandle> CublasHandle::Create() {
   absl::StatusOr<const CublasApi*> api = LoadCublas();

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -57,6 +58,10 @@ class CublasHandle {
   const CublasApi* api_ = nullptr;  // null in a moved-from or default handle
   cublasHandle_t handle_ = nullptr;
 };
+
+// Test hook: the library the first CublasHandle::Create in this process loads instead of
+// libcublas.so.<major> (a missing one makes every Create fail with FailedPrecondition).
+void SetCublasLibraryForTesting(const std::string& name);
 
 // Recommended cuBLAS workspace bytes on compute capability `sm` (major * 10 + minor): 32 MiB on
 // Hopper and later, 4 MiB before (cuBLAS documentation, cublasSetWorkspace).

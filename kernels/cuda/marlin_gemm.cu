@@ -65,16 +65,21 @@ absl::StatusOr<int> ComputeCapability(int device) {
 }
 
 // The path this call takes: the forced one (tests, benchmark) or the dispatch table's. The table's
-// dequant-cublas choice gives way to the kernels where a chunk cannot hold 64 columns of w
-// (K > 2^18).
-absl::StatusOr<GemmPath> PathFor(int sm, int64_t m, int64_t k, int64_t n, DeviceLayout layout,
-                                 size_t chunk_bytes) {
+// dequant-cublas choice gives way to the kernels where the workspace has no cuBLAS (libcublas
+// missing) or a chunk cannot hold 64 columns of w (K > 2^18); forced, that path then fails.
+absl::StatusOr<GemmPath> PathFor(const GemmWorkspace& workspace, int64_t m, int64_t k, int64_t n,
+                                 DeviceLayout layout, size_t chunk_bytes) {
+  const int sm = workspace.compute_capability();
   const GemmPath forced = ForcedGemmPath();
   if (!GemmPathAvailable(forced, sm)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "Gemm: the ", GemmPathName(forced), " path does not run on sm_", sm, " in this build"));
   }
   GemmPath path = forced == GemmPath::kAuto ? ChooseGemmPath(sm, m, k, n) : forced;
+  if (path == GemmPath::kDequantCublas && workspace.cublas() == nullptr) {
+    if (forced != GemmPath::kAuto) return workspace.cublas_status();
+    path = ChooseKernelPath(sm);
+  }
   if (forced == GemmPath::kAuto && path == GemmPath::kDequantCublas &&
       ChunkColumns(k, n, chunk_bytes) == 0) {
     path = ChooseKernelPath(sm);
@@ -141,9 +146,10 @@ absl::StatusOr<size_t> GemmWorkspace::BytesFor(int device) {
 }
 
 GemmWorkspace::GemmWorkspace(DeviceBuffer buffer, std::unique_ptr<CublasHandle> cublas,
-                             int sm_count, int compute_capability)
+                             absl::Status cublas_status, int sm_count, int compute_capability)
     : buffer_(std::move(buffer)),
       cublas_(std::move(cublas)),
+      cublas_status_(std::move(cublas_status)),
       sm_count_(sm_count),
       compute_capability_(compute_capability) {}
 GemmWorkspace::GemmWorkspace(GemmWorkspace&&) noexcept = default;
@@ -166,16 +172,22 @@ absl::StatusOr<GemmWorkspace> GemmWorkspace::Create(int device) {
   }
   absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Create(WorkspaceBytes(sm_count, *sm));
   if (!buffer.ok()) return buffer.status();
+  // Without libcublas the workspace still serves the kernel paths (PathFor).
   absl::StatusOr<CublasHandle> cublas = CublasHandle::Create();
-  if (!cublas.ok()) return cublas.status();
+  if (!cublas.ok() && cublas.status().code() != absl::StatusCode::kFailedPrecondition) {
+    return cublas.status();
+  }
   // Zeroed on a stream of its own and waited for: a cudaMemset runs on the legacy stream, which the
   // callers' non-blocking streams do not wait for.
   absl::StatusOr<Stream> zeroing = Stream::Create();
   if (!zeroing.ok()) return zeroing.status();
   MARLIN_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(buffer->get(), 0, kCounterBytes, zeroing->get()));
   if (absl::Status s = zeroing->Synchronize(); !s.ok()) return s;
+  if (!cublas.ok()) {
+    return GemmWorkspace(*std::move(buffer), nullptr, cublas.status(), sm_count, *sm);
+  }
   return GemmWorkspace(*std::move(buffer), std::make_unique<CublasHandle>(*std::move(cublas)),
-                       sm_count, *sm);
+                       absl::OkStatus(), sm_count, *sm);
 }
 
 absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
@@ -213,14 +225,13 @@ absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
   p.counters = static_cast<int*>(workspace.get());
   p.partials = reinterpret_cast<float*>(static_cast<char*>(workspace.get()) + kCounterBytes);
   const size_t scratch_bytes = ScratchBytes(workspace.sm_count());
-  absl::StatusOr<GemmPath> path =
-      PathFor(workspace.compute_capability(), m, k, n, w.layout, scratch_bytes);
+  absl::StatusOr<GemmPath> path = PathFor(workspace, m, k, n, w.layout, scratch_bytes);
   if (!path.ok()) return path.status();
   if (*path == GemmPath::kDequantCublas) {
     char* cublas_workspace = static_cast<char*>(workspace.get()) + kCounterBytes + scratch_bytes;
     return DequantCublasGemm(
         x, m, w, y,
-        DequantCublasScratch{workspace.cublas(), p.partials, scratch_bytes, cublas_workspace,
+        DequantCublasScratch{*workspace.cublas(), p.partials, scratch_bytes, cublas_workspace,
                              CublasWorkspaceBytes(workspace.compute_capability())},
         stream);
   }

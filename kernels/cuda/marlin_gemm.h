@@ -54,13 +54,17 @@ class GemmWorkspace {
   size_t size() const { return buffer_.size(); }
   int sm_count() const { return sm_count_; }
   int compute_capability() const { return compute_capability_; }
-  const CublasHandle& cublas() const { return *cublas_; }
+  // The dequant-cublas path's handle; null where libcublas could not be loaded, and then
+  // cublas_status() says why (the kernel paths serve every product).
+  const CublasHandle* cublas() const { return cublas_.get(); }
+  const absl::Status& cublas_status() const { return cublas_status_; }
 
  private:
-  GemmWorkspace(DeviceBuffer buffer, std::unique_ptr<CublasHandle> cublas, int sm_count,
-                int compute_capability);
+  GemmWorkspace(DeviceBuffer buffer, std::unique_ptr<CublasHandle> cublas,
+                absl::Status cublas_status, int sm_count, int compute_capability);
   DeviceBuffer buffer_;  // counters, partial sums (or chunks), cuBLAS workspace
   std::unique_ptr<CublasHandle> cublas_;
+  absl::Status cublas_status_;  // why cublas_ is null
   int sm_count_ = 0;            // the blocks one launch spreads over
   int compute_capability_ = 0;  // major * 10 + minor: picks the kernel path
 };

@@ -186,6 +186,20 @@ class MarlinGemmTest : public ::testing::TestWithParam<KernelVariant> {
     EXPECT_LE(rel, kMaxRelativeError) << "relative Frobenius error";
   }
 
+  // Checks `samples` random columns of y against the reference, and that every output was
+  // written (none left poisoned).
+  void ExpectSampledColumnsMatch(const std::vector<uint16_t>& x, int64_t m,
+                                 const QuantizedWeight& w, const std::vector<uint16_t>& y,
+                                 int samples) {
+    std::vector<int64_t> columns;
+    std::uniform_int_distribution<int64_t> col(0, w.shape.n - 1);
+    for (int i = 0; i < samples; ++i) columns.push_back(col(rng_));
+    ExpectMatchesReference(x, m, w, y, columns);
+    int64_t unwritten = 0;
+    for (uint16_t v : y) unwritten += v == kPoison;
+    EXPECT_EQ(unwritten, 0);
+  }
+
   void CheckShape(int64_t m, int64_t k, int64_t n, int32_t group, int sampled_columns = 0) {
     SCOPED_TRACE(absl::StrCat("M=", m, " K=", k, " N=", n, " group=", group, " seed=", seed_));
     const QuantizedWeight w = RandomWeight(WeightShape{k, n, group}, rng_);
@@ -269,13 +283,7 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_Group128_SampledColumns
       SCOPED_TRACE(absl::StrCat("M=", m, " seed=", seed_));
       const std::vector<uint16_t> x = RandomActivations(m * layer.k, rng_);
       const std::vector<uint16_t> y = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
-      std::vector<int64_t> columns;
-      std::uniform_int_distribution<int64_t> col(0, layer.n - 1);
-      for (int i = 0; i < 48; ++i) columns.push_back(col(rng_));
-      ExpectMatchesReference(x, m, w, y, columns);
-      int64_t unwritten = 0;
-      for (uint16_t v : y) unwritten += v == kPoison;
-      EXPECT_EQ(unwritten, 0);
+      ExpectSampledColumnsMatch(x, m, w, y, /*samples=*/48);
     }
   }
 }
@@ -406,13 +414,7 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_TallProducts_AsDispatched) {
     DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), layout);
     const std::vector<uint16_t> x = RandomActivations(m * k, rng_);
     const std::vector<uint16_t> y = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
-    std::vector<int64_t> columns;
-    std::uniform_int_distribution<int64_t> col(0, n - 1);
-    for (int i = 0; i < 16; ++i) columns.push_back(col(rng_));
-    ExpectMatchesReference(x, m, w, y, columns);
-    int64_t unwritten = 0;
-    for (uint16_t v : y) unwritten += v == kPoison;
-    EXPECT_EQ(unwritten, 0);
+    ExpectSampledColumnsMatch(x, m, w, y, /*samples=*/16);
   }
 }
 

@@ -63,6 +63,10 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const BackendOp
       .Kv("name", prop.name)
       .Kv("sm", prop.multiProcessorCount)
       .Kv("streams", options.lanes);
+  if (!lanes.empty() && lanes.front()->workspace.cublas() == nullptr) {
+    MARLIN_LOG(kWarning, "tall batches run on the kernels: no cuBLAS for the dequant-cublas path")
+        .Kv("error", lanes.front()->workspace.cublas_status());
+  }
   return std::unique_ptr<CudaBackend>(
       new CudaBackend(options.cuda_device, prop.name, std::move(lanes)));
 }
