@@ -8,7 +8,8 @@
 # dequant-cublas path and the dispatch side by side (bench-tall.md, bench-tall.json). Where
 # COMPARE_REF=... scripts/stage-device.sh staged another build, its kernel tests and an A/B of the
 # two benchmarks come first (see below). Logs go to $OUT (or ./device-out): bench.md, bench.json,
-# bench-tall.md, bench-tall.json and kernel-logs.tar.gz (test logs, sanitizer logs, SASS summary, the A/B tables ab-*.md/json).
+# bench-tall.md, bench-tall.json and kernel-logs.tar.gz (test logs, sanitizer logs, SASS summary,
+# the A/B tables ab-*.md/json).
 #
 #   [BENCH_PATHS=hopper:striped,hopper:cluster] scripts/device-kernel-check.sh [marlin-bench args...]
 #   [COMPARE_BENCH_ARGS="--layers L8B --m 128,256"] [FULL_BENCH=0] scripts/device-kernel-check.sh
