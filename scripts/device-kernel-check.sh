@@ -80,7 +80,8 @@ if [[ ${FULL_BENCH:-1} == 1 ]]; then
 fi
 # Tall products: the Hopper path's passes against the dequant-cublas path and the dispatch.
 if [[ ${TALL_BENCH:-1} == 1 ]]; then
-  marlin-bench --paths hopper,dequant-cublas,auto --m "${TALL_M:-257,320,384,512,768,1024,2048,4096}" \
+  marlin-bench --paths hopper,dequant-cublas,auto \
+    --m "${TALL_M:-257,320,384,512,768,1024,2048,4096}" \
     --json "$out/bench-tall.json" >"$out/bench-tall.md"
   grep -E '^\| (L8B|L70B|big) \|' "$out/bench-tall.md"
 fi
