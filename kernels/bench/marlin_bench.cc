@@ -173,16 +173,17 @@ struct KernelPath {
   }
 };
 
-// Parses --paths: auto, ampere, hopper, hopper:striped, hopper:cluster, dequant-cublas. Empty on a
-// bad name.
+// Parses --paths: auto, ampere, hopper, hopper:striped, hopper:cluster, hopper:passes,
+// dequant-cublas. Empty on a bad name.
 std::vector<KernelPath> ParsePaths(const std::string& list) {
   std::vector<KernelPath> paths;
   for (absl::string_view name : absl::StrSplit(list, ',')) {
     const size_t before = paths.size();
     for (cuda::GemmPath p : {cuda::GemmPath::kAuto, cuda::GemmPath::kAmpere,
                              cuda::GemmPath::kHopper, cuda::GemmPath::kDequantCublas}) {
-      for (cuda::HopperPartition q : {cuda::HopperPartition::kAuto, cuda::HopperPartition::kStriped,
-                                      cuda::HopperPartition::kClusterSplit}) {
+      for (cuda::HopperPartition q :
+           {cuda::HopperPartition::kAuto, cuda::HopperPartition::kStriped,
+            cuda::HopperPartition::kClusterSplit, cuda::HopperPartition::kPasses}) {
         std::string known = cuda::GemmPathName(p);
         if (q != cuda::HopperPartition::kAuto) {
           if (p != cuda::GemmPath::kHopper) continue;
@@ -221,14 +222,14 @@ int Main(int argc, char** argv) {
   std::string path_list = "auto";
   app.add_option("--paths", path_list,
                  "kernel paths to time side by side: auto (the dispatch table), ampere, hopper, "
-                 "hopper:striped, hopper:cluster (the Hopper path with its partition forced), "
-                 "dequant-cublas");
+                 "hopper:striped, hopper:cluster, hopper:passes (the Hopper path with its "
+                 "partition forced), dequant-cublas");
   CLI11_PARSE(app, argc, argv);
   const std::vector<KernelPath> paths = ParsePaths(path_list);
   if (paths.empty()) {
     std::fprintf(stderr,
                  "marlin-bench: --paths takes auto, ampere, hopper, hopper:striped, "
-                 "hopper:cluster, dequant-cublas\n");
+                 "hopper:cluster, hopper:passes, dequant-cublas\n");
     return 2;
   }
   std::vector<int64_t> ms;

@@ -11,24 +11,22 @@ std::atomic<GemmPath> forced_path{GemmPath::kAuto};
 std::atomic<HopperPartition> forced_partition{HopperPartition::kAuto};
 
 // The fewest rows from which the dequant-cublas path takes an m x k by k x n product. On sm_90, by
-// weight size (marlin-bench --paths hopper,dequant-cublas at 512-8192 rows on the H100,
-// docs/perf/kernel-h100.md): the Hopper path's 256-row passes each pay a fixed cost that the
-// smaller weights cannot hide, while the dequantization costs a fixed read and write of the weight
-// that the taller products hide. Per layer (cuBLAS FP16 / path, hopper against dequant-cublas):
-// L8B.o 0.64 / 0.64 at 512 rows, 0.60 / 0.76 at 1024; L8B.qkv 0.71 / 0.62 and 0.68 / 0.76; L8B.down
-// 0.82 / 0.76 at 1024, 0.82 / 0.86 at 2048; L70B.o 0.92 / 0.87 at 2048, 0.90 / 0.91 at 4096;
-// L70B.qkv 0.74 / 0.73 at 2048, 0.71 / 0.88 at 4096; L8B.gate/up 0.78 / 0.76 and 0.74 / 0.89. The
-// weights past 2^27 elements stay on the Hopper path: within 3% either way up to 8192 rows
-// (L70B.gate/up 0.95 / 0.97, L70B.down 1.00 / 1.01, 16384^2 1.04 / 0.98 at 8192). On sm_80-89 no
-// card was measured: from 1024 rows, where the Ampere path's 128-row passes read the weight eight
-// times or more, against an FP16 GEMM near its peak.
+// weight size (marlin-bench --paths hopper:passes,hopper:cluster,hopper:striped,dequant-cublas at
+// 512-8192 rows on the H100, docs/perf/kernel-h100.md "Session 16"): since the Hopper path runs
+// tall products as tall launches (hopper_gemm.h), the dequantization's fixed read and write of
+// the weight pays only on small weights at the tallest products. Per layer (cuBLAS FP16 / path,
+// the Hopper path's best launch against dequant-cublas): L8B.o 0.90 / 0.93 at 4096 rows, 0.83 /
+// 0.94 at 8192; L8B.qkv 0.89 / 0.92 and 0.93 / 0.99; L8B.down 0.93 / 0.93 at 4096, 0.96 / 0.99 at
+// 8192. Larger weights stay on the Hopper path: L8B.gate/up 0.98 / 0.91, L70B.qkv 1.02 / 1.01,
+// L70B.o 1.00 / 0.98 and L70B.down 1.04 / 1.00 at 8192 rows. On sm_80-89 no card was measured:
+// from 1024 rows, where the Ampere path's 128-row passes read the weight eight times or more,
+// against an FP16 GEMM near its peak.
 int64_t DequantCublasMinRows(int sm, int64_t k, int64_t n) {
   constexpr int64_t kNever = INT64_MAX;
   if (!GemmPathAvailable(GemmPath::kHopper, sm)) return 1024;
   const int64_t elements = k * n;
-  if (elements <= (int64_t{1} << 25)) return 1024;
-  if (elements < (int64_t{1} << 26)) return 2048;
-  if (elements <= (int64_t{1} << 27)) return 4096;
+  if (elements <= (int64_t{1} << 25)) return 4096;
+  if (elements < (int64_t{1} << 26)) return 8192;
   return kNever;
 }
 
@@ -93,6 +91,8 @@ const char* HopperPartitionName(HopperPartition partition) {
       return "striped";
     case HopperPartition::kClusterSplit:
       return "cluster";
+    case HopperPartition::kPasses:
+      return "passes";
   }
   return "?";
 }

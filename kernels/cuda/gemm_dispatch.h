@@ -40,10 +40,15 @@ GemmPath ForcedGemmPath();
 // How a Hopper pass spreads its (column slice, k stage) iterations over the grid.
 enum class HopperPartition {
   kAuto,          // the measured rule in hopper_gemm.cu decides per pass
-  kStriped,       // even runs of iterations per block; split slices summed through global memory
+  kStriped,       // even runs of iterations per block; split slices summed through global memory;
+                  // products of 512 rows or more run their whole 256-row parts as one striped
+                  // launch over every part's slices
   kClusterSplit,  // a cluster of blocks per slice, its k stages split between them, partials
                   // summed through distributed shared memory; only where every slice gets a
-                  // co-resident cluster (else striped)
+                  // co-resident cluster (else striped); products of 512 rows or more run their
+                  // whole 256-row parts as one launch, a block or cluster per (part, slice)
+  kPasses,        // products taller than one pass run as passes of 256 rows, each partitioned by
+                  // the measured rule, never as one tall launch (hopper_gemm.h)
 };
 
 const char* HopperPartitionName(HopperPartition partition);

@@ -53,20 +53,20 @@ TEST(GemmDispatchTest, Sm90TableFollowsTheH100Measurements) {
   }
 }
 
-// Tall products (gemm_dispatch.cc): the dequant-cublas path from 1024 rows on weights of at most
-// 2^25 elements, 2048 below 2^26, 4096 up to 2^27; the Hopper path on larger weights.
+// Tall products (gemm_dispatch.cc): the dequant-cublas path from 4096 rows on weights of at most
+// 2^25 elements, 8192 below 2^26; the Hopper path on larger weights.
 TEST(GemmDispatchTest, Sm90TallProductsFollowTheH100Measurements) {
   struct Case {
     int64_t m, k, n;
     GemmPath path;
   };
   const Case cases[] = {
-      {1023, 4096, 4096, GemmPath::kHopper},         {1024, 4096, 4096, GemmPath::kDequantCublas},
-      {1024, 4096, 6144, GemmPath::kDequantCublas},  {1024, 14336, 4096, GemmPath::kHopper},
-      {2048, 14336, 4096, GemmPath::kDequantCublas}, {2048, 8192, 8192, GemmPath::kHopper},
-      {4096, 8192, 8192, GemmPath::kDequantCublas},  {4096, 8192, 10240, GemmPath::kDequantCublas},
-      {4096, 4096, 28672, GemmPath::kDequantCublas}, {8192, 28672, 8192, GemmPath::kHopper},
-      {100000, 8192, 57344, GemmPath::kHopper},      {8192, 16384, 16384, GemmPath::kHopper},
+      {4095, 4096, 4096, GemmPath::kHopper},         {4096, 4096, 4096, GemmPath::kDequantCublas},
+      {4096, 4096, 6144, GemmPath::kDequantCublas},  {4096, 14336, 4096, GemmPath::kHopper},
+      {8192, 14336, 4096, GemmPath::kDequantCublas}, {8192, 8192, 8192, GemmPath::kHopper},
+      {8192, 8192, 10240, GemmPath::kHopper},        {8192, 4096, 28672, GemmPath::kHopper},
+      {8192, 28672, 8192, GemmPath::kHopper},        {100000, 8192, 57344, GemmPath::kHopper},
+      {8192, 16384, 16384, GemmPath::kHopper},
   };
   for (const Case& c : cases) {
     EXPECT_EQ(ChooseGemmPath(90, c.m, c.k, c.n), c.path) << c.m << "x" << c.k << "x" << c.n;

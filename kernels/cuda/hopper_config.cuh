@@ -31,11 +31,12 @@ inline constexpr int kRingBudgetBytes = 227 * 1024 - 1024;
 inline constexpr int kMaxStages = 12;
 inline constexpr int kConsumerBarrier = 1;  // named barrier id among the consumer warpgroups
 inline constexpr int kMaxClusterRanks = 8;  // blocks per cluster, the portable limit
-inline constexpr int kMaxRowParts = 2;      // row parts of one pass (HopperParams)
+inline constexpr int kMaxRowParts = 2;      // row parts of one pass with a map each (HopperParams)
 
 constexpr int RoundUp(int v, int to) { return (v + to - 1) / to * to; }
 
-template <int kBatch_, int kWgTiles_, bool kSplitK_ = false, bool kGroupStages_ = false>
+template <int kBatch_, int kWgTiles_, bool kSplitK_ = false, bool kGroupStages_ = false,
+          bool kPartSlices_ = false>
 struct HopperConfig {
   static constexpr int kBatch = kBatch_;      // activation rows per pass (wgmma N), zero-padded
   static constexpr int kWgTiles = kWgTiles_;  // 64-column tiles per consumer warpgroup
@@ -48,6 +49,10 @@ struct HopperConfig {
   // Whether every warpgroup takes a whole scale group (128 k) a stage instead of half of one: half
   // as many stages, each with twice the wgmmas to share a consumer's fixed cost per stage.
   static constexpr bool kGroupStages = kGroupStages_;
+  // Whether the launch's slices run over several whole row parts (a striped tall launch,
+  // hopper_gemm.cu): slice s is column slice s % part_slices of row part s / part_slices
+  // (SliceCoordsOf), so the striped partition spreads every part's work over one grid.
+  static constexpr bool kPartSlices = kPartSlices_;
   // k-tiles a warpgroup multiplies per stage: a split-k warpgroup takes a whole scale group, so
   // its stage moves as many weight bytes as a wide one's (a consumer's cost per stage is mostly
   // fixed).
@@ -146,11 +151,17 @@ constexpr int ClusterRanksOf() {
   return most;
 }
 
-// A pass of up to kMaxRowParts x kBatch rows: row part q (rows [q kBatch, (q + 1) kBatch)) runs
-// on blocks [q grid, (q + 1) grid) with its own activation map, rows of y and share of the
-// workspace; the kernel narrows these parameters to its part (RowPart). Every part streams the
-// whole weight (the parts' blocks run side by side, so the second read mostly hits L2), and each
-// sums partials of kBatch rows only.
+// How a launch's grid covers the rows: one row part; up to kMaxRowParts parts, each with its own
+// activation map and share of the workspace; or (a tall launch) any number of whole kBatch-row
+// parts of one activation map, each block on one (part, slice) under the cluster split, so no part
+// touches the workspace.
+enum class RowSplit { kOnePart, kPartMaps, kTall };
+
+// A launch of one or more row parts: row part q (rows [q kBatch, (q + 1) kBatch)) runs on blocks
+// [q grid, (q + 1) grid) with its rows of x and y and (kPartMaps) its share of the workspace; the
+// kernel narrows these parameters to its part (RowPart). Every part streams the whole weight (the
+// parts' blocks run side by side, so the later reads mostly hit L2), and each sums partials of
+// kBatch rows only.
 struct HopperParams {
   __half* y;   // m_rows x n output (of the block's row part, after RowPart)
   int m_rows;  // rows (of the block's row part, after RowPart: <= kBatch)
@@ -167,7 +178,24 @@ struct HopperParams {
   // 0: the striped partition. r >= 1: the cluster split, r blocks (one cluster) per slice; block b
   // takes stages [(b % r) S / r, (b % r + 1) S / r) of slice b / r, S = stages_per_slice.
   int cluster_ranks;
+  int x_row0;       // the row part's first row in its activation map: 0 but in tall launches
+  int part_slices;  // column slices of one row part (configurations with kPartSlices)
 };
+
+// The row part and column slice of slice `slice` of a launch (HopperConfig::kPartSlices).
+struct SliceCoords {
+  int part;
+  int column_slice;
+};
+template <typename C>
+__device__ __forceinline__ SliceCoords SliceCoordsOf(const HopperParams& p, int slice) {
+  if constexpr (C::kPartSlices) {
+    const int part = slice / p.part_slices;
+    return {part, slice - part * p.part_slices};
+  } else {
+    return {0, slice};
+  }
+}
 
 // The row part block `block_index` of the launch works on, and its index within that part.
 struct RowPartOf {
@@ -177,15 +205,22 @@ struct RowPartOf {
       : part(block_index / pass.grid), block(block_index - part * pass.grid) {}
 };
 
-// The pass's parameters narrowed to row part `part`: its rows of y, its counters and partials.
-template <typename C>
+// The launch's parameters narrowed to row part `part`: its rows of y and x, its counters and
+// partials (none in a tall launch).
+template <typename C, RowSplit kSplit>
 __device__ __forceinline__ HopperParams RowPart(const HopperParams& pass, int part) {
   HopperParams p = pass;
   const int row0 = part * C::kBatch;
   p.y += static_cast<int64_t>(row0) * pass.n;
   p.m_rows = min(C::kBatch, pass.m_rows - row0);
-  p.counters += part * pass.grid;
-  p.partials += static_cast<int64_t>(part) * pass.grid * 2 * C::kSlotFloats;
+  if constexpr (kSplit == RowSplit::kTall) {
+    p.x_row0 = row0;
+    p.counters = nullptr;
+    p.partials = nullptr;
+  } else {
+    p.counters += part * pass.grid;
+    p.partials += static_cast<int64_t>(part) * pass.grid * 2 * C::kSlotFloats;
+  }
   return p;
 }
 
@@ -196,8 +231,9 @@ __device__ __forceinline__ int FirstIteration(const HopperParams& p, int b) {
   return b / r * p.stages_per_slice + b % r * p.stages_per_slice / r;
 }
 
-// The tensor maps of one pass: activations of each row part (FP16, {k, rows of the part}, box
-// {64, rows of the part}, 128-byte swizzle; unused parts repeat part 0), packed weights (8-byte
+// The tensor maps of one launch: activations of each row part (FP16, {k, rows of the part}, box
+// {64, rows of the part}, 128-byte swizzle; unused parts repeat part 0; a tall launch's one map
+// holds every part's rows, box {64, kBatch}), packed weights (8-byte
 // words, {64, n_tiles, k_tiles}, box {64, kBlockNTiles, C::kStageKTiles}) and scales (FP16, {n,
 // groups}, box {kBlockNTiles * 64, 1}).
 struct HopperMaps {

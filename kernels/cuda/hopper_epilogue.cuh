@@ -46,19 +46,22 @@ __device__ __forceinline__ uint32_t HalfPairBits(float lo, float hi) {
 // warp-collective), without a branch before them: the one around a warp-collective instruction
 // made ptxas give up the uniform datapath in the main loop (R2UR and WARPSYNC on every stage, +7%
 // on L8B.gate/up at 64 rows on the H100); only the store is conditional.
+// `slice` is the launch's (SliceCoordsOf).
 template <typename C>
 __device__ __forceinline__ void StoreGroup(const HopperParams& p, const ConsumerRole& role,
-                                           int n_tile0, int j, int r4, float4 v) {
+                                           int slice, int j, int r4, float4 v) {
   const uint32_t low = ptx::TransposeMatrix8x8(HalfPairBits(v.x, v.y));   // columns 0-7
   const uint32_t high = ptx::TransposeMatrix8x8(HalfPairBits(v.z, v.w));  // columns 8-15
   const int q = role.lane % 4;
   const bool odd = q % 2 == 1;  // takes columns 8 + 2 (q - 1) .. + 3, else 2 q .. 2 q + 3
   const uint32_t neighbour = __shfl_xor_sync(0xffffffffu, odd ? low : high, 1);
-  const int tile = n_tile0 + TileOf<C>(role, j);
+  const SliceCoords at = SliceCoordsOf<C>(p, slice);
+  const int tile = at.column_slice * C::kBlockNTiles + TileOf<C>(role, j);
   const int row = 8 * r4 + role.lane / 4;
   const int col = tile * 64 + 16 * role.warp + (odd ? 6 + 2 * q : 2 * q);
   if (OwnsGroup<C>(role, r4) && tile < p.n_tiles && row < p.m_rows) {
-    *reinterpret_cast<uint2*>(p.y + static_cast<int64_t>(row) * p.n + col) =
+    const int64_t y_row = static_cast<int64_t>(at.part) * C::kBatch + row;
+    *reinterpret_cast<uint2*>(p.y + y_row * p.n + col) =
         odd ? make_uint2(neighbour, high) : make_uint2(low, neighbour);
   }
 }
@@ -142,13 +145,12 @@ template <typename C>
 __device__ __forceinline__ void FinishSegment(const HopperParams& p, int block, int begin,
                                               StageCursor at, const ConsumerRole& role,
                                               HopperAccumulators<C>& acc) {
-  const int n_tile0 = at.slice * C::kBlockNTiles;
   if (OwnsWholeSlice(p, begin, at)) {
 #pragma unroll
     for (int j = 0; j < C::kWgTiles; ++j)
 #pragma unroll
       for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
-        StoreGroup<C>(p, role, n_tile0, j, r4, GroupOf<C>(acc, j, r4));
+        StoreGroup<C>(p, role, at.slice, j, r4, GroupOf<C>(acc, j, r4));
       }
   } else {
     const int slot = SlotOf(p, block, at.slice);
@@ -223,7 +225,7 @@ __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
 #pragma unroll
     for (int i = 0; i < kChunk; ++i) {
       const int v = c0 + i;
-      StoreGroup<C>(p, role, slice * C::kBlockNTiles, v / kTileVecs, v % kTileVecs, sum[i]);
+      StoreGroup<C>(p, role, slice, v / kTileVecs, v % kTileVecs, sum[i]);
     }
   }
 }
@@ -289,7 +291,7 @@ __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slic
           sum.w += __uint_as_float(part.w);
         }
       }
-      StoreGroup<C>(p, role, slice * C::kBlockNTiles, j, r4, sum);  // by the whole warp
+      StoreGroup<C>(p, role, slice, j, r4, sum);  // by the whole warp
     }
   }
 }

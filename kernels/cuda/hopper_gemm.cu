@@ -50,6 +50,8 @@ using Rows64Narrow = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/tru
 using Rows64SplitK = HopperConfig<64, 1, /*kSplitK=*/true>;
 using Rows128Narrow = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows256Narrow = HopperConfig<256, 1>;
+using Rows256PartSlices = HopperConfig<256, 1, /*kSplitK=*/false, /*kGroupStages=*/false,
+                                       /*kPartSlices=*/true>;
 
 // Whether a pass of `rows` over a k x n weight takes the split-k configuration. Measured with
 // marlin-bench on an H200 (the card lent that day; split-k, then with 128-k stages, and the others
@@ -83,35 +85,45 @@ int RowParts(int rows, int64_t k, int64_t n) {
   return 1;
 }
 
-// Whether configuration C runs passes of several row parts (the ones RowParts leads to).
+// Whether configuration C runs passes of several row parts with a map each (the ones RowParts
+// leads to).
 template <typename C>
 constexpr bool kTakesRowParts = C::kBatch == 64 || C::kBatch == 128;
 
-// The activation map of `rows` (<= C::kBatch) rows of x from row `row0` on. Its boxes are as tall
-// as the rows, not C::kBatch: rows out of bounds, zero-filled, made a copy slower (L8B.o at 1 row
-// 9.2 us against 8.3 with none, H100), and the ring rows past them only reach output rows that
-// are never stored (StageTxBytes).
+// Whether configuration C runs tall launches (LaunchGemm), whose row parts are whole passes.
 template <typename C>
-absl::StatusOr<CUtensorMap> EncodeActivationMap(const __half* x, int row0, int rows, uint64_t k) {
+constexpr bool kRunsTallLaunches = C::kBatch == kMaxPassRows && !C::kPartSlices;
+
+// The activation map of `rows` rows of x from row `row0` on, in boxes of `box_rows` rows. A pass's
+// boxes are as tall as its rows (<= C::kBatch), not C::kBatch: rows out of bounds, zero-filled,
+// made a copy slower (L8B.o at 1 row 9.2 us against 8.3 with none, H100), and the ring rows past
+// them only reach output rows that are never stored (StageTxBytes). A tall launch's map holds all
+// of its rows, C::kBatch of them a box.
+absl::StatusOr<CUtensorMap> EncodeActivationMap(const __half* x, int64_t row0, int64_t rows,
+                                                int box_rows, uint64_t k) {
   return EncodeTiledMap({.type = CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
                          .rank = 2,
-                         .base = x + static_cast<int64_t>(row0) * k,
+                         .base = x + row0 * static_cast<int64_t>(k),
                          .dims = {k, static_cast<uint64_t>(rows), 0},
                          .strides = {k * 2, 0},
-                         .box = {64, static_cast<uint32_t>(rows), 0},
+                         .box = {64, static_cast<uint32_t>(box_rows), 0},
                          .swizzle = CU_TENSOR_MAP_SWIZZLE_128B});
 }
 
-// The maps of a pass of `rows` rows in `parts` row parts of C::kBatch rows.
+// The maps of a launch of `rows` rows in `parts` row parts of C::kBatch rows: an activation map
+// per part, or (`one_map`, tall launches) one of all the rows.
 template <typename C>
-absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, int parts, const DeviceWeight& w) {
+absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, int parts, bool one_map,
+                                      const DeviceWeight& w) {
   const uint64_t k = w.shape.k, n = w.shape.n;
   const uint64_t k_tiles = k / 16, n_tiles = n / 64;
   HopperMaps maps{};
   for (int part = 0; part < kMaxRowParts; ++part) {
-    const int row0 = std::min(part, parts - 1) * C::kBatch;
+    const int row0 = one_map ? 0 : std::min(part, parts - 1) * C::kBatch;
+    const int part_rows = std::min(C::kBatch, rows - row0);
     const absl::StatusOr<CUtensorMap> x_map =
-        EncodeActivationMap<C>(x, row0, std::min(C::kBatch, rows - row0), k);
+        one_map ? EncodeActivationMap(x, 0, rows, C::kBatch, k)
+                : EncodeActivationMap(x, row0, part_rows, part_rows, k);
     if (!x_map.ok()) return x_map.status();
     maps.x[part] = *x_map;
   }
@@ -159,8 +171,9 @@ absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
   if (it != known.end()) return it->second;
   // The driver answers for the kernel's current shared-memory limit: raise it first (a pass may
   // ask before any launch of C, or after launching only C's row-part kernel).
-  MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-      HopperGemmKernel<C, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(HopperGemmKernel<C, RowSplit::kOnePart>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   C::kSmemBytes));
   ClusterCapacities capacities{};
   capacities[1] = sm_count;  // one block per SM, no cluster launched
   for (int ranks = 2; ranks <= kMaxClusterRanks; ++ranks) {
@@ -175,8 +188,8 @@ absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
     config.dynamicSmemBytes = C::kSmemBytes;
     config.attrs = &cluster;
     config.numAttrs = 1;
-    if (cudaOccupancyMaxActiveClusters(&capacities[ranks], HopperGemmKernel<C, false>, &config) !=
-        cudaSuccess) {
+    if (cudaOccupancyMaxActiveClusters(&capacities[ranks], HopperGemmKernel<C, RowSplit::kOnePart>,
+                                       &config) != cudaSuccess) {
       (void)cudaGetLastError();  // a cluster size this device refuses: none of that size
       capacities[ranks] = 0;
     }
@@ -296,26 +309,48 @@ absl::StatusOr<bool> TakesNarrow(int rows, const DeviceWeight& w, int parts, int
   return *narrow > 0 && *narrow <= *wide;
 }
 
-// Launches configuration C on a pass of `rows` rows: ceil(rows / C::kBatch) row parts side by side,
-// each on an equal share of the SMs.
+// The cluster_ranks of a tall launch of configuration C (`parts` row parts over w): its best
+// cluster split where every (part, slice) gets a co-resident cluster, else one block per (part,
+// slice), the blocks running in waves (nothing is summed, so no block waits for another).
+template <typename C>
+absl::StatusOr<int> TallClusterRanks(const DeviceWeight& w, int parts, int sm_count) {
+  const PassShape<C> shape(w);
+  const absl::StatusOr<int> ranks =
+      BestClusterRanks<C>(shape.slices, shape.stages_per_slice, parts, sm_count);
+  if (!ranks.ok()) return ranks.status();
+  return std::max(1, *ranks);
+}
+
+// Launches configuration C on `rows` rows: a pass (ceil(rows / C::kBatch) row parts side by side,
+// each on an equal share of the SMs), or with `tall` rows / C::kBatch whole row parts in one grid:
+// one block or cluster per (part, slice) in waves (RowSplit::kTall), or with C::kPartSlices the
+// striped partition over every part's slices.
 template <typename C>
 absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
-                    float* partials, int sm_count, cudaStream_t stream) {
+                    float* partials, int sm_count, cudaStream_t stream, bool tall = false) {
   const int parts = (rows + C::kBatch - 1) / C::kBatch;
-  if (parts > (kTakesRowParts<C> ? kMaxRowParts : 1)) {
+  if (tall ? !(kRunsTallLaunches<C> || C::kPartSlices) || rows % C::kBatch != 0
+           : C::kPartSlices || parts > (kTakesRowParts<C> ? kMaxRowParts : 1)) {
     return absl::InternalError(absl::StrCat(rows, " rows in ", C::kBatch, "-row parts"));
   }
+  const RowSplit split = C::kPartSlices ? RowSplit::kOnePart
+                         : tall         ? RowSplit::kTall
+                         : parts > 1    ? RowSplit::kPartMaps
+                                        : RowSplit::kOnePart;
   auto* const kernel = [&] {
-    if constexpr (kTakesRowParts<C>) {
-      if (parts > 1) return HopperGemmKernel<C, true>;
+    if constexpr (kRunsTallLaunches<C>) {
+      if (split == RowSplit::kTall) return HopperGemmKernel<C, RowSplit::kTall>;
     }
-    return HopperGemmKernel<C, false>;
+    if constexpr (kTakesRowParts<C>) {
+      if (split == RowSplit::kPartMaps) return HopperGemmKernel<C, RowSplit::kPartMaps>;
+    }
+    return HopperGemmKernel<C, RowSplit::kOnePart>;
   }();
-  absl::StatusOr<HopperMaps> maps = EncodeMaps<C>(x, rows, parts, w);
+  absl::StatusOr<HopperMaps> maps = EncodeMaps<C>(x, rows, parts, /*one_map=*/tall, w);
   if (!maps.ok()) return maps.status();
   HopperParams p{};
   p.y = y;
-  p.m_rows = rows;
+  p.m_rows = C::kPartSlices ? C::kBatch : rows;  // with kPartSlices, rows of each (whole) part
   p.n = static_cast<int>(w.shape.n);
   p.k_tiles = static_cast<int>(w.shape.k / 16);
   p.n_tiles = static_cast<int>(w.shape.n / 64);
@@ -323,14 +358,20 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   p.word_major_tiles = w.layout == DeviceLayout::kWordMajorTiles;
   const PassShape<C> shape(w);
   p.stages_per_slice = shape.stages_per_slice;
-  p.total_iters = shape.slices * p.stages_per_slice;
+  p.part_slices = shape.slices;
+  p.total_iters = (C::kPartSlices ? parts : 1) * shape.slices * p.stages_per_slice;
   p.counters = counters;
   p.partials = partials;
   static_assert(2 * C::kSlotFloats <= kSlotFloatsPerSm, "kSlotFloatsPerSm too small");
   MARLIN_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
-  const int part_sms = sm_count / parts;
-  absl::StatusOr<int> ranks = ChooseClusterRanks<C>(std::min(rows, C::kBatch), w, parts, sm_count);
+  // The grid's row parts (blocks [q grid, (q + 1) grid) each), each on an equal share of the SMs.
+  const int grid_parts = split == RowSplit::kOnePart ? 1 : parts;
+  const int part_sms = sm_count / grid_parts;
+  absl::StatusOr<int> ranks =
+      C::kPartSlices ? 0
+      : tall         ? TallClusterRanks<C>(w, parts, sm_count)
+                     : ChooseClusterRanks<C>(std::min(rows, C::kBatch), w, parts, sm_count);
   if (!ranks.ok()) return ranks.status();
   p.cluster_ranks = *ranks;
   p.grid = p.cluster_ranks > 0 ? shape.slices * p.cluster_ranks : std::min(part_sms, p.total_iters);
@@ -348,7 +389,7 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   attributes[1].val.clusterDim.y = 1;
   attributes[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(parts * p.grid);
+  config.gridDim = dim3(grid_parts * p.grid);
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = C::kSmemBytes;
   config.stream = stream;
@@ -370,8 +411,7 @@ absl::Status LaunchWideOrNarrow(const __half* x, int rows, int parts, const Devi
                  : Launch<Wide>(x, rows, w, y, counters, partials, sm_count, stream);
 }
 
-}  // namespace
-
+// Enqueues one pass of 1 <= rows <= kMaxPassRows rows.
 absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
                         float* partials, int sm_count, cudaStream_t stream) {
   // The configuration is chosen for the rows of one part; Launch splits the pass into its parts.
@@ -413,6 +453,108 @@ absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half
     return Launch<Rows256Narrow>(x, rows, w, y, counters, partials, sm_count, stream);
   }
   return absl::InternalError(absl::StrCat("Hopper pass of ", rows, " rows"));
+}
+
+// Rows of one tall launch at most (its 256-row parts times the slices stay far from the grid's
+// and the tensor map's limits); taller products take several.
+constexpr int64_t kMaxTallLaunchRows = int64_t{1} << 16;
+
+// How `parts` whole row parts over w run (LaunchGemm).
+enum class TallMode {
+  kPasses,   // one pass each
+  kWaves,    // one tall launch, a block or cluster per (part, slice) (RowSplit::kTall)
+  kStriped,  // one tall launch, the striped partition over every part's slices (kPartSlices)
+};
+
+// The current device's L2 size in bytes: asked of the driver on a device's first call.
+absl::StatusOr<int64_t> DeviceL2Bytes() {
+  static std::mutex mu;
+  static std::map<int, int64_t> known;  // device -> bytes
+  int device = 0;
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mu);
+  const auto it = known.find(device);
+  if (it != known.end()) return it->second;
+  int bytes = 0;
+  MARLIN_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, device));
+  known[device] = bytes;
+  return bytes;
+}
+
+// The forced partition's TallMode (striped: kStriped; the cluster split: kWaves; passes: kPasses),
+// else the measured rule. Measured on the H100 (marlin-bench --paths hopper:passes,hopper:cluster,
+// hopper:striped at 512-8192 rows, one call, docs/perf/kernel-h100.md "Session 16"):
+// - The striped launch keeps every SM busy and streams from slice to slice without a block's
+//   fill and drain, but its blocks work on every part at once: it won where all of x stays in L2
+//   (up to 85% of it, 42.5 MiB on the H100; 42 MiB, L70B.down at 768 rows: 0.99x cuBLAS, against
+//   0.75 in waves and 0.96 in passes) and collapsed where it did not (56 MiB, L70B.down at 1024
+//   rows: 0.68, 0.97 in waves).
+//   There it won with many units (parts x slices) per SM (L8B.gate/up 0.93-1.05 at 512-4096 rows,
+//   against 0.85-0.94 in waves) or where the waves leave SMs idle (L70B.qkv 0.86 at 512 rows,
+//   160 units: waves 0.61, passes 0.77), and lost where a wave or less of whole units needs no
+//   sums (L8B.o at 1024 rows, 128 units: 0.71 against 0.96), unless a slice is long enough to hide
+//   them (at 768 rows, 96 units: L8B.o, 64 stages a slice, 0.68 against 0.75; L8B.down, 224
+//   stages, 0.89 against 0.77).
+// - Waves won everywhere else where their blocks keep at least 70% of the SMs busy (L70B.down at
+//   8192 rows 1.04, passes 0.99); below that, passes (L70B.qkv at 512 rows, 61%: 0.61 against
+//   0.77 in passes).
+absl::StatusOr<TallMode> ChooseTallMode(const DeviceWeight& w, int parts, int sm_count) {
+  switch (ForcedHopperPartition()) {
+    case HopperPartition::kPasses:
+      return TallMode::kPasses;
+    case HopperPartition::kStriped:
+      return TallMode::kStriped;
+    case HopperPartition::kClusterSplit:
+      return TallMode::kWaves;
+    case HopperPartition::kAuto:
+      break;
+  }
+  const absl::StatusOr<int> ranks = TallClusterRanks<Rows256Narrow>(w, parts, sm_count);
+  if (!ranks.ok()) return ranks.status();
+  const absl::StatusOr<int64_t> l2_bytes = DeviceL2Bytes();
+  if (!l2_bytes.ok()) return l2_bytes.status();
+  const int64_t units = int64_t{1} * parts * PassShape<Rows256Narrow>(w).slices;
+  const int64_t blocks = units * *ranks;
+  const int64_t waves = (blocks + sm_count - 1) / sm_count;
+  const bool busy_waves = 10 * blocks >= 9 * waves * sm_count;
+  const bool x_in_l2 = 100 * parts * kMaxPassRows * w.shape.k * 2 <= 85 * *l2_bytes;
+  const bool long_slices = PassShape<Rows256Narrow>(w).stages_per_slice >= 128;
+  if (x_in_l2 && (units >= 4 * sm_count || (!busy_waves && (units > sm_count || long_slices)))) {
+    return TallMode::kStriped;
+  }
+  return 10 * blocks >= 7 * waves * sm_count ? TallMode::kWaves : TallMode::kPasses;
+}
+
+}  // namespace
+
+absl::Status LaunchGemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y, int* counters,
+                        float* partials, int sm_count, cudaStream_t stream) {
+  const int64_t k = w.shape.k, n = w.shape.n;
+  for (int64_t row0 = 0; row0 < m;) {
+    const int parts = static_cast<int>(std::min(kMaxTallLaunchRows, m - row0) / kMaxPassRows);
+    if (parts * kMaxPassRows >= kMinTallRows) {
+      const absl::StatusOr<TallMode> mode = ChooseTallMode(w, parts, sm_count);
+      if (!mode.ok()) return mode.status();
+      if (*mode != TallMode::kPasses) {
+        const int rows = static_cast<int>(parts * kMaxPassRows);
+        const absl::Status s =
+            *mode == TallMode::kWaves
+                ? Launch<Rows256Narrow>(x + row0 * k, rows, w, y + row0 * n, counters, partials,
+                                        sm_count, stream, /*tall=*/true)
+                : Launch<Rows256PartSlices>(x + row0 * k, rows, w, y + row0 * n, counters, partials,
+                                            sm_count, stream, /*tall=*/true);
+        if (!s.ok()) return s;
+        row0 += rows;
+        continue;
+      }
+    }
+    const int rows = static_cast<int>(std::min(kMaxPassRows, m - row0));
+    const absl::Status s =
+        LaunchPass(x + row0 * k, rows, w, y + row0 * n, counters, partials, sm_count, stream);
+    if (!s.ok()) return s;
+    row0 += rows;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace marlin::cuda::hopper

@@ -1,7 +1,7 @@
 // The Hopper (sm_90a) path of marlin::cuda::Gemm: internal to kernels/cuda, reached through the
 // dispatch in marlin_gemm.cu (or forced by gemm_dispatch.h's test hook).
 //
-//   RETURN_IF_ERROR(hopper::LaunchPass(x, rows, w, y, counters, partials, sm_count, stream));
+//   RETURN_IF_ERROR(hopper::LaunchGemm(x, m, w, y, counters, partials, sm_count, stream));
 #ifndef MARLIN_KERNELS_CUDA_HOPPER_GEMM_H_
 #define MARLIN_KERNELS_CUDA_HOPPER_GEMM_H_
 
@@ -16,16 +16,23 @@
 
 namespace marlin::cuda::hopper {
 
-// Rows one pass multiplies; Gemm splits taller products into passes.
+// Rows one pass multiplies: a pass runs its rows in one or two row parts side by side.
 inline constexpr int64_t kMaxPassRows = 256;
+
+// Products of at least this many rows may run their whole 256-row parts as one tall launch (the
+// measured rule in hopper_gemm.cu): a block or cluster per (row part, column slice), in waves
+// where they outnumber the SMs, or the striped partition over every part's slices. The rows left
+// over (fewer than 256) take a pass, as do shorter products.
+inline constexpr int64_t kMinTallRows = 512;
 
 // Partial-sum floats per SM that the largest configuration needs (two slots per block); the
 // GemmWorkspace holds at least this many.
 inline constexpr size_t kSlotFloatsPerSm = 2 * 128 * 256;
 
-// Enqueues y = x . dequant(w) for 1 <= rows <= kMaxPassRows on `stream`; the caller validated
-// shapes, alignment and the workspace. `counters` and `partials` come from a GemmWorkspace.
-absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
+// Enqueues y = x . dequant(w) for m >= 1 rows on `stream`: tall launches and passes (a forced
+// HopperPartition picks the kind of tall launch, or kPasses none); the caller validated shapes,
+// alignment and the workspace. `counters` and `partials` come from a GemmWorkspace.
+absl::Status LaunchGemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y, int* counters,
                         float* partials, int sm_count, cudaStream_t stream);
 
 }  // namespace marlin::cuda::hopper

@@ -57,7 +57,7 @@ __device__ __forceinline__ void LoadWeightStage(const HopperMaps& maps, const Ho
                                                 StageCursor at, const StageSmem<C>& smem,
                                                 uint32_t bar) {
   const int k_tile0 = at.stage * C::kStageKTiles;
-  const int n_tile0 = at.slice * C::kBlockNTiles;
+  const int n_tile0 = SliceCoordsOf<C>(p, at.slice).column_slice * C::kBlockNTiles;
   ptx::BarrierArriveExpectBytes(bar, StageTxBytes<C>(p));
   ptx::TensorLoad3d(smem.w, &maps.w, 0, n_tile0, k_tile0, bar);
 #pragma unroll
@@ -67,15 +67,17 @@ __device__ __forceinline__ void LoadWeightStage(const HopperMaps& maps, const Ho
   }
 }
 
-// Issues one stage's activation copies (the row part's rows, one box per 64 of its k values) on
-// `bar`.
+// Issues one stage's activation copies (the row part's rows, from row p.x_row0 of `x_map` or, with
+// C::kPartSlices, from the first row of the slice's part, one box per 64 of its k values) on `bar`.
 template <typename C>
-__device__ __forceinline__ void LoadActivationStage(const CUtensorMap* x_map, StageCursor at,
-                                                    const StageSmem<C>& smem, uint32_t bar) {
+__device__ __forceinline__ void LoadActivationStage(const CUtensorMap* x_map, const HopperParams& p,
+                                                    StageCursor at, const StageSmem<C>& smem,
+                                                    uint32_t bar) {
+  const int row0 = p.x_row0 + SliceCoordsOf<C>(p, at.slice).part * C::kBatch;
 #pragma unroll
   for (int box = 0; box < C::kXBoxes; ++box) {
     ptx::TensorLoad2d(smem.x + box * C::kXBoxBytes, x_map,
-                      (at.stage * C::kStageKTiles + box * kBoxKTiles) * 16, 0, bar);
+                      (at.stage * C::kStageKTiles + box * kBoxKTiles) * 16, row0, bar);
   }
 }
 
@@ -131,7 +133,7 @@ __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const CUte
   ptx::GridDependencyWait();
   at = StageCursor(p, order.mid);
   for (int slot = 0; slot < early; ++slot) {
-    LoadActivationStage<C>(x_map, at, StageSmem<C>(ring, slot), full + 8 * slot);
+    LoadActivationStage<C>(x_map, p, at, StageSmem<C>(ring, slot), full + 8 * slot);
     order.Advance(p, begin + slot + 1, restart, at);
   }
   int slot = early % C::kStages;
@@ -141,7 +143,7 @@ __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const CUte
     const StageSmem<C> smem(ring, slot);
     const uint32_t bar = full + 8 * slot;
     LoadWeightStage<C>(maps, p, at, smem, bar);
-    LoadActivationStage<C>(x_map, at, smem, bar);
+    LoadActivationStage<C>(x_map, p, at, smem, bar);
     order.Advance(p, iter + 1, restart, at);
     if (++slot == C::kStages) {
       slot = 0;
@@ -518,20 +520,21 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
   }
 }
 
-// The kernel. Launched with kRowSplit, its grid holds several row parts (HopperParams): each block
-// narrows the pass's parameters to its part and keeps them in shared memory (held in registers
-// across the main loop they made the 128-row configuration spill). Without it the parameters are
-// used as launched, at no cost to the passes that have one part.
-template <typename C, bool kRowSplit>
+// The kernel. Launched with several row parts (kSplit, HopperParams), each block narrows the
+// launch's parameters to its part and keeps them in shared memory (held in registers across the
+// main loop they made the 128-row configuration spill). With one part the parameters are used as
+// launched, at no cost to the passes that have one part.
+template <typename C, RowSplit kSplit>
 __global__ void __launch_bounds__(kThreads, 1)
     HopperGemmKernel(const __grid_constant__ HopperMaps maps, const HopperParams pass) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  if constexpr (kRowSplit) {
+  if constexpr (kSplit != RowSplit::kOnePart) {
     __shared__ HopperParams part_params;
     const RowPartOf at(pass, blockIdx.x);
-    if (threadIdx.x == 0) part_params = RowPart<C>(pass, at.part);
+    if (threadIdx.x == 0) part_params = RowPart<C, kSplit>(pass, at.part);
     __syncthreads();
-    RunBlock<C>(maps, &maps.x[at.part], part_params, at.block);
+    const CUtensorMap* x_map = kSplit == RowSplit::kTall ? &maps.x[0] : &maps.x[at.part];
+    RunBlock<C>(maps, x_map, part_params, at.block);
   } else {
     RunBlock<C>(maps, &maps.x[0], pass, blockIdx.x);
   }

@@ -235,16 +235,14 @@ absl::Status Gemm(const __half* x, int64_t m, const DeviceWeight& w, __half* y,
                              CublasWorkspaceBytes(workspace.compute_capability())},
         stream);
   }
-  const int64_t pass_rows = *path == GemmPath::kHopper ? hopper::kMaxPassRows : kMaxPassRows;
-  for (int64_t row0 = 0; row0 < m; row0 += pass_rows) {
+  if (*path == GemmPath::kHopper) {
+    return hopper::LaunchGemm(x, m, w, y, p.counters, p.partials, workspace.sm_count(), stream);
+  }
+  for (int64_t row0 = 0; row0 < m; row0 += kMaxPassRows) {
     p.x = x + row0 * k;
     p.y = y + row0 * n;
-    p.m_rows = static_cast<int>(std::min(pass_rows, m - row0));
-    const absl::Status s = *path == GemmPath::kHopper
-                               ? hopper::LaunchPass(p.x, p.m_rows, w, p.y, p.counters, p.partials,
-                                                    workspace.sm_count(), stream)
-                               : LaunchRows(p, workspace.sm_count(), stream);
-    if (!s.ok()) return s;
+    p.m_rows = static_cast<int>(std::min(kMaxPassRows, m - row0));
+    if (absl::Status s = LaunchRows(p, workspace.sm_count(), stream); !s.ok()) return s;
   }
   return absl::OkStatus();
 }

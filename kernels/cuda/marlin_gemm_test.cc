@@ -250,6 +250,19 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape) {
     CheckShape(m, 272, 128, kPerChannel);
     CheckShape(m, 2048, 128, 128);  // deep enough for the Hopper path's two-block cluster split
   }
+  CheckShape(520, 512, 192, 128);  // the Hopper path's tall launch of two parts, then a pass
+}
+
+// Tall launches on the Hopper path (hopper_gemm.h: every whole 256-row part in one grid, the rows
+// left over in a pass): parts on a cluster split, in waves of one block per (part, slice), K not a
+// multiple of a stage; under forced striped partitions the same products run as passes.
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_TallLaunches_RowPartsAndRemainder) {
+  for (int64_t m : {512, 777}) {
+    CheckShape(m, 2048, 256, 128);
+    CheckShape(m, 1040, 192, kPerChannel);
+  }
+  CheckShape(1300, 4096, 4096, 128, /*sampled_columns=*/24);  // 5 parts x 32 slices, in waves
+  CheckShape(2304, 1024, 8192, 128, /*sampled_columns=*/24);  // 9 parts x 64 slices
 }
 
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_MediumShapes_SplitSlices) {
@@ -298,9 +311,9 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_PerChannel_SampledColum
 
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BitIdenticalAcrossRuns) {
   // (M, N) at K = 4096; N = 6144 is the L8B qkv shape, split along k at 16 rows; 128 and 256 rows
-  // run as two row parts on the Hopper path.
-  const std::pair<int64_t, int64_t> cases[] = {{1, 4096},  {33, 4096},  {64, 4096},
-                                               {16, 6144}, {128, 4096}, {256, 4096}};
+  // run as two row parts on the Hopper path, 600 as a tall launch of two parts and a pass.
+  const std::pair<int64_t, int64_t> cases[] = {{1, 4096},   {33, 4096},  {64, 4096}, {16, 6144},
+                                               {128, 4096}, {256, 4096}, {600, 4096}};
   for (const auto& [m, n] : cases) {
     const QuantizedWeight w = RandomWeight(WeightShape{4096, n, 128}, rng_);
     DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), GetParam().layout);
@@ -396,18 +409,18 @@ TEST_P(MarlinGemmTest, RefusesShapesTheFormatRejects) {
             absl::StatusCode::kInvalidArgument);
 }
 
-// The dispatch (no path forced) on tall products, where it takes the dequant-cublas path from 1024
-// rows on small weights (gemm_dispatch.cc), with the layout the service holds weights in. Runs
-// once, under the dequant-cublas variant.
+// The dispatch (no path forced) on tall products, where it takes the dequant-cublas path from 4096
+// rows on small weights (from 1024 rows before sm_90; gemm_dispatch.cc), with the layout the
+// service holds weights in. Runs once, under the dequant-cublas variant.
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_TallProducts_AsDispatched) {
   if (GetParam().path != GemmPath::kDequantCublas) {
     GTEST_SKIP() << "runs under DequantCublas_PackedLayout_Sm80Plus only";
   }
   ForceGemmPathForTesting(GemmPath::kAuto);
   const DeviceLayout layout = FastestDeviceLayout(workspace_->compute_capability());
-  for (const auto& [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{1024, 4096, 4096},
-                                {1500, 1024, 8192},
-                                {1100, 4096, 6144}}) {
+  for (const auto& [m, k, n] : {std::tuple<int64_t, int64_t, int64_t>{4096, 4096, 4096},
+                                {4200, 1024, 8192},
+                                {4100, 2048, 6144}}) {
     SCOPED_TRACE(absl::StrCat("M=", m, " K=", k, " N=", n, " seed=", seed_));
     EXPECT_EQ(ChooseGemmPath(workspace_->compute_capability(), m, k, n), GemmPath::kDequantCublas);
     const QuantizedWeight w = RandomWeight(WeightShape{k, n, 128}, rng_);
