@@ -78,7 +78,8 @@ if [[ ${FULL_BENCH:-1} == 1 ]]; then
     --json "$out/bench.json" "$@" >"$out/bench.md"
   grep -E '^\| (L8B|L70B|big) \|' "$out/bench.md"
 fi
-# Tall products: the Hopper path's passes against the dequant-cublas path and the dispatch.
+# Tall products: the Hopper path (passes, or tall launches from 512 rows) against the
+# dequant-cublas path and the dispatch.
 if [[ ${TALL_BENCH:-1} == 1 ]]; then
   marlin-bench --paths hopper,dequant-cublas,auto \
     --m "${TALL_M:-257,320,384,512,768,1024,2048,4096}" \
