@@ -151,10 +151,11 @@ constexpr int ClusterRanksOf() {
   return most;
 }
 
-// How a launch's grid covers the rows: one row part; up to kMaxRowParts parts, each with its own
-// activation map and share of the workspace; or (a tall launch) any number of whole kBatch-row
-// parts of one activation map, each block on one (part, slice) under the cluster split, so no part
-// touches the workspace.
+// How a launch's grid covers the rows: one row part (or, with HopperConfig::kPartSlices, every
+// part's slices under one striped partition); up to kMaxRowParts parts, each with its own
+// activation map and share of the workspace; or (a tall launch in waves) any number of whole
+// kBatch-row parts of one activation map, each block on one (part, slice) under the cluster split,
+// so no part touches the workspace.
 enum class RowSplit { kOnePart, kPartMaps, kTall };
 
 // A launch of one or more row parts: row part q (rows [q kBatch, (q + 1) kBatch)) runs on blocks
@@ -178,7 +179,7 @@ struct HopperParams {
   // 0: the striped partition. r >= 1: the cluster split, r blocks (one cluster) per slice; block b
   // takes stages [(b % r) S / r, (b % r + 1) S / r) of slice b / r, S = stages_per_slice.
   int cluster_ranks;
-  int x_row0;       // the row part's first row in its activation map: 0 but in tall launches
+  int x_row0;       // the row part's first row in its activation map: 0 but in RowSplit::kTall
   int part_slices;  // column slices of one row part (configurations with kPartSlices)
 };
 
