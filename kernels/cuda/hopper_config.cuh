@@ -86,9 +86,13 @@ struct HopperConfig {
   // 18.8-19.0 us at 4 rows, 20.2-20.4 -> 19.2-19.4 at 16, 21.2-21.5 -> 20.5-20.8 at 32;
   // L70B.gate/up, wide and striped at 64 rows, 118.8-119.4 -> 117.1-118.0. Elsewhere its code cost:
   // ptxas spilled more in the 64-row narrow and split-k configurations, and L8B.qkv at 64 rows
-  // (split-k, no striped block) went from 10.3-10.7 to 11.1-11.2 us.
+  // (split-k, no striped block) went from 10.3-10.7 to 11.1-11.2 us. The 256-row ones took it in
+  // session 17 (both builds alternated twice in one call, striped, H100): L70B.down 1454-1459 ->
+  // 1061-1082 us at 1536 rows (a striped tall launch), 575-585 -> 547 at 768; L8B.down 357 ->
+  // 295-308 at 1536; L70B.qkv 83.0-85.0 -> 81.4-82.3 at 256 rows (a pass); no spills.
   static constexpr bool kLastSegmentFirst =
-      (kBatch <= 32 && kWgTiles == 1 && !kSplitK) || (kBatch == 64 && kWgTiles == 2);
+      (kBatch <= 32 && kWgTiles == 1 && !kSplitK) || (kBatch == 64 && kWgTiles == 2) ||
+      kBatch == 256;
   static constexpr int kAccSets = kScalesInFp32 ? 2 : 1;  // the sum (and the open group's product)
   // Where a split-k warpgroup leaves the float4s the other one owns (ExchangeKHalves).
   static constexpr int kExchangeBytes = kSplitK ? kWgTiles * kAccFloats * 4 * kWarpgroupThreads : 0;

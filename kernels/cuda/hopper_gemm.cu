@@ -158,44 +158,55 @@ constexpr int kMinStagesPerRank = 4;
 // kMaxClusterRanks; 0 where clusters of r blocks cannot launch).
 using ClusterCapacities = std::array<int, kMaxClusterRanks + 1>;
 
-// The current device's ClusterCapacities for configuration C: asked of the driver
-// (cudaOccupancyMaxActiveClusters) on a device's first pass, looked up after that.
-template <typename C>
-absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
+// A fact about the current device, computed by `ask(device)` (returning absl::StatusOr<V>) on the
+// device's first call with this `Tag` and remembered after that. A failed answer is not kept.
+template <typename Tag, typename V, typename Ask>
+absl::StatusOr<V> PerDevice(Ask ask) {
   static std::mutex mu;
-  static std::map<int, ClusterCapacities> known;  // device -> capacities
+  static std::map<int, V> known;  // device -> answer
   int device = 0;
   MARLIN_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(mu);
   const auto it = known.find(device);
   if (it != known.end()) return it->second;
-  // The driver answers for the kernel's current shared-memory limit: raise it first (a pass may
-  // ask before any launch of C, or after launching only C's row-part kernel).
-  MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(HopperGemmKernel<C, RowSplit::kOnePart>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   C::kSmemBytes));
-  ClusterCapacities capacities{};
-  capacities[1] = sm_count;  // one block per SM, no cluster launched
-  for (int ranks = 2; ranks <= kMaxClusterRanks; ++ranks) {
-    cudaLaunchAttribute cluster{};
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = ranks;
-    cluster.val.clusterDim.y = 1;
-    cluster.val.clusterDim.z = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(ranks * sm_count);
-    config.blockDim = dim3(kThreads);
-    config.dynamicSmemBytes = C::kSmemBytes;
-    config.attrs = &cluster;
-    config.numAttrs = 1;
-    if (cudaOccupancyMaxActiveClusters(&capacities[ranks], HopperGemmKernel<C, RowSplit::kOnePart>,
-                                       &config) != cudaSuccess) {
-      (void)cudaGetLastError();  // a cluster size this device refuses: none of that size
-      capacities[ranks] = 0;
+  absl::StatusOr<V> answer = ask(device);
+  if (answer.ok()) known[device] = *answer;
+  return answer;
+}
+
+// The current device's ClusterCapacities for configuration C: asked of the driver
+// (cudaOccupancyMaxActiveClusters) on a device's first pass, looked up after that.
+template <typename C>
+absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
+  return PerDevice<C, ClusterCapacities>([sm_count](int) -> absl::StatusOr<ClusterCapacities> {
+    // The driver answers for the kernel's current shared-memory limit: raise it first (a pass may
+    // ask before any launch of C, or after launching only C's row-part kernel).
+    MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(HopperGemmKernel<C, RowSplit::kOnePart>,
+                                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     C::kSmemBytes));
+    ClusterCapacities capacities{};
+    capacities[1] = sm_count;  // one block per SM, no cluster launched
+    for (int ranks = 2; ranks <= kMaxClusterRanks; ++ranks) {
+      cudaLaunchAttribute cluster{};
+      cluster.id = cudaLaunchAttributeClusterDimension;
+      cluster.val.clusterDim.x = ranks;
+      cluster.val.clusterDim.y = 1;
+      cluster.val.clusterDim.z = 1;
+      cudaLaunchConfig_t config{};
+      config.gridDim = dim3(ranks * sm_count);
+      config.blockDim = dim3(kThreads);
+      config.dynamicSmemBytes = C::kSmemBytes;
+      config.attrs = &cluster;
+      config.numAttrs = 1;
+      if (cudaOccupancyMaxActiveClusters(&capacities[ranks],
+                                         HopperGemmKernel<C, RowSplit::kOnePart>,
+                                         &config) != cudaSuccess) {
+        (void)cudaGetLastError();  // a cluster size this device refuses: none of that size
+        capacities[ranks] = 0;
+      }
     }
-  }
-  known[device] = capacities;
-  return capacities;
+    return capacities;
+  });
 }
 
 // The cluster split's blocks per slice for a pass of `slices` slices of `stages_per_slice` stages:
@@ -468,17 +479,12 @@ enum class TallMode {
 
 // The current device's L2 size in bytes: asked of the driver on a device's first call.
 absl::StatusOr<int64_t> DeviceL2Bytes() {
-  static std::mutex mu;
-  static std::map<int, int64_t> known;  // device -> bytes
-  int device = 0;
-  MARLIN_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  std::lock_guard<std::mutex> lock(mu);
-  const auto it = known.find(device);
-  if (it != known.end()) return it->second;
-  int bytes = 0;
-  MARLIN_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, device));
-  known[device] = bytes;
-  return bytes;
+  struct L2Bytes {};
+  return PerDevice<L2Bytes, int64_t>([](int device) -> absl::StatusOr<int64_t> {
+    int bytes = 0;
+    MARLIN_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, device));
+    return bytes;
+  });
 }
 
 // The forced partition's TallMode (striped: kStriped; the cluster split: kWaves; passes: kPasses),
