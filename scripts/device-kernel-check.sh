@@ -5,7 +5,8 @@
 # HMMA = the Ampere path's mma.sync), then the kernel benchmark with both paths and the dispatch
 # side by side (BENCH_PATHS overrides which: marlin-bench --paths; FULL_BENCH=0 skips it), and
 # tall products (257-4096 rows; TALL_M overrides, TALL_BENCH=0 skips) with the Hopper path, the
-# dequant-cublas path and the dispatch side by side (bench-tall.md, bench-tall.json). Where
+# dequant-cublas path and the dispatch side by side (TALL_PATHS overrides which; bench-tall.md,
+# bench-tall.json). Where
 # COMPARE_REF=... scripts/stage-device.sh staged another build, its kernel tests and an A/B of the
 # two benchmarks come first (see below). Logs go to $OUT (or ./device-out): bench.md, bench.json,
 # bench-tall.md, bench-tall.json and kernel-logs.tar.gz (test logs, sanitizer logs, SASS summary,
@@ -81,7 +82,7 @@ fi
 # Tall products: the Hopper path (passes, or tall launches from 512 rows) against the
 # dequant-cublas path and the dispatch.
 if [[ ${TALL_BENCH:-1} == 1 ]]; then
-  marlin-bench --paths hopper,dequant-cublas,auto \
+  marlin-bench --paths "${TALL_PATHS:-hopper,dequant-cublas,auto}" \
     --m "${TALL_M:-257,320,384,512,768,1024,2048,4096}" \
     --json "$out/bench-tall.json" >"$out/bench-tall.md"
   grep -E '^\| (L8B|L70B|big) \|' "$out/bench-tall.md"

@@ -489,21 +489,22 @@ absl::StatusOr<int64_t> DeviceL2Bytes() {
 
 // The forced partition's TallMode (striped: kStriped; the cluster split: kWaves; passes: kPasses),
 // else the measured rule. Measured on the H100 (marlin-bench --paths hopper:passes,hopper:cluster,
-// hopper:striped at 512-8192 rows, one call, docs/perf/kernel-h100.md "Session 16"):
+// hopper:striped at 512-8192 rows, one call each, docs/perf/kernel-h100.md "Session 16" and
+// "Session 17"; speedups over cuBLAS FP16 from session 17's call):
 // - The striped launch keeps every SM busy and streams from slice to slice without a block's
-//   fill and drain, but its blocks work on every part at once: it won where all of x stays in L2
-//   (up to 85% of it, 42.5 MiB on the H100; 42 MiB, L70B.down at 768 rows: 0.99x cuBLAS, against
-//   0.75 in waves and 0.96 in passes) and collapsed where it did not (56 MiB, L70B.down at 1024
-//   rows: 0.68, 0.97 in waves).
-//   There it won with many units (parts x slices) per SM (L8B.gate/up 0.93-1.05 at 512-4096 rows,
-//   against 0.85-0.94 in waves) or where the waves leave SMs idle (L70B.qkv 0.86 at 512 rows,
-//   160 units: waves 0.61, passes 0.77), and lost where a wave or less of whole units needs no
-//   sums (L8B.o at 1024 rows, 128 units: 0.71 against 0.96), unless a slice is long enough to hide
-//   them (at 768 rows, 96 units: L8B.o, 64 stages a slice, 0.68 against 0.75; L8B.down, 224
-//   stages, 0.89 against 0.77).
-// - Waves won everywhere else where their blocks keep at least 70% of the SMs busy (L70B.down at
-//   8192 rows 1.04, passes 0.99); below that, passes (L70B.qkv at 512 rows, 61%: 0.61 against
-//   0.77 in passes).
+//   fill and drain, but sums split slices. Since its blocks process the segment another block
+//   sums first (session 17) it won with 3.5 or more units (parts x slices) per SM (L70B.down at
+//   2048-4096 rows 1.02-1.05 against 1.00-1.03 in waves, L8B.gate/up at 512-4096 rows 0.94-1.03
+//   against 0.84-0.93, L8B.o at 4096 rows 0.92 against 0.89) and where the waves leave > 10% of the
+//   SMs idle, with more units than SMs (L70B.qkv at 512 rows, 160 units: 0.88, waves 0.61; L8B.qkv
+//   at 1536, 288 units: 0.84 against 0.69) or slices of >= 128 stages (L8B.down at 768 rows, 96
+//   units of 224 stages: 0.85 against 0.76); with fewer units it lost (L8B.qkv at 512 rows, 96
+//   units of 64 stages: 0.65 against 0.79).
+// - Its blocks work on every part at once: past 32 parts whose activations exceed twice the L2 it
+//   collapsed (8192 rows: L70B.down 0.84 against 1.11 in waves, L70B.gate/up 0.88 against 1.05),
+//   as it did on any product whose activations exceeded L2 before session 17.
+// - Waves won everywhere else where their blocks keep at least 70% of the SMs busy (L8B.o at 1024
+//   rows, 128 units: 0.96 against 0.74 striped); below that, passes.
 absl::StatusOr<TallMode> ChooseTallMode(const DeviceWeight& w, int parts, int sm_count) {
   switch (ForcedHopperPartition()) {
     case HopperPartition::kPasses:
@@ -519,13 +520,16 @@ absl::StatusOr<TallMode> ChooseTallMode(const DeviceWeight& w, int parts, int sm
   if (!ranks.ok()) return ranks.status();
   const absl::StatusOr<int64_t> l2_bytes = DeviceL2Bytes();
   if (!l2_bytes.ok()) return l2_bytes.status();
-  const int64_t units = int64_t{1} * parts * PassShape<Rows256Narrow>(w).slices;
+  const PassShape<Rows256Narrow> shape(w);
+  const int64_t units = int64_t{1} * parts * shape.slices;
   const int64_t blocks = units * *ranks;
   const int64_t waves = (blocks + sm_count - 1) / sm_count;
   const bool busy_waves = 10 * blocks >= 9 * waves * sm_count;
-  const bool x_in_l2 = 100 * parts * kMaxPassRows * w.shape.k * 2 <= 85 * *l2_bytes;
-  const bool long_slices = PassShape<Rows256Narrow>(w).stages_per_slice >= 128;
-  if (x_in_l2 && (units >= 4 * sm_count || (!busy_waves && (units > sm_count || long_slices)))) {
+  const bool striped_misses_l2 =
+      parts >= 32 && parts * kMaxPassRows * w.shape.k * 2 > 2 * *l2_bytes;
+  const bool long_slices = shape.stages_per_slice >= 128;
+  if (!striped_misses_l2 &&
+      (2 * units >= 7 * sm_count || (!busy_waves && (units > sm_count || long_slices)))) {
     return TallMode::kStriped;
   }
   return 10 * blocks >= 7 * waves * sm_count ? TallMode::kWaves : TallMode::kPasses;
