@@ -489,8 +489,10 @@ absl::StatusOr<int64_t> DeviceL2Bytes() {
 
 // The forced partition's TallMode (striped: kStriped; the cluster split: kWaves; passes: kPasses),
 // else the measured rule. Measured on the H100 (marlin-bench --paths hopper:passes,hopper:cluster,
-// hopper:striped at 512-8192 rows, one call each, docs/perf/kernel-h100.md "Session 16" and
-// "Session 17"; speedups over cuBLAS FP16 from session 17's call):
+// hopper:striped at 512-8192 rows, docs/perf/kernel-h100.md "Session 17": its second call, whose
+// striped launch kept the summed share in registers, a variant not kept that took 0.95-1.11x this
+// one's time in the same call, over 1.03x on L8B.qkv, L8B.o and L8B.down at 512-768 rows and on
+// L8B.qkv and L70B.o at 1536; speedups over cuBLAS FP16):
 // - The striped launch keeps every SM busy and streams from slice to slice without a block's
 //   fill and drain, but sums split slices. Since its blocks process the segment another block
 //   sums first (session 17) it won with 3.5 or more units (parts x slices) per SM (L70B.down at
@@ -500,11 +502,14 @@ absl::StatusOr<int64_t> DeviceL2Bytes() {
 //   at 1536, 288 units: 0.84 against 0.69) or slices of >= 128 stages (L8B.down at 768 rows, 96
 //   units of 224 stages: 0.85 against 0.76); with fewer units it lost (L8B.qkv at 512 rows, 96
 //   units of 64 stages: 0.65 against 0.79).
-// - Its blocks work on every part at once: past 32 parts whose activations exceed twice the L2 it
+// - Its blocks work on every part at once: at 32 parts whose activations exceed twice the L2 it
 //   collapsed (8192 rows: L70B.down 0.84 against 1.11 in waves, L70B.gate/up 0.88 against 1.05),
 //   as it did on any product whose activations exceeded L2 before session 17.
 // - Waves won everywhere else where their blocks keep at least 70% of the SMs busy (L8B.o at 1024
 //   rows, 128 units: 0.96 against 0.74 striped); below that, passes.
+// Against session 16's rule (third call, both builds' dispatch in turn): L70B 0.96-0.99 ->
+// 0.99-1.00 per model at 1536-4096 rows, 16384^2 0.97-0.99 -> 0.99-1.04 at 512-4096, L8B 0.92 ->
+// 0.97 at 8192, the rest within 1%.
 absl::StatusOr<TallMode> ChooseTallMode(const DeviceWeight& w, int parts, int sm_count) {
   switch (ForcedHopperPartition()) {
     case HopperPartition::kPasses:
