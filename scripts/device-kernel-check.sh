@@ -6,9 +6,8 @@
 # side by side (BENCH_PATHS overrides which: marlin-bench --paths; FULL_BENCH=0 skips it), and
 # tall products (257-4096 rows; TALL_M overrides, TALL_BENCH=0 skips) with the Hopper path, the
 # dequant-cublas path and the dispatch side by side (TALL_PATHS overrides which; bench-tall.md,
-# bench-tall.json). Where
-# COMPARE_REF=... scripts/stage-device.sh staged another build, its kernel tests and an A/B of the
-# two benchmarks come first (see below). Logs go to $OUT (or ./device-out): bench.md, bench.json,
+# bench-tall.json). Where COMPARE_REF=... scripts/stage-device.sh staged another build, its kernel
+# tests and an A/B of the two benchmarks come first (see below). Logs go to $OUT (or ./device-out): bench.md, bench.json,
 # bench-tall.md, bench-tall.json and kernel-logs.tar.gz (test logs, sanitizer logs, SASS summary,
 # the A/B tables ab-*.md/json).
 #
