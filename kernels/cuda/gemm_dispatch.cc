@@ -103,4 +103,40 @@ void ForceHopperPartitionForTesting(HopperPartition partition) {
 
 HopperPartition ForcedHopperPartition() { return forced_partition.load(); }
 
+// How a tall launch's parts run, measured on the H100 (marlin-bench --paths
+// hopper:passes,hopper:cluster,hopper:striped at 512-8192 rows, docs/perf/kernel-h100.md "Session
+// 17": its second call, whose striped launch kept the summed share in registers, a variant not
+// kept that took 0.95-1.11x this one's time in the same call, over 1.03x on L8B.qkv, L8B.o and
+// L8B.down at 512-768 rows and on L8B.qkv and L70B.o at 1536; speedups over cuBLAS FP16):
+// - The striped launch keeps every SM busy and streams from slice to slice without a block's
+//   fill and drain, but sums split slices. Since its blocks process the segment another block
+//   sums first (session 17) it won with 3.5 or more units (parts x slices) per SM (L70B.down at
+//   2048-4096 rows 1.02-1.05 against 1.00-1.03 in waves, L8B.gate/up at 512-4096 rows 0.94-1.03
+//   against 0.84-0.93, L8B.o at 4096 rows 0.92 against 0.89) and where the waves leave > 10% of the
+//   SMs idle, with more units than SMs (L70B.qkv at 512 rows, 160 units: 0.88, waves 0.61; L8B.qkv
+//   at 1536, 288 units: 0.84 against 0.69) or slices of >= 128 stages (L8B.down at 768 rows, 96
+//   units of 224 stages: 0.85 against 0.76); with fewer units it lost (L8B.qkv at 512 rows, 96
+//   units of 64 stages: 0.65 against 0.79).
+// - Its blocks work on every part at once: at 32 parts whose activations exceed twice the L2 it
+//   collapsed (8192 rows: L70B.down 0.84 against 1.11 in waves, L70B.gate/up 0.88 against 1.05),
+//   as it did on any product whose activations exceeded L2 before session 17.
+// - Waves won everywhere else where their blocks keep at least 70% of the SMs busy (L8B.o at 1024
+//   rows, 128 units: 0.96 against 0.74 striped); below that, passes.
+// Against session 16's rule (third call, both builds' dispatch in turn): L70B 0.96-0.99 ->
+// 0.99-1.00 per model at 1536-4096 rows, 16384^2 0.97-0.99 -> 0.99-1.04 at 512-4096, L8B 0.92 ->
+// 0.97 at 8192, the rest within 1%.
+TallLaunch MeasuredTallLaunch(const TallLaunchShape& shape, int sm_count, int64_t l2_bytes) {
+  const int64_t units = int64_t{1} * shape.parts * shape.slices;
+  const int64_t blocks = units * shape.ranks;
+  const int64_t waves = (blocks + sm_count - 1) / sm_count;
+  const bool busy_waves = 10 * blocks >= 9 * waves * sm_count;
+  const bool striped_misses_l2 = shape.parts >= 32 && shape.x_bytes > 2 * l2_bytes;
+  const bool long_slices = shape.stages_per_slice >= 128;
+  if (!striped_misses_l2 &&
+      (2 * units >= 7 * sm_count || (!busy_waves && (units > sm_count || long_slices)))) {
+    return TallLaunch::kStriped;
+  }
+  return 10 * blocks >= 7 * waves * sm_count ? TallLaunch::kWaves : TallLaunch::kPasses;
+}
+
 }  // namespace marlin::cuda

@@ -1,11 +1,13 @@
 // Which path multiplies a product: the Ampere path (cp.async + mma.sync, sm_80 and later), the
 // Hopper path (TMA + wgmma, sm_90a), or for tall products the dequant-cublas path (W dequantized to
 // FP16 chunk by chunk, cuBLAS). Gemm consults ChooseGemmPath on every call; the table behind it
-// holds what marlin-bench measured on an H100 (docs/perf/kernel-h100.md).
+// holds what marlin-bench measured on an H100 (docs/perf/kernel-h100.md), as does the Hopper
+// path's rule for tall launches (MeasuredTallLaunch).
 //
 //   GemmPath path = ChooseGemmPath(/*sm=*/90, m, k, n);
 //   ForceGemmPathForTesting(GemmPath::kHopper);  // tests and the benchmark only
 //   ForceHopperPartitionForTesting(HopperPartition::kClusterSplit);
+//   TallLaunch launch = MeasuredTallLaunch(shape, sm_count, l2_bytes);  // the Hopper path's
 #ifndef MARLIN_KERNELS_CUDA_GEMM_DISPATCH_H_
 #define MARLIN_KERNELS_CUDA_GEMM_DISPATCH_H_
 
@@ -56,6 +58,26 @@ const char* HopperPartitionName(HopperPartition partition);
 // Test and benchmark hook, like ForceGemmPathForTesting, for the Hopper path's partition.
 void ForceHopperPartitionForTesting(HopperPartition partition);
 HopperPartition ForcedHopperPartition();
+
+// How the Hopper path runs a tall product's whole 256-row parts (hopper_gemm.cu, LaunchGemm).
+enum class TallLaunch {
+  kPasses,   // one pass each
+  kWaves,    // one launch, a block or cluster per (part, column slice), the blocks in waves
+  kStriped,  // one launch, the striped partition over every part's slices
+};
+
+// A tall launch of the Hopper path's 256-row configuration over one weight.
+struct TallLaunchShape {
+  int parts;             // whole 256-row parts
+  int slices;            // column slices of the weight (128 columns each)
+  int stages_per_slice;  // k stages of a slice (64 k each)
+  int ranks;             // blocks per (part, slice) in waves: the cluster split's, else 1
+  int64_t x_bytes;       // the parts' activations
+};
+
+// The measured rule (docs/perf/kernel-h100.md, sessions 16 and 17) for `shape` on a device of
+// `sm_count` SMs and `l2_bytes` of L2.
+TallLaunch MeasuredTallLaunch(const TallLaunchShape& shape, int sm_count, int64_t l2_bytes);
 
 }  // namespace marlin::cuda
 
