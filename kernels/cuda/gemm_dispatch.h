@@ -7,7 +7,7 @@
 //   GemmPath path = ChooseGemmPath(/*sm=*/90, m, k, n);
 //   ForceGemmPathForTesting(GemmPath::kHopper);  // tests and the benchmark only
 //   ForceHopperPartitionForTesting(HopperPartition::kClusterSplit);
-//   TallLaunch launch = MeasuredTallLaunch(shape, sm_count, l2_bytes);  // the Hopper path's
+//   TallLaunch launch = MeasuredTallLaunch(shape, sm_count, l2_bytes);  // hopper_gemm.cu
 #ifndef MARLIN_KERNELS_CUDA_GEMM_DISPATCH_H_
 #define MARLIN_KERNELS_CUDA_GEMM_DISPATCH_H_
 
