@@ -224,7 +224,16 @@ int Main(int argc, char** argv) {
                  "kernel paths to time side by side: auto (the dispatch table), ampere, hopper, "
                  "hopper:striped, hopper:cluster, hopper:passes (the Hopper path with its "
                  "partition forced), dequant-cublas");
+  int tall_part_rows = 0;
+  app.add_option("--tall-part-rows", tall_part_rows,
+                 "rows of the Hopper path's tall parts, 128 or 256, for every path it times "
+                 "(default 0: the measured rule)");
   CLI11_PARSE(app, argc, argv);
+  if (tall_part_rows != 0 && tall_part_rows != 128 && tall_part_rows != 256) {
+    std::fprintf(stderr, "marlin-bench: --tall-part-rows takes 0, 128 or 256\n");
+    return 2;
+  }
+  cuda::ForceTallPartRowsForTesting(tall_part_rows);
   const std::vector<KernelPath> paths = ParsePaths(path_list);
   if (paths.empty()) {
     std::fprintf(stderr,
@@ -272,8 +281,12 @@ int Main(int argc, char** argv) {
               prop.l2CacheSize >> 20);
   std::printf("copy bandwidth (read + write): %.2f TB/s; cuBLAS FP16 GEMM 8192^3: %.0f TFLOP/s\n",
               bandwidth / 1e12, tflops);
-  std::printf("weight layout: %s on the hopper and auto paths, packed on the ampere path\n\n",
+  std::printf("weight layout: %s on the hopper and auto paths, packed on the ampere path\n",
               cuda::DeviceLayoutName(fastest_layout));
+  if (tall_part_rows != 0) {
+    std::printf("tall parts of the Hopper path: %d rows (forced)\n", tall_part_rows);
+  }
+  std::printf("\n");
 
   if (!profile_layer.empty()) {
     for (const Layer& layer : kLayers) {
@@ -390,6 +403,7 @@ int Main(int argc, char** argv) {
   json["copy_bandwidth_tbps"] = bandwidth / 1e12;
   json["cublas_fp16_tflops"] = tflops;
   json["hopper_weight_layout"] = cuda::DeviceLayoutName(fastest_layout);
+  json["tall_part_rows"] = tall_part_rows;  // 0: the measured rule
   for (const KernelPath& path : paths) json["paths"].push_back(path.name);
   for (const std::string model : {"L8B", "L70B", "big"}) {
     for (int64_t m : ms) {

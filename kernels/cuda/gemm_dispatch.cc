@@ -9,6 +9,13 @@ namespace {
 
 std::atomic<GemmPath> forced_path{GemmPath::kAuto};
 std::atomic<HopperPartition> forced_partition{HopperPartition::kAuto};
+std::atomic<int> forced_tall_part_rows{0};
+
+// Whether `blocks` blocks in waves keep at least `num` / `den` of `sm_count` SMs busy.
+bool WavesKeepBusy(int64_t blocks, int sm_count, int num, int den) {
+  const int64_t waves = (blocks + sm_count - 1) / sm_count;
+  return den * blocks >= num * waves * sm_count;
+}
 
 // The fewest rows from which the dequant-cublas path takes an m x k by k x n product. On sm_90, by
 // weight size (marlin-bench --paths hopper:passes,hopper:cluster,hopper:striped,dequant-cublas at
@@ -103,6 +110,39 @@ void ForceHopperPartitionForTesting(HopperPartition partition) {
 
 HopperPartition ForcedHopperPartition() { return forced_partition.load(); }
 
+void ForceTallPartRowsForTesting(int part_rows) { forced_tall_part_rows.store(part_rows); }
+
+int ForcedTallPartRows() { return forced_tall_part_rows.load(); }
+
+// The rows of a tall launch's parts, measured on the H100 (a build whose part rows an environment
+// variable forced, marlin-bench --paths hopper:striped,hopper:cluster at 256-1024 rows with 128-
+// and 256-row parts, each twice in one call, docs/perf/kernel-h100.md "Session 18"; speedups
+// over cuBLAS FP16). 128-row parts (the 128-row configuration: group stages) quarter the
+// quantization of units whose 256-row counterparts fill the SMs badly, and let a product of an odd
+// number of 128-row parts run in one launch instead of a tall launch (or pass) and a pass:
+// - They won where 256-row units (parts x slices; blocks, with a cluster split whose ranks take at
+//   least 128 stages each) keep under 90% of the SMs busy in waves and number at most 1.5x the
+//   SMs: L8B.o at 512 rows 0.95 (128 units in waves) against 0.76 (64 units on two-block
+//   clusters), L8B.down 0.98 against 0.91, L8B.qkv at 512-1024 rows 0.81-0.87 against 0.76-0.81,
+//   L70B.qkv at 256 rows 1.01 (striped over 160 units) against 0.93 (its striped pass, as
+//   dispatched before), L70B.o at 768 0.93 against 0.91.
+// - And at such fill with an odd number of 128-row parts: at 384 rows (before, a 256-row pass and
+//   a 128-row one) L8B.gate/up 1.04 against 0.93, L8B.qkv 0.84 against 0.66, L70B.qkv 0.95
+//   against 0.81, L8B.down 1.34 against 1.12.
+// - They lost where 256-row waves keep the SMs busy (L8B.o at 1024 rows, 128 units: 0.88 against
+//   0.96; L70B.down at 256 rows, two-block clusters of 224 stages a rank: 1.08-1.15 against 1.18;
+//   16384^2 at 384, 128 units: 0.97 against 0.99). Misses of this rule, within 3%: L8B.gate/up at
+//   256 rows (0.96 against 0.98-0.99), L70B.down at 768 (0.98 against 0.99-1.00).
+int MeasuredTallPartRows(const TallProductShape& product, int sm_count) {
+  const int64_t parts = product.rows >= 512 ? product.rows / 256 : 1;
+  const int64_t units = parts * product.slices;
+  const bool long_ranks = product.ranks > 1 && product.stages_per_slice / product.ranks >= 128;
+  const int64_t blocks = long_ranks ? units * product.ranks : units;
+  const bool odd_parts = product.rows % 256 >= 128;
+  if (WavesKeepBusy(blocks, sm_count, 9, 10)) return 256;
+  return odd_parts || 2 * blocks <= 3 * sm_count ? 128 : 256;
+}
+
 // How a tall launch's parts run, measured on the H100 (marlin-bench --paths
 // hopper:passes,hopper:cluster,hopper:striped at 512-8192 rows, docs/perf/kernel-h100.md "Session
 // 17": its second call, whose striped launch kept the summed share in registers, a variant not
@@ -117,26 +157,30 @@ HopperPartition ForcedHopperPartition() { return forced_partition.load(); }
 //   at 1536, 288 units: 0.84 against 0.69) or slices of >= 128 stages (L8B.down at 768 rows, 96
 //   units of 224 stages: 0.85 against 0.76); with fewer units it lost (L8B.qkv at 512 rows, 96
 //   units of 64 stages: 0.65 against 0.79).
-// - Its blocks work on every part at once: at 32 parts whose activations exceed twice the L2 it
-//   collapsed (8192 rows: L70B.down 0.84 against 1.11 in waves, L70B.gate/up 0.88 against 1.05),
-//   as it did on any product whose activations exceeded L2 before session 17.
+// - Its blocks work on every part at once: at 8192 rows (32 parts) whose activations exceed twice
+//   the L2 it collapsed (L70B.down 0.84 against 1.11 in waves, L70B.gate/up 0.88 against 1.05), as
+//   it did on any product whose activations exceeded L2 before session 17.
 // - Waves won everywhere else where their blocks keep at least 70% of the SMs busy (L8B.o at 1024
 //   rows, 128 units: 0.96 against 0.74 striped); below that, passes.
 // Against session 16's rule (third call, both builds' dispatch in turn): L70B 0.96-0.99 ->
 // 0.99-1.00 per model at 1536-4096 rows, 16384^2 0.97-0.99 -> 0.99-1.04 at 512-4096, L8B 0.92 ->
 // 0.97 at 8192, the rest within 1%.
+// 128-row parts (MeasuredTallPartRows) follow the same rule, their stages counted in 64 k: in
+// session 18's measurements it picked the faster of their two launches wherever they were chosen
+// (L8B.o at 512 rows: waves 0.95 against 0.77 striped; L8B.qkv at 512: striped 0.81 against 0.71)
+// but on L70B.qkv at 384 rows (waves 0.94 against 0.95).
 TallLaunch MeasuredTallLaunch(const TallLaunchShape& shape, int sm_count, int64_t l2_bytes) {
   const int64_t units = int64_t{1} * shape.parts * shape.slices;
   const int64_t blocks = units * shape.ranks;
-  const int64_t waves = (blocks + sm_count - 1) / sm_count;
-  const bool busy_waves = 10 * blocks >= 9 * waves * sm_count;
-  const bool striped_misses_l2 = shape.parts >= 32 && shape.x_bytes > 2 * l2_bytes;
+  const bool busy_waves = WavesKeepBusy(blocks, sm_count, 9, 10);
+  const bool striped_misses_l2 =
+      int64_t{1} * shape.parts * shape.part_rows >= 8192 && shape.x_bytes > 2 * l2_bytes;
   const bool long_slices = shape.stages_per_slice >= 128;
   if (!striped_misses_l2 &&
       (2 * units >= 7 * sm_count || (!busy_waves && (units > sm_count || long_slices)))) {
     return TallLaunch::kStriped;
   }
-  return 10 * blocks >= 7 * waves * sm_count ? TallLaunch::kWaves : TallLaunch::kPasses;
+  return WavesKeepBusy(blocks, sm_count, 7, 10) ? TallLaunch::kWaves : TallLaunch::kPasses;
 }
 
 }  // namespace marlin::cuda

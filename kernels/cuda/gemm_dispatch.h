@@ -2,12 +2,13 @@
 // Hopper path (TMA + wgmma, sm_90a), or for tall products the dequant-cublas path (W dequantized to
 // FP16 chunk by chunk, cuBLAS). Gemm consults ChooseGemmPath on every call; the table behind it
 // holds what marlin-bench measured on an H100 (docs/perf/kernel-h100.md), as does the Hopper
-// path's rule for tall launches (MeasuredTallLaunch).
+// path's rules for tall launches (MeasuredTallPartRows, MeasuredTallLaunch).
 //
 //   GemmPath path = ChooseGemmPath(/*sm=*/90, m, k, n);
 //   ForceGemmPathForTesting(GemmPath::kHopper);  // tests and the benchmark only
 //   ForceHopperPartitionForTesting(HopperPartition::kClusterSplit);
-//   TallLaunch launch = MeasuredTallLaunch(shape, sm_count, l2_bytes);  // hopper_gemm.cu
+//   int part_rows = MeasuredTallPartRows(product, sm_count);            // hopper_gemm.cu
+//   TallLaunch launch = MeasuredTallLaunch(shape, sm_count, l2_bytes);
 #ifndef MARLIN_KERNELS_CUDA_GEMM_DISPATCH_H_
 #define MARLIN_KERNELS_CUDA_GEMM_DISPATCH_H_
 
@@ -43,12 +44,12 @@ GemmPath ForcedGemmPath();
 enum class HopperPartition {
   kAuto,          // the measured rule in hopper_gemm.cu decides per pass
   kStriped,       // even runs of iterations per block; split slices summed through global memory;
-                  // products of 512 rows or more run their whole 256-row parts as one striped
-                  // launch over every part's slices
+                  // products of two row parts or more (hopper_gemm.h) run their whole parts as
+                  // one striped launch over every part's slices
   kClusterSplit,  // a cluster of blocks per slice, its k stages split between them, partials
                   // summed through distributed shared memory; only where every slice gets a
-                  // co-resident cluster (else striped); products of 512 rows or more run their
-                  // whole 256-row parts as one launch, a block or cluster per (part, slice)
+                  // co-resident cluster (else striped); products of two row parts or more run
+                  // their whole parts as one launch, a block or cluster per (part, slice)
   kPasses,        // products taller than one pass run as passes of 256 rows, each partitioned by
                   // the measured rule, never as one tall launch (hopper_gemm.h)
 };
@@ -59,23 +60,42 @@ const char* HopperPartitionName(HopperPartition partition);
 void ForceHopperPartitionForTesting(HopperPartition partition);
 HopperPartition ForcedHopperPartition();
 
-// How the Hopper path runs a tall product's whole 256-row parts (hopper_gemm.cu, LaunchGemm).
+// Test and benchmark hook: the rows of a tall launch's parts, 128 or 256 (0 restores the measured
+// rule, MeasuredTallPartRows).
+void ForceTallPartRowsForTesting(int part_rows);
+int ForcedTallPartRows();
+
+// A product that the Hopper path may run as tall launches (hopper_gemm.cu, LaunchGemm), as 256-row
+// parts would run it.
+struct TallProductShape {
+  int64_t rows;          // rows left to multiply (at least 256)
+  int slices;            // column slices of the weight (128 columns each)
+  int stages_per_slice;  // 64-k stages of a slice
+  int ranks;             // blocks per (256-row part, slice) in waves: the cluster split's, else 1
+};
+
+// The measured rule (docs/perf/kernel-h100.md, session 18) for the rows of `product`'s tall parts
+// on a device of `sm_count` SMs: 128 or 256.
+int MeasuredTallPartRows(const TallProductShape& product, int sm_count);
+
+// How the Hopper path runs a tall product's whole row parts (hopper_gemm.cu, LaunchGemm).
 enum class TallLaunch {
   kPasses,   // one pass each
   kWaves,    // one launch, a block or cluster per (part, column slice), the blocks in waves
   kStriped,  // one launch, the striped partition over every part's slices
 };
 
-// A tall launch of the Hopper path's 256-row configuration over one weight.
+// A tall launch of the Hopper path's 128- or 256-row configuration over one weight.
 struct TallLaunchShape {
-  int parts;             // whole 256-row parts
+  int parts;             // whole row parts
+  int part_rows;         // rows of a part: 128 or 256
   int slices;            // column slices of the weight (128 columns each)
-  int stages_per_slice;  // k stages of a slice (64 k each)
+  int stages_per_slice;  // 64-k stages of a slice (whatever stages the configuration takes)
   int ranks;             // blocks per (part, slice) in waves: the cluster split's, else 1
   int64_t x_bytes;       // the parts' activations
 };
 
-// The measured rule (docs/perf/kernel-h100.md, sessions 16 and 17) for `shape` on a device of
+// The measured rule (docs/perf/kernel-h100.md, sessions 16-18) for `shape` on a device of
 // `sm_count` SMs and `l2_bytes` of L2.
 TallLaunch MeasuredTallLaunch(const TallLaunchShape& shape, int sm_count, int64_t l2_bytes);
 

@@ -102,12 +102,86 @@ TEST(GemmDispatchTest, TallLaunchesFollowTheH100Measurements) {
   };
   for (const Case& c : cases) {
     const TallLaunchShape shape{.parts = static_cast<int>(c.m / 256),
+                                .part_rows = 256,
                                 .slices = static_cast<int>(c.n / 128),
                                 .stages_per_slice = static_cast<int>(c.k / 64),
                                 .ranks = c.ranks,
                                 .x_bytes = c.m * c.k * 2};
     EXPECT_EQ(MeasuredTallLaunch(shape, kSms, kL2Bytes), c.launch) << c.product;
   }
+}
+
+// 128-row parts of a 128-row configuration (group stages: 128-k stages), where session 18's
+// measurements chose them, and a striped launch of them that the L2 guard stops at 8192 rows.
+TEST(GemmDispatchTest, TallLaunchesOf128RowPartsFollowTheH100Measurements) {
+  constexpr int kSms = 132;
+  constexpr int64_t kL2Bytes = int64_t{50} << 20;
+  struct Case {
+    const char* product;
+    int64_t m, k, n;
+    int ranks;
+    TallLaunch launch;
+  };
+  const Case cases[] = {
+      {"L8B.o at 512 rows, 128 units, 97% busy", 512, 4096, 4096, 1, TallLaunch::kWaves},
+      {"L8B.qkv at 512 rows, 192 units, 73% busy", 512, 4096, 6144, 1, TallLaunch::kStriped},
+      {"L8B.qkv at 1024 rows, 384 units", 1024, 4096, 6144, 1, TallLaunch::kWaves},
+      {"L8B.o at 384 rows, 96 units of 64 stages", 384, 4096, 4096, 1, TallLaunch::kWaves},
+      {"L8B.down at 384 rows, 96 units of 224 stages", 384, 14336, 4096, 1, TallLaunch::kStriped},
+      {"L70B.qkv at 256 rows, 160 units", 256, 8192, 10240, 1, TallLaunch::kStriped},
+      {"L8B.gate/up at 384 rows, 672 units", 384, 4096, 28672, 1, TallLaunch::kStriped},
+      {"L70B.gate/up, 64 parts, 128 MiB of x", 8192, 8192, 57344, 1, TallLaunch::kWaves},
+  };
+  for (const Case& c : cases) {
+    const TallLaunchShape shape{.parts = static_cast<int>(c.m / 128),
+                                .part_rows = 128,
+                                .slices = static_cast<int>(c.n / 128),
+                                .stages_per_slice = static_cast<int>(c.k / 64),
+                                .ranks = c.ranks,
+                                .x_bytes = c.m * c.k * 2};
+    EXPECT_EQ(MeasuredTallLaunch(shape, kSms, kL2Bytes), c.launch) << c.product;
+  }
+}
+
+// The tall parts' rule (gemm_dispatch.cc) at session 18's measured shapes on the H100's 132 SMs,
+// `ranks` the cluster split that 256-row parts in waves would take there.
+TEST(GemmDispatchTest, TallPartRowsFollowTheH100Measurements) {
+  constexpr int kSms = 132;
+  struct Case {
+    const char* product;
+    int64_t m, k, n;
+    int ranks;
+    int part_rows;
+  };
+  const Case cases[] = {
+      {"L8B.o at 512 rows: 64 units on clusters of 32 stages a rank", 512, 4096, 4096, 2, 128},
+      {"L8B.down at 512 rows: clusters of 112 stages a rank", 512, 14336, 4096, 2, 128},
+      {"L8B.qkv at 1024 rows: 192 units, 73% busy", 1024, 4096, 6144, 1, 128},
+      {"L8B.qkv at 1536 rows: 288 units", 1536, 4096, 6144, 1, 256},
+      {"L8B.o at 1024 rows: 128 units, 97% busy", 1024, 4096, 4096, 1, 256},
+      {"L70B.qkv at 256 rows: 80 units", 256, 8192, 10240, 1, 128},
+      {"L70B.o at 768 rows: 192 units", 768, 8192, 8192, 1, 128},
+      {"L70B.down at 256 rows: clusters of 224 stages a rank", 256, 28672, 8192, 2, 256},
+      {"L70B.gate/up at 256 rows: 448 units", 256, 8192, 57344, 1, 256},
+      {"L8B.gate/up at 384 rows: 224 units, an odd part", 384, 4096, 28672, 1, 128},
+      {"16384^2 at 384 rows: 128 units, 97% busy", 384, 16384, 16384, 1, 256},
+      {"L8B.gate/up at 512 rows: 448 units", 512, 4096, 28672, 1, 256},
+  };
+  for (const Case& c : cases) {
+    const TallProductShape product{.rows = c.m,
+                                   .slices = static_cast<int>(c.n / 128),
+                                   .stages_per_slice = static_cast<int>(c.k / 64),
+                                   .ranks = c.ranks};
+    EXPECT_EQ(MeasuredTallPartRows(product, kSms), c.part_rows) << c.product;
+  }
+}
+
+TEST(GemmDispatchTest, ForcedTallPartRowsRoundTrip) {
+  EXPECT_EQ(ForcedTallPartRows(), 0);
+  ForceTallPartRowsForTesting(128);
+  EXPECT_EQ(ForcedTallPartRows(), 128);
+  ForceTallPartRowsForTesting(0);
+  EXPECT_EQ(ForcedTallPartRows(), 0);
 }
 
 TEST(GemmDispatchTest, ForcedPathRoundTrips) {

@@ -17,25 +17,25 @@
 namespace marlin::cuda::hopper {
 namespace {
 
-// The configurations: rows per pass (wgmma N) x 64-column tiles per consumer warpgroup. Wide
-// ones (two tiles, 256-column slices) stream more weight bytes per stage and reread the
-// activations for half as many slices; narrow ones (one tile, 128-column slices) halve the
-// partial sums a split slice needs and the blocks it is split over, and at 128 rows or more leave
-// the registers for two wgmma groups in flight. Split-k ones (one 64-column tile shared by both
-// warpgroups, 256 k a stage) double the slices of a narrow weight, so the cluster split keeps
-// every SM busy with at most two blocks per slice. Taller products run as 256-row passes. Up to
-// 8 rows, m64n8k16 wgmmas: a stage's 16 of them cost the consumers less than m64n16k16 ones (H100,
-// both alternated twice in one call: L70B.o 17.2-17.5 -> 16.6-16.9 us at 1-8 rows, L8B.down
-// 17.2-17.5 -> 16.6-17.0; per model +1-2%). Group stages (a whole scale group, 128 k, per
-// warpgroup and stage: half the stages, each with twice the wgmmas for its fixed cost) where they
-// measured faster (H100, each build alternated twice with the one without in one call): 128 rows,
-// L8B.qkv 30.8 / 28.8 -> 26.6 / 25.7 us at 256 rows (two 128-row parts), L70B.gate/up 200 / 204 ->
-// 189 / 190 at 128; 64-row narrow, L8B.gate/up 39.0 / 38.4 -> 36.7 / 36.9 at 64 rows, L70B.qkv
-// 28.4 / 28.7 -> 27.4 / 27.2; 8-row wide, L8B.gate/up 22.3 / 22.4 -> 21.3 / 21.6 at one row,
-// L70B.qkv 20.0 / 19.9 -> 19.5 / 19.4. Not the 16-row wide one (L70B.qkv 20.5 / 20.4 -> 21.4 /
-// 21.3 at 16 rows, L70B.down 46.7 / 47.2 -> 48.7 / 48.8), and the 64-row wide and 256-row ones
-// lack the registers for two groups in flight. The narrow ones up to 32 rows take group stages
-// (session 12; their registers allow it, and they entered with them).
+// The configurations: rows per pass (wgmma N) x 64-column tiles per consumer warpgroup. Wide ones
+// (two tiles, 256-column slices) stream more weight bytes per stage and reread the activations for
+// half as many slices; narrow ones (one tile, 128-column slices) halve the partial sums a split
+// slice needs and the blocks it is split over, and at 128 rows or more leave the registers for two
+// wgmma groups in flight. Split-k ones (one 64-column tile shared by both warpgroups, 256 k a
+// stage) double the slices of a narrow weight, so the cluster split keeps every SM busy with at
+// most two blocks per slice. Taller products run as tall launches of 128- or 256-row parts and
+// 256-row passes (LaunchGemm). Up to 8 rows, m64n8k16 wgmmas: a stage's 16 of them cost the
+// consumers less than m64n16k16 ones (H100, both alternated twice in one call: L70B.o 17.2-17.5 ->
+// 16.6-16.9 us at 1-8 rows, L8B.down 17.2-17.5 -> 16.6-17.0; per model +1-2%). Group stages (a
+// whole scale group, 128 k, per warpgroup and stage: half the stages, each with twice the wgmmas
+// for its fixed cost) where they measured faster (H100, each build alternated twice with the one
+// without in one call): 128 rows, L8B.qkv 30.8 / 28.8 -> 26.6 / 25.7 us at 256 rows (two 128-row
+// parts), L70B.gate/up 200 / 204 -> 189 / 190 at 128; 64-row narrow, L8B.gate/up 39.0 / 38.4 ->
+// 36.7 / 36.9 at 64 rows, L70B.qkv 28.4 / 28.7 -> 27.4 / 27.2; 8-row wide, L8B.gate/up 22.3 / 22.4
+// -> 21.3 / 21.6 at one row, L70B.qkv 20.0 / 19.9 -> 19.5 / 19.4. Not the 16-row wide one (L70B.qkv
+// 20.5 / 20.4 -> 21.4 / 21.3 at 16 rows, L70B.down 46.7 / 47.2 -> 48.7 / 48.8), and the 64-row wide
+// and 256-row ones lack the registers for two groups in flight. The narrow ones up to 32 rows take
+// group stages (session 12; their registers allow it, and they entered with them).
 using Rows8Wide = HopperConfig<8, 2, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows8Narrow = HopperConfig<8, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows8SplitK = HopperConfig<8, 1, /*kSplitK=*/true>;
@@ -50,6 +50,10 @@ using Rows64Narrow = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/tru
 using Rows64SplitK = HopperConfig<64, 1, /*kSplitK=*/true>;
 using Rows128Narrow = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows256Narrow = HopperConfig<256, 1>;
+// The striped tall launches' configurations (kPartSlices): 128-row parts (MeasuredTallPartRows) and
+// 256-row ones.
+using Rows128PartSlices = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/true,
+                                       /*kPartSlices=*/true>;
 using Rows256PartSlices = HopperConfig<256, 1, /*kSplitK=*/false, /*kGroupStages=*/false,
                                        /*kPartSlices=*/true>;
 
@@ -90,9 +94,11 @@ int RowParts(int rows, int64_t k, int64_t n) {
 template <typename C>
 constexpr bool kTakesRowParts = C::kBatch == 64 || C::kBatch == 128;
 
-// Whether configuration C runs tall launches (LaunchGemm), whose row parts are whole passes.
+// Whether configuration C runs tall launches in waves (LaunchGemm), whose row parts are whole
+// passes of C.
 template <typename C>
-constexpr bool kRunsTallLaunches = C::kBatch == kMaxPassRows && !C::kPartSlices;
+constexpr bool kRunsTallLaunches = (C::kBatch == kMinTallPartRows || C::kBatch == kMaxPassRows) &&
+                                   !C::kPartSlices;
 
 // The activation map of `rows` rows of x from row `row0` on, in boxes of `box_rows` rows. A pass's
 // boxes are as tall as its rows (<= C::kBatch), not C::kBatch: rows out of bounds, zero-filled,
@@ -466,7 +472,7 @@ absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half
   return absl::InternalError(absl::StrCat("Hopper pass of ", rows, " rows"));
 }
 
-// Rows of one tall launch at most (its 256-row parts times the slices stay far from the grid's
+// Rows of one tall launch at most (its parts times the slices stay far from the grid's
 // and the tensor map's limits); taller products take several.
 constexpr int64_t kMaxTallLaunchRows = int64_t{1} << 16;
 
@@ -480,9 +486,27 @@ absl::StatusOr<int64_t> DeviceL2Bytes() {
   });
 }
 
-// The forced partition's TallLaunch (striped: kStriped; the cluster split: kWaves; passes:
-// kPasses), else the measured rule (MeasuredTallLaunch, gemm_dispatch.h).
-absl::StatusOr<TallLaunch> ChooseTallLaunch(const DeviceWeight& w, int parts, int sm_count) {
+// The measured rule's launch (MeasuredTallLaunch, gemm_dispatch.h) of configuration C's `parts`
+// whole row parts over w.
+template <typename C>
+absl::StatusOr<TallLaunch> MeasuredTallLaunchOf(const DeviceWeight& w, int parts, int sm_count) {
+  const absl::StatusOr<int> ranks = TallClusterRanks<C>(w, parts, sm_count);
+  if (!ranks.ok()) return ranks.status();
+  const absl::StatusOr<int64_t> l2_bytes = DeviceL2Bytes();
+  if (!l2_bytes.ok()) return l2_bytes.status();
+  return MeasuredTallLaunch({.parts = parts,
+                             .part_rows = C::kBatch,
+                             .slices = PassShape<C>(w).slices,
+                             .stages_per_slice = static_cast<int>((w.shape.k + 63) / 64),
+                             .ranks = *ranks,
+                             .x_bytes = int64_t{1} * parts * C::kBatch * w.shape.k * 2},
+                            sm_count, *l2_bytes);
+}
+
+// How `parts` whole parts of `part_rows` rows run: the forced partition's TallLaunch (striped:
+// kStriped; the cluster split: kWaves; passes: kPasses), else the measured rule.
+absl::StatusOr<TallLaunch> ChooseTallLaunch(const DeviceWeight& w, int part_rows, int parts,
+                                            int sm_count) {
   switch (ForcedHopperPartition()) {
     case HopperPartition::kPasses:
       return TallLaunch::kPasses;
@@ -493,17 +517,62 @@ absl::StatusOr<TallLaunch> ChooseTallLaunch(const DeviceWeight& w, int parts, in
     case HopperPartition::kAuto:
       break;
   }
+  return part_rows == kMinTallPartRows ? MeasuredTallLaunchOf<Rows128Narrow>(w, parts, sm_count)
+                                       : MeasuredTallLaunchOf<Rows256Narrow>(w, parts, sm_count);
+}
+
+// The rows of the tall parts of a product of `rows` rows over w: the forced height, else the
+// measured rule (MeasuredTallPartRows, gemm_dispatch.h).
+absl::StatusOr<int> ChooseTallPartRows(const DeviceWeight& w, int64_t rows, int sm_count) {
+  if (const int forced = ForcedTallPartRows(); forced != 0) {
+    if (forced != kMinTallPartRows && forced != kMaxPassRows) {
+      return absl::InvalidArgumentError(absl::StrCat("tall parts of ", forced, " rows"));
+    }
+    return forced;
+  }
+  const PassShape<Rows256Narrow> shape(w);
+  const int parts = rows >= 2 * kMaxPassRows ? static_cast<int>(rows / kMaxPassRows) : 1;
   const absl::StatusOr<int> ranks = TallClusterRanks<Rows256Narrow>(w, parts, sm_count);
   if (!ranks.ok()) return ranks.status();
-  const absl::StatusOr<int64_t> l2_bytes = DeviceL2Bytes();
-  if (!l2_bytes.ok()) return l2_bytes.status();
-  const PassShape<Rows256Narrow> shape(w);
-  return MeasuredTallLaunch({.parts = parts,
-                             .slices = shape.slices,
-                             .stages_per_slice = shape.stages_per_slice,
-                             .ranks = *ranks,
-                             .x_bytes = int64_t{1} * parts * kMaxPassRows * w.shape.k * 2},
-                            sm_count, *l2_bytes);
+  return MeasuredTallPartRows({.rows = rows,
+                               .slices = shape.slices,
+                               .stages_per_slice = shape.stages_per_slice,
+                               .ranks = *ranks},
+                              sm_count);
+}
+
+// A tall launch: `parts` whole parts of `part_rows` rows, run as `launch` (kPasses: none).
+struct TallPlan {
+  int part_rows;
+  int parts;
+  TallLaunch launch;
+};
+
+// The tall launch that starts a product of kMinTallRows <= rows <= kMaxTallLaunchRows rows: in
+// parts of the chosen height or, where the measured rule runs 128-row parts as passes, of 256.
+absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int sm_count) {
+  const absl::StatusOr<int> part_rows = ChooseTallPartRows(w, rows, sm_count);
+  if (!part_rows.ok()) return part_rows.status();
+  for (int height = *part_rows; height <= kMaxPassRows; height *= 2) {
+    const int parts = static_cast<int>(rows / height);
+    if (parts < 2) break;
+    const absl::StatusOr<TallLaunch> launch = ChooseTallLaunch(w, height, parts, sm_count);
+    if (!launch.ok()) return launch.status();
+    if (*launch != TallLaunch::kPasses || ForcedTallPartRows() != 0) {
+      return TallPlan{height, parts, *launch};
+    }
+  }
+  return TallPlan{static_cast<int>(kMaxPassRows), 0, TallLaunch::kPasses};
+}
+
+// Enqueues the tall launch `plan` (not kPasses) of configuration Waves (in waves) or Striped.
+template <typename Waves, typename Striped>
+absl::Status LaunchTall(const TallPlan& plan, const __half* x, const DeviceWeight& w, __half* y,
+                        int* counters, float* partials, int sm_count, cudaStream_t stream) {
+  const int rows = plan.parts * plan.part_rows;
+  return plan.launch == TallLaunch::kWaves
+             ? Launch<Waves>(x, rows, w, y, counters, partials, sm_count, stream, /*tall=*/true)
+             : Launch<Striped>(x, rows, w, y, counters, partials, sm_count, stream, /*tall=*/true);
 }
 
 }  // namespace
@@ -512,20 +581,19 @@ absl::Status LaunchGemm(const __half* x, int64_t m, const DeviceWeight& w, __hal
                         float* partials, int sm_count, cudaStream_t stream) {
   const int64_t k = w.shape.k, n = w.shape.n;
   for (int64_t row0 = 0; row0 < m;) {
-    const int parts = static_cast<int>(std::min(kMaxTallLaunchRows, m - row0) / kMaxPassRows);
-    if (parts * kMaxPassRows >= kMinTallRows) {
-      const absl::StatusOr<TallLaunch> mode = ChooseTallLaunch(w, parts, sm_count);
-      if (!mode.ok()) return mode.status();
-      if (*mode != TallLaunch::kPasses) {
-        const int rows = static_cast<int>(parts * kMaxPassRows);
+    const int64_t left = std::min(kMaxTallLaunchRows, m - row0);
+    if (left >= kMinTallRows) {
+      const absl::StatusOr<TallPlan> plan = ChooseTallPlan(w, left, sm_count);
+      if (!plan.ok()) return plan.status();
+      if (plan->launch != TallLaunch::kPasses) {
         const absl::Status s =
-            *mode == TallLaunch::kWaves
-                ? Launch<Rows256Narrow>(x + row0 * k, rows, w, y + row0 * n, counters, partials,
-                                        sm_count, stream, /*tall=*/true)
-                : Launch<Rows256PartSlices>(x + row0 * k, rows, w, y + row0 * n, counters, partials,
-                                            sm_count, stream, /*tall=*/true);
+            plan->part_rows == kMinTallPartRows
+                ? LaunchTall<Rows128Narrow, Rows128PartSlices>(*plan, x + row0 * k, w, y + row0 * n,
+                                                               counters, partials, sm_count, stream)
+                : LaunchTall<Rows256Narrow, Rows256PartSlices>(
+                      *plan, x + row0 * k, w, y + row0 * n, counters, partials, sm_count, stream);
         if (!s.ok()) return s;
-        row0 += rows;
+        row0 += int64_t{1} * plan->parts * plan->part_rows;
         continue;
       }
     }

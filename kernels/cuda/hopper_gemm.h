@@ -19,11 +19,13 @@ namespace marlin::cuda::hopper {
 // Rows one pass multiplies: a pass runs its rows in one or two row parts side by side.
 inline constexpr int64_t kMaxPassRows = 256;
 
-// Products of at least this many rows may run their whole 256-row parts as one tall launch (the
+// Rows of a tall launch's parts: whole parts of 128 or 256 rows (the measured rule,
+// MeasuredTallPartRows in gemm_dispatch.h), at least two of them, run as one tall launch (the
 // measured rule in hopper_gemm.cu): a block or cluster per (row part, column slice), in waves
 // where they outnumber the SMs, or the striped partition over every part's slices. The rows left
-// over (fewer than 256) take a pass, as do shorter products.
-inline constexpr int64_t kMinTallRows = 512;
+// over (fewer than a part) take a pass, as do shorter products.
+inline constexpr int64_t kMinTallPartRows = 128;
+inline constexpr int64_t kMinTallRows = 2 * kMinTallPartRows;
 
 // Partial-sum floats per SM that the largest configuration needs (two slots per block); the
 // GemmWorkspace holds at least this many.

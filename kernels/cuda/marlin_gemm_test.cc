@@ -133,6 +133,7 @@ class MarlinGemmTest : public ::testing::TestWithParam<KernelVariant> {
   void TearDown() override {
     ForceGemmPathForTesting(GemmPath::kAuto);
     ForceHopperPartitionForTesting(HopperPartition::kAuto);
+    ForceTallPartRowsForTesting(0);
   }
 
   // Runs the kernel on fresh x (m rows) and returns the FP16 output bits (poisoned beforehand).
@@ -250,19 +251,29 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape) {
     CheckShape(m, 272, 128, kPerChannel);
     CheckShape(m, 2048, 128, 128);  // deep enough for the Hopper path's two-block cluster split
   }
-  CheckShape(520, 512, 192, 128);  // the Hopper path's tall launch of two parts, then a pass
+  // The Hopper path's tall launches (under the forced partitions) of four 128-row parts and of two
+  // 256-row parts, then a pass of the 8 rows left.
+  CheckShape(520, 512, 192, 128);
+  ForceTallPartRowsForTesting(256);
+  CheckShape(520, 512, 192, 128);
 }
 
-// Tall launches on the Hopper path (hopper_gemm.h: every whole 256-row part in one grid, the rows
-// left over in a pass): parts on a cluster split, in waves of one block per (part, slice), K not a
-// multiple of a stage; under forced striped partitions the same products run as passes.
+// Tall launches on the Hopper path (hopper_gemm.h: every whole row part of 128 or 256 rows in one
+// grid, the rows left over in a pass): parts on a cluster split, in waves of one block per (part,
+// slice), or striped over every part's slices, K not a multiple of a stage; each part height
+// forced, then the measured one.
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_TallLaunches_RowPartsAndRemainder) {
-  for (int64_t m : {512, 777}) {
-    CheckShape(m, 2048, 256, 128);
-    CheckShape(m, 1040, 192, kPerChannel);
+  for (int part_rows : {128, 256, 0}) {
+    if (part_rows != 0 && GetParam().path != GemmPath::kHopper) continue;  // Hopper-only hook
+    SCOPED_TRACE(absl::StrCat("tall parts of ", part_rows, " rows (0: the measured rule)"));
+    ForceTallPartRowsForTesting(part_rows);
+    for (int64_t m : {256, 393, 512, 777}) {
+      CheckShape(m, 2048, 256, 128);
+      CheckShape(m, 1040, 192, kPerChannel);
+    }
+    CheckShape(1300, 4096, 4096, 128, /*sampled_columns=*/24);  // 5 or 10 parts x 32 slices
+    CheckShape(2304, 1024, 8192, 128, /*sampled_columns=*/24);  // 9 or 18 parts x 64 slices
   }
-  CheckShape(1300, 4096, 4096, 128, /*sampled_columns=*/24);  // 5 parts x 32 slices, in waves
-  CheckShape(2304, 1024, 8192, 128, /*sampled_columns=*/24);  // 9 parts x 64 slices
 }
 
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_MediumShapes_SplitSlices) {
