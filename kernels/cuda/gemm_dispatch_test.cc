@@ -75,71 +75,51 @@ TEST(GemmDispatchTest, Sm90TallProductsFollowTheH100Measurements) {
 #endif
 
 // The tall launches' rule (gemm_dispatch.cc) on the H100's 132 SMs and 50 MiB of L2, at the
-// benchmark's shapes from session 17's measurements: 256-row parts of 128-column slices of 64-k
-// stages.
+// benchmark's shapes: 256-row parts from session 17's measurements, 128-row parts (the 128-row
+// configuration's 128-k stages, counted in 64 k) from session 18's where its rule chose them,
+// and a striped launch of them that the L2 guard stops at 8192 rows.
 TEST(GemmDispatchTest, TallLaunchesFollowTheH100Measurements) {
   constexpr int kSms = 132;
   constexpr int64_t kL2Bytes = int64_t{50} << 20;
   struct Case {
     const char* product;
+    int part_rows;
     int64_t m, k, n;
     int ranks;
     TallLaunch launch;
   };
   const Case cases[] = {
-      {"L8B.qkv, 96 units, 73% busy in waves", 512, 4096, 6144, 1, TallLaunch::kWaves},
-      {"L8B.qkv, 144 units, 55% busy", 768, 4096, 6144, 1, TallLaunch::kStriped},
-      {"L8B.o, 64 units on two-block clusters", 512, 4096, 4096, 2, TallLaunch::kWaves},
-      {"L8B.o, 128 units, 97% busy", 1024, 4096, 4096, 1, TallLaunch::kWaves},
-      {"L8B.down, 96 units of 224 stages", 768, 14336, 4096, 1, TallLaunch::kStriped},
-      {"L70B.qkv, 160 units, 61% busy", 512, 8192, 10240, 1, TallLaunch::kStriped},
-      {"L70B.o, 384 units, 97% busy", 1536, 8192, 8192, 1, TallLaunch::kWaves},
-      {"L70B.down, 512 units: 3.9 per SM", 2048, 28672, 8192, 1, TallLaunch::kStriped},
-      {"L8B.gate/up, 32 parts, 64 MiB of x", 8192, 4096, 28672, 1, TallLaunch::kStriped},
-      {"L70B.gate/up, 32 parts, 128 MiB of x", 8192, 8192, 57344, 1, TallLaunch::kWaves},
-      {"L70B.down, 32 parts, 448 MiB of x", 8192, 28672, 8192, 1, TallLaunch::kWaves},
-      {"80 units of 64 stages, 61% busy", 512, 4096, 5120, 1, TallLaunch::kPasses},
+      {"L8B.qkv, 96 units, 73% busy in waves", 256, 512, 4096, 6144, 1, TallLaunch::kWaves},
+      {"L8B.qkv, 144 units, 55% busy", 256, 768, 4096, 6144, 1, TallLaunch::kStriped},
+      {"L8B.o, 64 units on two-block clusters", 256, 512, 4096, 4096, 2, TallLaunch::kWaves},
+      {"L8B.o, 128 units, 97% busy", 256, 1024, 4096, 4096, 1, TallLaunch::kWaves},
+      {"L8B.down, 96 units of 224 stages", 256, 768, 14336, 4096, 1, TallLaunch::kStriped},
+      {"L70B.qkv, 160 units, 61% busy", 256, 512, 8192, 10240, 1, TallLaunch::kStriped},
+      {"L70B.o, 384 units, 97% busy", 256, 1536, 8192, 8192, 1, TallLaunch::kWaves},
+      {"L70B.down, 512 units: 3.9 per SM", 256, 2048, 28672, 8192, 1, TallLaunch::kStriped},
+      {"L8B.gate/up, 32 parts, 64 MiB of x", 256, 8192, 4096, 28672, 1, TallLaunch::kStriped},
+      {"L70B.gate/up, 32 parts, 128 MiB of x", 256, 8192, 8192, 57344, 1, TallLaunch::kWaves},
+      {"L70B.down, 32 parts, 448 MiB of x", 256, 8192, 28672, 8192, 1, TallLaunch::kWaves},
+      {"80 units of 64 stages, 61% busy", 256, 512, 4096, 5120, 1, TallLaunch::kPasses},
+      {"L8B.o at 512 rows, 128 units, 97% busy", 128, 512, 4096, 4096, 1, TallLaunch::kWaves},
+      {"L8B.qkv at 512 rows, 192 units, 73% busy", 128, 512, 4096, 6144, 1, TallLaunch::kStriped},
+      {"L8B.qkv at 1024 rows, 384 units", 128, 1024, 4096, 6144, 1, TallLaunch::kWaves},
+      {"L8B.o at 384 rows, 96 units of 64 stages", 128, 384, 4096, 4096, 1, TallLaunch::kWaves},
+      {"L8B.down at 384 rows, 96 units of 224 stages", 128, 384, 14336, 4096, 1,
+       TallLaunch::kStriped},
+      {"L70B.qkv at 256 rows, 160 units", 128, 256, 8192, 10240, 1, TallLaunch::kStriped},
+      {"L8B.gate/up at 384 rows, 672 units", 128, 384, 4096, 28672, 1, TallLaunch::kStriped},
+      {"L70B.gate/up, 64 parts, 128 MiB of x", 128, 8192, 8192, 57344, 1, TallLaunch::kWaves},
   };
   for (const Case& c : cases) {
-    const TallLaunchShape shape{.parts = static_cast<int>(c.m / 256),
-                                .part_rows = 256,
+    const TallLaunchShape shape{.parts = static_cast<int>(c.m / c.part_rows),
+                                .part_rows = c.part_rows,
                                 .slices = static_cast<int>(c.n / 128),
                                 .stages_per_slice = static_cast<int>(c.k / 64),
                                 .ranks = c.ranks,
                                 .x_bytes = c.m * c.k * 2};
-    EXPECT_EQ(MeasuredTallLaunch(shape, kSms, kL2Bytes), c.launch) << c.product;
-  }
-}
-
-// 128-row parts of a 128-row configuration (group stages: 128-k stages), where session 18's
-// measurements chose them, and a striped launch of them that the L2 guard stops at 8192 rows.
-TEST(GemmDispatchTest, TallLaunchesOf128RowPartsFollowTheH100Measurements) {
-  constexpr int kSms = 132;
-  constexpr int64_t kL2Bytes = int64_t{50} << 20;
-  struct Case {
-    const char* product;
-    int64_t m, k, n;
-    int ranks;
-    TallLaunch launch;
-  };
-  const Case cases[] = {
-      {"L8B.o at 512 rows, 128 units, 97% busy", 512, 4096, 4096, 1, TallLaunch::kWaves},
-      {"L8B.qkv at 512 rows, 192 units, 73% busy", 512, 4096, 6144, 1, TallLaunch::kStriped},
-      {"L8B.qkv at 1024 rows, 384 units", 1024, 4096, 6144, 1, TallLaunch::kWaves},
-      {"L8B.o at 384 rows, 96 units of 64 stages", 384, 4096, 4096, 1, TallLaunch::kWaves},
-      {"L8B.down at 384 rows, 96 units of 224 stages", 384, 14336, 4096, 1, TallLaunch::kStriped},
-      {"L70B.qkv at 256 rows, 160 units", 256, 8192, 10240, 1, TallLaunch::kStriped},
-      {"L8B.gate/up at 384 rows, 672 units", 384, 4096, 28672, 1, TallLaunch::kStriped},
-      {"L70B.gate/up, 64 parts, 128 MiB of x", 8192, 8192, 57344, 1, TallLaunch::kWaves},
-  };
-  for (const Case& c : cases) {
-    const TallLaunchShape shape{.parts = static_cast<int>(c.m / 128),
-                                .part_rows = 128,
-                                .slices = static_cast<int>(c.n / 128),
-                                .stages_per_slice = static_cast<int>(c.k / 64),
-                                .ranks = c.ranks,
-                                .x_bytes = c.m * c.k * 2};
-    EXPECT_EQ(MeasuredTallLaunch(shape, kSms, kL2Bytes), c.launch) << c.product;
+    EXPECT_EQ(MeasuredTallLaunch(shape, kSms, kL2Bytes), c.launch)
+        << c.product << ", " << c.part_rows << "-row parts";
   }
 }
 
