@@ -132,7 +132,8 @@ int ForcedTallPartRows() { return forced_tall_part_rows.load(); }
 // - They lost where 256-row waves keep the SMs busy (L8B.o at 1024 rows, 128 units: 0.88 against
 //   0.96; L70B.down at 256 rows, two-block clusters of 224 stages a rank: 1.08-1.15 against 1.18;
 //   16384^2 at 384, 128 units: 0.97 against 0.99). Misses of this rule, within 3%: L8B.gate/up at
-//   256 rows (0.96 against 0.98-0.99), L70B.down at 768 (0.98 against 0.99-1.00).
+//   256 rows (0.96 against 0.98-0.99), L70B.down at 768 (0.98 against 0.99-1.00), L8B.down at 256
+//   (128-row waves 1.20 / 1.10 against 1.19; the next call read 1.22 for both).
 int MeasuredTallPartRows(const TallProductShape& product, int sm_count) {
   const int64_t parts = product.rows >= 512 ? product.rows / 256 : 1;
   const int64_t units = parts * product.slices;

@@ -21,7 +21,7 @@ inline constexpr int64_t kMaxPassRows = 256;
 
 // Rows of a tall launch's parts: whole parts of 128 or 256 rows (the measured rule,
 // MeasuredTallPartRows in gemm_dispatch.h), at least two of them, run as one tall launch (the
-// measured rule in hopper_gemm.cu): a block or cluster per (row part, column slice), in waves
+// measured rule, MeasuredTallLaunch): a block or cluster per (row part, column slice), in waves
 // where they outnumber the SMs, or the striped partition over every part's slices. The rows left
 // over (fewer than a part) take a pass, as do shorter products.
 inline constexpr int64_t kMinTallPartRows = 128;
