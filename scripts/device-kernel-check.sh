@@ -7,9 +7,9 @@
 # tall products (257-4096 rows; TALL_M overrides, TALL_BENCH=0 skips) with the Hopper path, the
 # dequant-cublas path and the dispatch side by side (TALL_PATHS overrides which; bench-tall.md,
 # bench-tall.json). Where COMPARE_REF=... scripts/stage-device.sh staged another build, its kernel
-# tests and an A/B of the two benchmarks come first (see below). Logs go to $OUT (or ./device-out): bench.md, bench.json,
-# bench-tall.md, bench-tall.json and kernel-logs.tar.gz (test logs, sanitizer logs, SASS summary,
-# the A/B tables ab-*.md/json).
+# tests and an A/B of the two benchmarks come first (see below). Logs go to $OUT (or
+# ./device-out): bench.md, bench.json, bench-tall.md, bench-tall.json and kernel-logs.tar.gz (test
+# logs, sanitizer logs, SASS summary, the A/B tables ab-*.md/json).
 #
 #   [BENCH_PATHS=hopper:striped,hopper:cluster] scripts/device-kernel-check.sh [marlin-bench args...]
 #   [COMPARE_BENCH_ARGS="--layers L8B --m 128,256"] [FULL_BENCH=0] scripts/device-kernel-check.sh
@@ -78,7 +78,7 @@ if [[ ${FULL_BENCH:-1} == 1 ]]; then
     --json "$out/bench.json" "$@" >"$out/bench.md"
   grep -E '^\| (L8B|L70B|big) \|' "$out/bench.md"
 fi
-# Tall products: the Hopper path (passes, or tall launches from 512 rows) against the
+# Tall products: the Hopper path (passes, or tall launches from 256 rows) against the
 # dequant-cublas path and the dispatch.
 if [[ ${TALL_BENCH:-1} == 1 ]]; then
   marlin-bench --paths "${TALL_PATHS:-hopper,dequant-cublas,auto}" \

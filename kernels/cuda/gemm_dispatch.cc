@@ -135,7 +135,7 @@ int ForcedTallPartRows() { return forced_tall_part_rows.load(); }
 //   256 rows (0.96 against 0.98-0.99), L70B.down at 768 (0.98 against 0.99-1.00), L8B.down at 256
 //   (128-row waves 1.20 / 1.10 against 1.19; the next call read 1.22 for both).
 int MeasuredTallPartRows(const TallProductShape& product, int sm_count) {
-  const int64_t parts = product.rows >= 512 ? product.rows / 256 : 1;
+  const int64_t parts = product.rows / 256;  // rows >= 256: at least one
   const int64_t units = parts * product.slices;
   const bool long_ranks = product.ranks > 1 && product.stages_per_slice / product.ranks >= 128;
   const int64_t blocks = long_ranks ? units * product.ranks : units;

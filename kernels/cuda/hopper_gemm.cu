@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -339,12 +340,14 @@ absl::StatusOr<int> TallClusterRanks(const DeviceWeight& w, int parts, int sm_co
 }
 
 // Launches configuration C on `rows` rows: a pass (ceil(rows / C::kBatch) row parts side by side,
-// each on an equal share of the SMs), or with `tall` rows / C::kBatch whole row parts in one grid:
-// one block or cluster per (part, slice) in waves (RowSplit::kTall), or with C::kPartSlices the
-// striped partition over every part's slices.
+// each on an equal share of the SMs), or with `tall_ranks` rows / C::kBatch whole row parts in one
+// grid: one block or cluster of *tall_ranks blocks (TallClusterRanks) per (part, slice) in waves
+// (RowSplit::kTall), or with C::kPartSlices the striped partition over every part's slices.
 template <typename C>
 absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
-                    float* partials, int sm_count, cudaStream_t stream, bool tall = false) {
+                    float* partials, int sm_count, cudaStream_t stream,
+                    std::optional<int> tall_ranks = std::nullopt) {
+  const bool tall = tall_ranks.has_value();
   const int parts = (rows + C::kBatch - 1) / C::kBatch;
   if (tall ? !(kRunsTallLaunches<C> || C::kPartSlices) || rows % C::kBatch != 0
            : C::kPartSlices || parts > (kTakesRowParts<C> ? kMaxRowParts : 1)) {
@@ -387,7 +390,7 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   const int part_sms = sm_count / grid_parts;
   absl::StatusOr<int> ranks =
       C::kPartSlices ? 0
-      : tall         ? TallClusterRanks<C>(w, parts, sm_count)
+      : tall         ? *tall_ranks
                      : ChooseClusterRanks<C>(std::min(rows, C::kBatch), w, parts, sm_count);
   if (!ranks.ok()) return ranks.status();
   p.cluster_ranks = *ranks;
@@ -486,19 +489,25 @@ absl::StatusOr<int64_t> DeviceL2Bytes() {
   });
 }
 
+// The cluster ranks of the waves of a tall launch of `parts` parts of `part_rows` rows over w
+// (TallClusterRanks of its configuration).
+absl::StatusOr<int> TallRanks(const DeviceWeight& w, int part_rows, int parts, int sm_count) {
+  return part_rows == kMinTallPartRows ? TallClusterRanks<Rows128Narrow>(w, parts, sm_count)
+                                       : TallClusterRanks<Rows256Narrow>(w, parts, sm_count);
+}
+
 // The measured rule's launch (MeasuredTallLaunch, gemm_dispatch.h) of configuration C's `parts`
-// whole row parts over w.
+// whole row parts over w, whose waves would take `ranks` blocks per (part, slice).
 template <typename C>
-absl::StatusOr<TallLaunch> MeasuredTallLaunchOf(const DeviceWeight& w, int parts, int sm_count) {
-  const absl::StatusOr<int> ranks = TallClusterRanks<C>(w, parts, sm_count);
-  if (!ranks.ok()) return ranks.status();
+absl::StatusOr<TallLaunch> MeasuredTallLaunchOf(const DeviceWeight& w, int parts, int ranks,
+                                                int sm_count) {
   const absl::StatusOr<int64_t> l2_bytes = DeviceL2Bytes();
   if (!l2_bytes.ok()) return l2_bytes.status();
   return MeasuredTallLaunch({.parts = parts,
                              .part_rows = C::kBatch,
                              .slices = PassShape<C>(w).slices,
                              .stages_per_slice = static_cast<int>((w.shape.k + 63) / 64),
-                             .ranks = *ranks,
+                             .ranks = ranks,
                              .x_bytes = int64_t{1} * parts * C::kBatch * w.shape.k * 2},
                             sm_count, *l2_bytes);
 }
@@ -506,7 +515,7 @@ absl::StatusOr<TallLaunch> MeasuredTallLaunchOf(const DeviceWeight& w, int parts
 // How `parts` whole parts of `part_rows` rows run: the forced partition's TallLaunch (striped:
 // kStriped; the cluster split: kWaves; passes: kPasses), else the measured rule.
 absl::StatusOr<TallLaunch> ChooseTallLaunch(const DeviceWeight& w, int part_rows, int parts,
-                                            int sm_count) {
+                                            int ranks, int sm_count) {
   switch (ForcedHopperPartition()) {
     case HopperPartition::kPasses:
       return TallLaunch::kPasses;
@@ -517,8 +526,9 @@ absl::StatusOr<TallLaunch> ChooseTallLaunch(const DeviceWeight& w, int part_rows
     case HopperPartition::kAuto:
       break;
   }
-  return part_rows == kMinTallPartRows ? MeasuredTallLaunchOf<Rows128Narrow>(w, parts, sm_count)
-                                       : MeasuredTallLaunchOf<Rows256Narrow>(w, parts, sm_count);
+  return part_rows == kMinTallPartRows
+             ? MeasuredTallLaunchOf<Rows128Narrow>(w, parts, ranks, sm_count)
+             : MeasuredTallLaunchOf<Rows256Narrow>(w, parts, ranks, sm_count);
 }
 
 // The rows of the tall parts of a product of `rows` rows over w: the forced height, else the
@@ -531,7 +541,7 @@ absl::StatusOr<int> ChooseTallPartRows(const DeviceWeight& w, int64_t rows, int 
     return forced;
   }
   const PassShape<Rows256Narrow> shape(w);
-  const int parts = rows >= 2 * kMaxPassRows ? static_cast<int>(rows / kMaxPassRows) : 1;
+  const int parts = static_cast<int>(rows / kMaxPassRows);  // rows >= kMinTallRows: at least one
   const absl::StatusOr<int> ranks = TallClusterRanks<Rows256Narrow>(w, parts, sm_count);
   if (!ranks.ok()) return ranks.status();
   return MeasuredTallPartRows({.rows = rows,
@@ -541,10 +551,12 @@ absl::StatusOr<int> ChooseTallPartRows(const DeviceWeight& w, int64_t rows, int 
                               sm_count);
 }
 
-// A tall launch: `parts` whole parts of `part_rows` rows, run as `launch` (kPasses: none).
+// A tall launch: `parts` whole parts of `part_rows` rows, run as `launch` (kPasses: none), its
+// waves on `ranks` blocks per (part, slice).
 struct TallPlan {
   int part_rows;
   int parts;
+  int ranks;
   TallLaunch launch;
 };
 
@@ -556,13 +568,15 @@ absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int
   for (int height = *part_rows; height <= kMaxPassRows; height *= 2) {
     const int parts = static_cast<int>(rows / height);
     if (parts < 2) break;
-    const absl::StatusOr<TallLaunch> launch = ChooseTallLaunch(w, height, parts, sm_count);
+    const absl::StatusOr<int> ranks = TallRanks(w, height, parts, sm_count);
+    if (!ranks.ok()) return ranks.status();
+    const absl::StatusOr<TallLaunch> launch = ChooseTallLaunch(w, height, parts, *ranks, sm_count);
     if (!launch.ok()) return launch.status();
     if (*launch != TallLaunch::kPasses || ForcedTallPartRows() != 0) {
-      return TallPlan{height, parts, *launch};
+      return TallPlan{height, parts, *ranks, *launch};
     }
   }
-  return TallPlan{static_cast<int>(kMaxPassRows), 0, TallLaunch::kPasses};
+  return TallPlan{static_cast<int>(kMaxPassRows), 0, 1, TallLaunch::kPasses};
 }
 
 // Enqueues the tall launch `plan` (not kPasses) of configuration Waves (in waves) or Striped.
@@ -571,8 +585,8 @@ absl::Status LaunchTall(const TallPlan& plan, const __half* x, const DeviceWeigh
                         int* counters, float* partials, int sm_count, cudaStream_t stream) {
   const int rows = plan.parts * plan.part_rows;
   return plan.launch == TallLaunch::kWaves
-             ? Launch<Waves>(x, rows, w, y, counters, partials, sm_count, stream, /*tall=*/true)
-             : Launch<Striped>(x, rows, w, y, counters, partials, sm_count, stream, /*tall=*/true);
+             ? Launch<Waves>(x, rows, w, y, counters, partials, sm_count, stream, plan.ranks)
+             : Launch<Striped>(x, rows, w, y, counters, partials, sm_count, stream, plan.ranks);
 }
 
 }  // namespace

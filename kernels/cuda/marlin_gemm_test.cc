@@ -322,7 +322,7 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_PerChannel_SampledColum
 
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BitIdenticalAcrossRuns) {
   // (M, N) at K = 4096; N = 6144 is the L8B qkv shape, split along k at 16 rows; 128 and 256 rows
-  // run as two row parts on the Hopper path, 600 as a tall launch of two parts and a pass.
+  // run as two row parts on the Hopper path, 600 as a tall launch of whole parts and a pass.
   const std::pair<int64_t, int64_t> cases[] = {{1, 4096},   {33, 4096},  {64, 4096}, {16, 6144},
                                                {128, 4096}, {256, 4096}, {600, 4096}};
   for (const auto& [m, n] : cases) {
