@@ -18,14 +18,9 @@
 namespace marlin::cuda::hopper {
 
 inline constexpr int kWarpgroupThreads = 128;
-inline constexpr int kConsumers = 2;  // consumer warpgroups per block
-inline constexpr int kThreads = kWarpgroupThreads * (1 + kConsumers);
-inline constexpr int kConsumerThreads = kWarpgroupThreads * kConsumers;
 inline constexpr int kBoxKTiles = 4;    // k-tiles of one activation box: 64 k, 128-byte rows
 inline constexpr int kGroupKTiles = 8;  // 128-row scale groups
-// Register budgets after setmaxnreg: 128 x 40 + 256 x 232 fits the 64 K register file.
-inline constexpr int kProducerRegisters = 40;
-inline constexpr int kConsumerRegisters = 232;
+inline constexpr int kRegisterFile = 64 * 1024;  // 32-bit registers of one SM
 // Dynamic shared memory a block may use on sm_90, less the 1 KB the ring's alignment may cost.
 inline constexpr int kRingBudgetBytes = 227 * 1024 - 1024;
 inline constexpr int kMaxStages = 12;
@@ -36,10 +31,25 @@ inline constexpr int kMaxRowParts = 2;      // row parts of one pass with a map 
 constexpr int RoundUp(int v, int to) { return (v + to - 1) / to * to; }
 
 template <int kBatch_, int kWgTiles_, bool kSplitK_ = false, bool kGroupStages_ = false,
-          bool kPartSlices_ = false>
+          bool kPartSlices_ = false, int kConsumers_ = 2>
 struct HopperConfig {
-  static constexpr int kBatch = kBatch_;      // activation rows per pass (wgmma N), zero-padded
-  static constexpr int kWgTiles = kWgTiles_;  // 64-column tiles per consumer warpgroup
+  static constexpr int kBatch = kBatch_;          // activation rows per pass (wgmma N), zero-padded
+  static constexpr int kWgTiles = kWgTiles_;      // 64-column tiles per consumer warpgroup
+  static constexpr int kConsumers = kConsumers_;  // consumer warpgroups per block
+  static constexpr int kThreads = kWarpgroupThreads * (1 + kConsumers);
+  static constexpr int kConsumerThreads = kWarpgroupThreads * kConsumers;
+  // Register budgets after setmaxnreg. A block launches with the most registers a thread that
+  // lets kThreads threads fit the register file (in steps of 8); the producer warpgroup gives
+  // most of its share back and the consumers take it, so the block never holds more than it
+  // launched with (setmaxnreg.inc draws only on what this block's setmaxnreg.dec released): 168
+  // -> 40 / 232 with two consumer warpgroups, 96 -> 24 / 112 with four.
+  static constexpr int kLaunchRegisters = kRegisterFile / kThreads / 8 * 8;
+  static constexpr int kProducerRegisters = kConsumers == 2 ? 40 : 24;
+  static constexpr int kConsumerRegisters =
+      (kLaunchRegisters +
+       (kLaunchRegisters - kProducerRegisters) * kWarpgroupThreads / kConsumerThreads) /
+      8 * 8;
+  static_assert(kConsumers == 2 || (kConsumers == 4 && !kSplitK_), "2 or 4 consumer warpgroups");
   // Whether the consumer warpgroups split each stage's k-tiles between them (both multiply the
   // same tiles, and add their halves at a segment's end) instead of taking different tiles: half
   // as many columns per slice, four times the k per stage.
@@ -115,8 +125,10 @@ struct HopperConfig {
   // rings (24 stages at most: L70B.qkv 18.9 -> 20.6 us at 1 row).
   static constexpr int kEarlyStages = kSplitK && kStages > 4 ? 4 : kStages;
   // Two stages' wgmma groups are in flight: the accumulators and two stages' A fragments must fit
-  // the consumers' registers (two tiles at 128 rows did not; ptxas serialized the groups, C7512).
-  static_assert(kAccSets * kWgTiles * kAccFloats + 2 * kWgKTiles * kWgTiles * 4 <= 160,
+  // the registers ptxas allocates, the launch's (two tiles at 128 rows did not; ptxas serialized
+  // the groups, C7512).
+  static_assert(kAccSets * kWgTiles * kAccFloats + 2 * kWgKTiles * kWgTiles * 4 <=
+                    kLaunchRegisters - 8,
                 "no registers for two wgmma groups in flight");
   // One block's partial of a slice: every consumer thread's accumulators (under the split-k
   // configuration half of them stay unused).
@@ -137,12 +149,12 @@ struct ClusterShare {
   uint32_t bytes;  // one rank's share
   __host__ __device__ constexpr explicit ClusterShare(int ranks)
       : vecs((C::kAccFloats / 4 + ranks - 1) / ranks),
-        bytes(static_cast<uint32_t>(C::kWgTiles * vecs * kConsumerThreads * 16)) {}
+        bytes(static_cast<uint32_t>(C::kWgTiles * vecs * C::kConsumerThreads * 16)) {}
   // Byte offset of rank `from`'s share of float4 `index` (of those the owner owns) of tile j,
   // consumer thread `thread`.
   __device__ __forceinline__ uint32_t Offset(int from, int j, int index, int thread) const {
     return from * bytes +
-           static_cast<uint32_t>(((j * vecs + index) * kConsumerThreads + thread) * 16);
+           static_cast<uint32_t>(((j * vecs + index) * C::kConsumerThreads + thread) * 16);
   }
 };
 
@@ -259,7 +271,7 @@ struct StageSmem {
 
 // A consumer thread's place: warpgroup, warp within it, lane.
 struct ConsumerRole {
-  int thread;  // 0 .. kConsumerThreads-1
+  int thread;  // 0 .. C::kConsumerThreads - 1
   int group;   // consumer warpgroup
   int warp;    // warp within the warpgroup: its 16 A rows are columns 16 warp .. 16 warp + 15
   int lane;

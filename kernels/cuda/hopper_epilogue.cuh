@@ -6,7 +6,7 @@
 //
 //   ExchangeKHalves<C>(role, exchange_smem, acc);        // split-k configurations only
 //   FinishSegment<C>(p, block, begin, last, role, acc);  // striped partition, then
-//   SignalSlice(p, slice, role);  or  WaitForSlice(p, slice, role); SumSlice<C>(p, slice, role);
+//   SignalSlice<C>(p, slice, role);  or  WaitForSlice<C>(p, slice, role); SumSlice<C>(...);
 //   ScatterPartials<C>(p, role, rank, ring, acc);     // cluster split, every rank, then
 //   SumOwnedPartials<C>(p, slice, role, rank, ring);
 #ifndef MARLIN_KERNELS_CUDA_HOPPER_EPILOGUE_CUH_
@@ -76,7 +76,7 @@ template <typename C>
 __device__ __forceinline__ float4* PartialAt(const HopperParams& p, int slot,
                                              const ConsumerRole& role, int j, int r4) {
   return reinterpret_cast<float4*>(p.partials + static_cast<int64_t>(slot) * C::kSlotFloats) +
-         (j * (C::kAccFloats / 4) + r4) * kConsumerThreads + role.thread;
+         (j * (C::kAccFloats / 4) + r4) * C::kConsumerThreads + role.thread;
 }
 
 // Whether float4 `r4` of a tile (rows 8 r4 + 2 (lane % 4) and the next) holds a row of this pass;
@@ -105,14 +105,14 @@ __device__ __forceinline__ void ExchangeKHalves(const ConsumerRole& role, uint32
     return exchange +
            static_cast<uint32_t>((j * kTileVecs + r4) * kWarpgroupThreads + partner_slot) * 16;
   };
-  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);  // the last exchange has been read
+  ptx::NamedBarrier(kConsumerBarrier, C::kConsumerThreads);  // the last exchange has been read
 #pragma unroll
   for (int j = 0; j < C::kWgTiles; ++j)
 #pragma unroll
     for (int r4 = 0; r4 < kTileVecs; ++r4) {
       if (!OwnsGroup<C>(role, r4)) ptx::StoreShared16(at(j, r4), GroupOf<C>(acc, j, r4));
     }
-  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);
+  ptx::NamedBarrier(kConsumerBarrier, C::kConsumerThreads);
 #pragma unroll
   for (int j = 0; j < C::kWgTiles; ++j)
 #pragma unroll
@@ -168,9 +168,10 @@ __device__ __forceinline__ void FinishSegment(const HopperParams& p, int block, 
 // Consumers of a block that does not sum split `slice` (it lacks the slice's final stages), once
 // their partial of it is written (FinishSegment): tells the block that sums it. The barrier orders
 // every consumer thread's writes before thread 0's release; nobody waits for the signal to land.
+template <typename C>
 __device__ __forceinline__ void SignalSlice(const HopperParams& p, int slice,
                                             const ConsumerRole& role) {
-  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);
+  ptx::NamedBarrier(kConsumerBarrier, C::kConsumerThreads);
   if (role.thread == 0) ptx::ReleaseAdd(&p.counters[SliceBlocks(p, slice).last], 1);
 }
 
@@ -179,6 +180,7 @@ __device__ __forceinline__ void SignalSlice(const HopperParams& p, int slice,
 // (SignalSlice), after which their partials are visible, and leaves the counter at zero for the
 // next call. The blocks it waits for have lower indices, so the hardware, which starts a grid's
 // blocks in index order, has started them before it; they never wait themselves.
+template <typename C>
 __device__ __forceinline__ void WaitForSlice(const HopperParams& p, int slice,
                                              const ConsumerRole& role) {
   if (role.thread == 0) {
@@ -188,13 +190,14 @@ __device__ __forceinline__ void WaitForSlice(const HopperParams& p, int slice,
     }
     *counter = 0;
   }
-  ptx::NamedBarrier(kConsumerBarrier, kConsumerThreads);
+  ptx::NamedBarrier(kConsumerBarrier, C::kConsumerThreads);
 }
 
 // Consumers of the block that sums `slice`, after WaitForSlice: sums every block's partial of it
 // (its own included, which it wrote itself) in k order (deterministic) and stores the result. The
 // thread's float4s of all its tiles go in chunks of at most 8, with 32 loads in flight up to 64
-// rows and 16 beyond (more would spill the taller configurations).
+// rows and 16 beyond (more would spill the taller configurations), 8 where four consumer
+// warpgroups leave a thread 96 registers.
 template <typename C>
 __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
                                          const ConsumerRole& role) {
@@ -208,7 +211,8 @@ __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
     float4 sum[kChunk];
 #pragma unroll
     for (int i = 0; i < kChunk; ++i) sum[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-    SumPartials<kChunk, (kVecs <= 16 ? 32 : 16) / kChunk>(
+    constexpr int kLoadsInFlight = C::kConsumers > 2 ? 8 : kVecs <= 16 ? 32 : 16;
+    SumPartials<kChunk, kLoadsInFlight / kChunk>(
         blocks,
         [&](int slot, int i) {
           const int v = c0 + i;

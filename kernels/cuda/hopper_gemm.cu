@@ -49,6 +49,11 @@ using Rows32SplitK = HopperConfig<32, 1, /*kSplitK=*/true>;
 using Rows64Wide = HopperConfig<64, 2>;
 using Rows64Narrow = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows64SplitK = HopperConfig<64, 1, /*kSplitK=*/true>;
+// Four consumer warpgroups of one tile each: the wide configuration's 256-column slices, with
+// twice the warps per scheduler to hide the dequantization's latency, but 96 registers a thread
+// (TakesFourConsumers).
+using Rows64Quad = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/false,
+                                /*kPartSlices=*/false, /*kConsumers=*/4>;
 using Rows128Narrow = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows256Narrow = HopperConfig<256, 1>;
 // The striped tall launches' configurations (kPartSlices): 128-row parts (MeasuredTallPartRows) and
@@ -83,10 +88,16 @@ bool SplitKConfiguration(int rows, int64_t k, int64_t n) {
 // won where n <= 4096 (L8B.o 20.4 -> 13.1 us, L8B.down 37.7 -> 35.6) and lost on wider weights
 // (L8B.qkv 24.1 -> 27.4 and worse, L70B.o 37.1 -> 40.3); at 256 rows (two 128-row parts) it won up
 // to 2^26 weights (L8B.o 33.0 -> 26.8, L70B.o 65.2 -> 56.0) and lost on larger ones (L70B.qkv 78.0
-// -> 82.0, L70B.down 189 -> 228, 16384^2 218 -> 276).
+// -> 82.0, L70B.down 189 -> 228, 16384^2 218 -> 276). Remeasured on today's kernels (session 19,
+// twice each in each of two calls, us), one part now wins at 65-128 rows on the deeper of those
+// weights (two -> one: L8B.down 33.0 / 34.5 -> 29.0 / 29.5 at 96 rows and 37.5 / 34.3 -> 31.2 /
+// 32.2 at 128) but not on L8B.o, 2^24 elements (11.4 / 11.5 -> 14.3 / 14.4 at 96, 12.2 / 12.1 ->
+// 15.6 / 15.6 at 128); at 129-255 rows two parts still win (one -> two:
+// L8B.down 56.8 / 55.9 -> 47.7 / 51.2 at 160 rows, L8B.o 21.4 / 21.5 -> 19.2 / 18.5 at 192,
+// L70B.o 62.9 / 59.0 -> 53.1 / 52.0 at 192).
 int RowParts(int rows, int64_t k, int64_t n) {
   if (rows > 128) return k * n <= (int64_t{1} << 26) ? 2 : 1;
-  if (rows > 64) return n <= 4096 ? 2 : 1;
+  if (rows > 64) return n <= 4096 && k * n <= (int64_t{1} << 25) ? 2 : 1;
   return 1;
 }
 
@@ -201,7 +212,7 @@ absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
       cluster.val.clusterDim.z = 1;
       cudaLaunchConfig_t config{};
       config.gridDim = dim3(ranks * sm_count);
-      config.blockDim = dim3(kThreads);
+      config.blockDim = dim3(C::kThreads);
       config.dynamicSmemBytes = C::kSmemBytes;
       config.attrs = &cluster;
       config.numAttrs = 1;
@@ -327,6 +338,24 @@ absl::StatusOr<bool> TakesNarrow(int rows, const DeviceWeight& w, int parts, int
   return *narrow > 0 && *narrow <= *wide;
 }
 
+// Whether a pass of 33-64 rows (`rows` per part) over weight w that does not take the split-k
+// configuration takes the four-consumer one (Rows64Quad): where its 256-column slices run one
+// block each, nothing summed, on at least 70% of the SMs (MeasuredClusterRanks gives one rank).
+// There a block streams a whole slice alone, and its consumers' pace is the call's. Measured on
+// the H100 (session 19, each alternated twice with the committed dispatch in one call, us):
+// L8B.gate/up, 112 such slices, against its narrow configuration, 35.9 / 36.8 -> 34.0 / 33.7 at
+// 64 rows and 33.9 / 33.5 -> 33.0 / 33.1 at 40 (the next call, as dispatched: 36.0 / 36.7 -> 34.0
+// / 34.4 at 64 rows, 33.9 / 34.4 -> 33.3 / 34.2 at 40). Where the slices are split or striped it
+// lost: against wide, L70B.gate/up (224 striped slices) 117.1 / 117.9 -> 122.9 / 123.0 at 64 rows;
+// against narrow, L70B.qkv (40 slices on two-block clusters) 26.5 / 26.4 -> 31.2 / 31.1, L70B.down
+// 60.3 / 60.4 -> 66.1 / 66.4, 16384^2 66.6 / 66.1 -> 69.6 / 72.9.
+absl::StatusOr<bool> TakesFourConsumers(int rows, const DeviceWeight& w, int parts, int sm_count) {
+  if (rows <= 32) return false;
+  const absl::StatusOr<int> ranks = MeasuredClusterRanks<Rows64Quad>(rows, w, parts, sm_count);
+  if (!ranks.ok()) return ranks.status();
+  return *ranks == 1;
+}
+
 // The cluster_ranks of a tall launch of configuration C (`parts` row parts over w): its best
 // cluster split where every (part, slice) gets a co-resident cluster, else one block per (part,
 // slice), the blocks running in waves (nothing is summed, so no block waits for another).
@@ -410,7 +439,7 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   attributes[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid_parts * p.grid);
-  config.blockDim = dim3(kThreads);
+  config.blockDim = dim3(C::kThreads);
   config.dynamicSmemBytes = C::kSmemBytes;
   config.stream = stream;
   config.attrs = attributes;
@@ -463,6 +492,9 @@ absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half
                                                         sm_count, stream);
   }
   if (part_rows <= 64) {
+    const absl::StatusOr<bool> quad = TakesFourConsumers(part_rows, w, parts, sm_count);
+    if (!quad.ok()) return quad.status();
+    if (*quad) return Launch<Rows64Quad>(x, rows, w, y, counters, partials, sm_count, stream);
     return LaunchWideOrNarrow<Rows64Wide, Rows64Narrow>(x, rows, parts, w, y, counters, partials,
                                                         sm_count, stream);
   }

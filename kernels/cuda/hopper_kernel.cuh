@@ -11,11 +11,12 @@
 // the cluster split (below). Shapes and shared types are in hopper_config.cuh, how a segment is
 // finished and summed in hopper_epilogue.cuh.
 //
-// A block is three warpgroups. Warpgroup 0 is the producer: one thread waits for a free ring
-// slot, then issues three TMA copies (activations, packed weights, scales) completing on the
-// slot's `full` barrier. Warpgroups 1 and 2 consume: each multiplies kWgTiles of the slice's
-// tiles for all rows, then releases the slot on its `empty` barrier. setmaxnreg moves registers
-// from the producer to the consumers, whose accumulators are kWgTiles x kBatch / 2 per thread.
+// A block is 1 + C::kConsumers warpgroups (two consumers, or four in one 64-row configuration).
+// Warpgroup 0 is the producer: one thread waits for a free ring slot, then issues three TMA
+// copies (activations, packed weights, scales) completing on the slot's `full` barrier. The
+// others consume: each multiplies kWgTiles of the slice's tiles for all rows, then releases the
+// slot on its `empty` barrier. setmaxnreg moves registers from the producer to the consumers,
+// whose accumulators are kWgTiles x kBatch / 2 per thread.
 // In the split-k configurations both consumer warpgroups multiply the same 64-column tile, each
 // half of a stage's 256 k, and add their halves through shared memory at a segment's end.
 //
@@ -308,7 +309,7 @@ __device__ __forceinline__ void FinishClusterSlice(const HopperParams& p, int sl
   SumOwnedPartials<C>(p, slice, role, rank, sync.ring);
 }
 
-// Warpgroups 1..kConsumers: multiply every ring slot, release it, finish slices. Two stages'
+// Warpgroups 1..C::kConsumers: multiply every ring slot, release it, finish slices. Two stages'
 // wgmma groups are in flight within a segment: a stage's group runs while the next slot is waited
 // for, read, dequantized and issued; a slot goes back to the producer once the group that reads
 // it has completed.
@@ -451,7 +452,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
       } else if (last.stage + 1 == p.stages_per_slice) {
         last_split = slice;
       } else {
-        SignalSlice(p, slice, role);
+        SignalSlice<C>(p, slice, role);
       }
     }
     segment_begin = segment_end;
@@ -469,7 +470,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
   for (int k = 0; k < 2; ++k) {
     const int split = k == 0 ? first_split : last_split;
     if (split < 0) continue;
-    WaitForSlice(p, split, role);
+    WaitForSlice<C>(p, split, role);
     SumSlice<C>(p, split, role);
   }
 }
@@ -491,8 +492,8 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
-      ptx::BarrierInit(sync.full + 8 * s, 1);                // the producer's expect_tx arrival
-      ptx::BarrierInit(sync.empty + 8 * s, kConsumers * 4);  // one arrival per consumer warp
+      ptx::BarrierInit(sync.full + 8 * s, 1);                   // the producer's expect_tx arrival
+      ptx::BarrierInit(sync.empty + 8 * s, C::kConsumers * 4);  // one arrival per consumer warp
     }
     ptx::FenceBarrierInit();
     ptx::PrefetchTensorMap(x_map);
@@ -508,13 +509,13 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
   // touches anything this one writes.
   ptx::LaunchDependents();
   if (threadIdx.x < kWarpgroupThreads) {
-    ptx::LowerRegisterBudget<kProducerRegisters>();
+    ptx::LowerRegisterBudget<C::kProducerRegisters>();
     if (threadIdx.x == 0) {
       ProduceStages<C>(maps, x_map, p, order, sync.ring, sync.full, sync.empty);
     }
     if (kClusters && p.cluster_ranks > 1) ptx::ClusterWait();
   } else {
-    ptx::RaiseRegisterBudget<kConsumerRegisters>();
+    ptx::RaiseRegisterBudget<C::kConsumerRegisters>();
     ptx::GridDependencyWait();  // before the workspace and y, which the previous call used
     ConsumeStages<C>(p, block, order, sync);
   }
@@ -525,7 +526,7 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
 // main loop they made the 128-row configuration spill). With one part the parameters are used as
 // launched, at no cost to the passes that have one part.
 template <typename C, RowSplit kSplit>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(C::kThreads, 1)
     HopperGemmKernel(const __grid_constant__ HopperMaps maps, const HopperParams pass) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   if constexpr (kSplit != RowSplit::kOnePart) {

@@ -251,6 +251,8 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape) {
     CheckShape(m, 272, 128, kPerChannel);
     CheckShape(m, 2048, 128, 128);  // deep enough for the Hopper path's two-block cluster split
   }
+  // 100 slices of 256 columns: the Hopper path's four consumer warpgroups (TakesFourConsumers).
+  CheckShape(40, 256, 25600, 128);
   // The Hopper path's tall launches (under the forced partitions) of four 128-row parts and of two
   // 256-row parts, then a pass of the 8 rows left.
   CheckShape(520, 512, 192, 128);
@@ -284,6 +286,10 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_MediumShapes_SplitSlices) {
     CheckShape(m, 1024, 10240, 128);  // striped slices of its wide or narrow configurations
     // The same per channel, K not a multiple of a stage (each slice's last one partial).
     CheckShape(m, 1040, 10240, kPerChannel);
+    // 100 256-column slices, one block each on an H100: the Hopper path's four consumer
+    // warpgroups at 33-64 rows (TakesFourConsumers).
+    CheckShape(m, 1024, 25600, 128, /*sampled_columns=*/48);
+    CheckShape(m, 1040, 25600, kPerChannel, /*sampled_columns=*/48);
   }
 }
 
