@@ -42,14 +42,16 @@ struct HopperConfig {
   // lets kThreads threads fit the register file (in steps of 8); the producer warpgroup gives
   // most of its share back and the consumers take it, so the block never holds more than it
   // launched with (setmaxnreg.inc draws only on what this block's setmaxnreg.dec released): 168
-  // -> 40 / 232 with two consumer warpgroups, 96 -> 24 / 112 with four.
+  // -> 40 / 232 with two consumer warpgroups, 128 -> 24 / 160 with three, 96 -> 24 / 112 with
+  // four.
   static constexpr int kLaunchRegisters = kRegisterFile / kThreads / 8 * 8;
   static constexpr int kProducerRegisters = kConsumers == 2 ? 40 : 24;
   static constexpr int kConsumerRegisters =
       (kLaunchRegisters +
        (kLaunchRegisters - kProducerRegisters) * kWarpgroupThreads / kConsumerThreads) /
       8 * 8;
-  static_assert(kConsumers == 2 || (kConsumers == 4 && !kSplitK_), "2 or 4 consumer warpgroups");
+  static_assert(kConsumers == 2 || (kConsumers >= 3 && kConsumers <= 4 && !kSplitK_),
+                "2-4 consumer warpgroups, split-k with 2");
   // Whether the consumer warpgroups split each stage's k-tiles between them (both multiply the
   // same tiles, and add their halves at a segment's end) instead of taking different tiles: half
   // as many columns per slice, four times the k per stage.

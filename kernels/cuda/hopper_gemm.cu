@@ -35,8 +35,9 @@ namespace {
 // 36.7 / 36.9 at 64 rows, L70B.qkv 28.4 / 28.7 -> 27.4 / 27.2; 8-row wide, L8B.gate/up 22.3 / 22.4
 // -> 21.3 / 21.6 at one row, L70B.qkv 20.0 / 19.9 -> 19.5 / 19.4. Not the 16-row wide one (L70B.qkv
 // 20.5 / 20.4 -> 21.4 / 21.3 at 16 rows, L70B.down 46.7 / 47.2 -> 48.7 / 48.8), and the 64-row wide
-// and 256-row ones lack the registers for two groups in flight. The narrow ones up to 32 rows take
-// group stages (session 12; their registers allow it, and they entered with them).
+// (HopperConfig<64, 2>, replaced by Rows64Trio in session 19) and 256-row ones lack the registers
+// for two groups in flight. The narrow ones up to 32 rows take group stages (session 12; their
+// registers allow it, and they entered with them).
 using Rows8Wide = HopperConfig<8, 2, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows8Narrow = HopperConfig<8, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows8SplitK = HopperConfig<8, 1, /*kSplitK=*/true>;
@@ -46,12 +47,20 @@ using Rows16SplitK = HopperConfig<16, 1, /*kSplitK=*/true>;
 using Rows32Wide = HopperConfig<32, 2>;
 using Rows32Narrow = HopperConfig<32, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows32SplitK = HopperConfig<32, 1, /*kSplitK=*/true>;
-using Rows64Wide = HopperConfig<64, 2>;
+// Three consumer warpgroups of one tile each, with group stages: 192-column slices. At 33-64 rows
+// it takes the wide configuration's place (TakesNarrow: where HopperConfig<64, 2> was chosen, so
+// was this): one more warp per scheduler than the wide one to hide the dequantization's latency,
+// half the stages' fixed cost, 128 registers a thread. Measured on the H100 (session 19, each
+// alternated twice with the wide configuration in one call, us): L70B.gate/up, striped, 113.7 /
+// 114.8 -> 110.7 / 111.1 at 40 rows and 117.7 / 118.6 -> 115.2 / 115.7 at 64; in place of the
+// narrow one too it lost on 16384^2 (66.0 / 66.5 -> 68.1 / 68.0 at 64 rows) and L70B.qkv at 40
+// (25.3 / 25.4 -> 25.8 / 25.5) and was within 1% elsewhere.
+using Rows64Trio = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/true,
+                                /*kPartSlices=*/false, /*kConsumers=*/3>;
 using Rows64Narrow = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows64SplitK = HopperConfig<64, 1, /*kSplitK=*/true>;
 // Four consumer warpgroups of one tile each: the wide configuration's 256-column slices, with
-// twice the warps per scheduler to hide the dequantization's latency, but 96 registers a thread
-// (TakesFourConsumers).
+// twice its warps per scheduler, but 96 registers a thread: no group stages (TakesFourConsumers).
 using Rows64Quad = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/false,
                                 /*kPartSlices=*/false, /*kConsumers=*/4>;
 using Rows128Narrow = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
@@ -323,6 +332,8 @@ absl::StatusOr<int> ChooseClusterRanks(int rows, const DeviceWeight& w, int part
 //   us at 64 rows); it lost where the wide slices outnumber the SMs (L70B.gate/up, 224 striped
 //   ones: 118.1 -> 119.9 at 64 rows in session 12, 116.0 / 116.6 / 116.9 -> 119.1 / 119.5 / 119.7
 //   in session 14).
+// At 33-64 rows `Wide` is Rows64Trio since session 19, judged by its own 192-column slices: of the
+// benchmark layers the same ones take it as took the wide configuration (L70B.gate/up).
 template <typename Wide, typename Narrow>
 absl::StatusOr<bool> TakesNarrow(int rows, const DeviceWeight& w, int parts, int sm_count) {
   const absl::StatusOr<int> wide = MeasuredClusterRanks<Wide>(rows, w, parts, sm_count);
@@ -495,7 +506,7 @@ absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half
     const absl::StatusOr<bool> quad = TakesFourConsumers(part_rows, w, parts, sm_count);
     if (!quad.ok()) return quad.status();
     if (*quad) return Launch<Rows64Quad>(x, rows, w, y, counters, partials, sm_count, stream);
-    return LaunchWideOrNarrow<Rows64Wide, Rows64Narrow>(x, rows, parts, w, y, counters, partials,
+    return LaunchWideOrNarrow<Rows64Trio, Rows64Narrow>(x, rows, parts, w, y, counters, partials,
                                                         sm_count, stream);
   }
   if (part_rows <= 128) {

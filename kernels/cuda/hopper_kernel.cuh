@@ -11,7 +11,7 @@
 // the cluster split (below). Shapes and shared types are in hopper_config.cuh, how a segment is
 // finished and summed in hopper_epilogue.cuh.
 //
-// A block is 1 + C::kConsumers warpgroups (two consumers, or four in one 64-row configuration).
+// A block is 1 + C::kConsumers warpgroups (two consumers; three or four in two 64-row ones).
 // Warpgroup 0 is the producer: one thread waits for a free ring slot, then issues three TMA
 // copies (activations, packed weights, scales) completing on the slot's `full` barrier. The
 // others consume: each multiplies kWgTiles of the slice's tiles for all rows, then releases the

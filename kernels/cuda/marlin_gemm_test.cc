@@ -318,6 +318,24 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_Group128_SampledColumns
   }
 }
 
+// A weight wider and larger than the benchmark's 8B ones (over 2^27 elements, more 256-column
+// slices than an H100's SMs): the Hopper path's three consumer warpgroups at 33-64 rows
+// (Rows64Trio: 192 slices of 192 columns, striped); per channel with K not a multiple of a stage.
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_WideWeight_33To64Rows_SampledColumns) {
+  for (const int32_t group : {128, kPerChannel}) {
+    const int64_t k = group == kPerChannel ? 4160 : 4096;
+    SCOPED_TRACE(absl::StrCat("K=", k, " group=", group));
+    const QuantizedWeight w = RandomWeight(WeightShape{k, 36864, group}, rng_);
+    DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), GetParam().layout);
+    for (int64_t m : {33, 64}) {
+      SCOPED_TRACE(absl::StrCat("M=", m, " seed=", seed_));
+      const std::vector<uint16_t> x = RandomActivations(m * k, rng_);
+      const std::vector<uint16_t> y = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
+      ExpectSampledColumnsMatch(x, m, w, y, /*samples=*/48);
+    }
+  }
+}
+
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_PerChannel_SampledColumns) {
   for (const Layer& layer : {kBenchmarkLayers[1], kBenchmarkLayers[3]}) {
     SCOPED_TRACE(layer.name);
