@@ -273,7 +273,7 @@ struct StageSmem {
 
 // A consumer thread's place: warpgroup, warp within it, lane.
 struct ConsumerRole {
-  int thread;  // 0 .. C::kConsumerThreads - 1
+  int thread;  // 0 .. the configuration's kConsumerThreads - 1
   int group;   // consumer warpgroup
   int warp;    // warp within the warpgroup: its 16 A rows are columns 16 warp .. 16 warp + 15
   int lane;

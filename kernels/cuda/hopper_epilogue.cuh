@@ -196,8 +196,8 @@ __device__ __forceinline__ void WaitForSlice(const HopperParams& p, int slice,
 // Consumers of the block that sums `slice`, after WaitForSlice: sums every block's partial of it
 // (its own included, which it wrote itself) in k order (deterministic) and stores the result. The
 // thread's float4s of all its tiles go in chunks of at most 8, with 32 loads in flight up to 64
-// rows and 16 beyond (more would spill the taller configurations), 8 where four consumer
-// warpgroups leave a thread 96 registers.
+// rows and 16 beyond (more would spill the taller configurations), 8 with three or four consumer
+// warpgroups (128 or 96 registers a thread).
 template <typename C>
 __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
                                          const ConsumerRole& role) {
