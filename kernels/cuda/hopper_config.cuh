@@ -96,17 +96,19 @@ struct HopperConfig {
   // segments (hopper_kernel.cuh, BlockOrder). Measured on the H100 (a build with it everywhere
   // against one without, alternated three times in one call): L70B.qkv, narrow and striped, 19.9 ->
   // 18.8-19.0 us at 4 rows, 20.2-20.4 -> 19.2-19.4 at 16, 21.2-21.5 -> 20.5-20.8 at 32;
-  // L70B.gate/up, wide and striped at 64 rows, 118.8-119.4 -> 117.1-118.0. Elsewhere its code cost:
-  // ptxas spilled more in the 64-row narrow and split-k configurations, and L8B.qkv at 64 rows
-  // (split-k, no striped block) went from 10.3-10.7 to 11.1-11.2 us. The 256-row ones took it in
-  // session 17 (its first call, both builds alternated twice, striped, H100): L70B.down 1454-1459
+  // L70B.gate/up, wide and striped at 64 rows, 118.8-119.4 -> 117.1-118.0 (the three-consumer
+  // configuration that replaced it in session 19 runs without it, not measured with it).
+  // Elsewhere its code cost: ptxas spilled more in the 64-row narrow and split-k configurations,
+  // and L8B.qkv at 64 rows (split-k, no striped block) went from 10.3-10.7 to 11.1-11.2 us. The
+  // 256-row ones took it in session 17 (its first call, both builds alternated twice, striped,
+  // H100): L70B.down 1454-1459
   // -> 1061-1082 us at 1536 rows (a striped tall launch), 575-585 -> 547 at 768; L8B.down 357 ->
   // 295-308 at 1536; L70B.qkv 83.0-85.0 -> 81.4-82.3 at 256 rows (a pass); no spills. Then the
   // 128-row one (its third call, likewise): as dispatched, the benchmark's 9 layers 1.5% faster at
   // 128 rows and 2.8% at 192 (geometric means of each build's better run), level at 96; no
   // spills.
-  static constexpr bool kLastSegmentFirst = (kBatch <= 32 && kWgTiles == 1 && !kSplitK) ||
-                                            (kBatch == 64 && kWgTiles == 2) || kBatch >= 128;
+  static constexpr bool kLastSegmentFirst =
+      (kBatch <= 32 && kWgTiles == 1 && !kSplitK) || kBatch >= 128;
   static constexpr int kAccSets = kScalesInFp32 ? 2 : 1;  // the sum (and the open group's product)
   // Where a split-k warpgroup leaves the float4s the other one owns (ExchangeKHalves).
   static constexpr int kExchangeBytes = kSplitK ? kWgTiles * kAccFloats * 4 * kWarpgroupThreads : 0;

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <ostream>
 #include <random>
 #include <string>
@@ -201,6 +202,18 @@ class MarlinGemmTest : public ::testing::TestWithParam<KernelVariant> {
     EXPECT_EQ(unwritten, 0);
   }
 
+  // Multiplies fresh activations of each row count in `ms` by w (uploaded as `dw`) and checks 48
+  // sampled columns of each product.
+  void CheckSampledRowCounts(const QuantizedWeight& w, const DeviceWeightCopy& dw,
+                             std::initializer_list<int64_t> ms) {
+    for (int64_t m : ms) {
+      SCOPED_TRACE(absl::StrCat("M=", m, " seed=", seed_));
+      const std::vector<uint16_t> x = RandomActivations(m * w.shape.k, rng_);
+      const std::vector<uint16_t> y = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
+      ExpectSampledColumnsMatch(x, m, w, y, /*samples=*/48);
+    }
+  }
+
   void CheckShape(int64_t m, int64_t k, int64_t n, int32_t group, int sampled_columns = 0) {
     SCOPED_TRACE(absl::StrCat("M=", m, " K=", k, " N=", n, " group=", group, " seed=", seed_));
     const QuantizedWeight w = RandomWeight(WeightShape{k, n, group}, rng_);
@@ -309,12 +322,7 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_Group128_SampledColumns
     const QuantizedWeight w = RandomWeight(WeightShape{layer.k, layer.n, 128}, rng_);
     DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), GetParam().layout);
     // 24 rows: L8B.gateup keeps the Hopper path's 32-row wide configuration (TakesNarrow).
-    for (int64_t m : {1, 16, 24, 37, 64, 129}) {
-      SCOPED_TRACE(absl::StrCat("M=", m, " seed=", seed_));
-      const std::vector<uint16_t> x = RandomActivations(m * layer.k, rng_);
-      const std::vector<uint16_t> y = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
-      ExpectSampledColumnsMatch(x, m, w, y, /*samples=*/48);
-    }
+    CheckSampledRowCounts(w, dw, {1, 16, 24, 37, 64, 129});
   }
 }
 
@@ -326,13 +334,7 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_WideWeight_33To64Rows_SampledColumns) {
     const int64_t k = group == kPerChannel ? 4160 : 4096;
     SCOPED_TRACE(absl::StrCat("K=", k, " group=", group));
     const QuantizedWeight w = RandomWeight(WeightShape{k, 36864, group}, rng_);
-    DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), GetParam().layout);
-    for (int64_t m : {33, 64}) {
-      SCOPED_TRACE(absl::StrCat("M=", m, " seed=", seed_));
-      const std::vector<uint16_t> x = RandomActivations(m * k, rng_);
-      const std::vector<uint16_t> y = RunOnDevice(dw.view, x, m, *workspace_, stream_.get());
-      ExpectSampledColumnsMatch(x, m, w, y, /*samples=*/48);
-    }
+    CheckSampledRowCounts(w, Upload(ValueOrDie(Pack(w)), GetParam().layout), {33, 64});
   }
 }
 
