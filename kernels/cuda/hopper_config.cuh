@@ -187,7 +187,11 @@ enum class RowSplit { kOnePart, kPartMaps, kTall };
 // kBatch rows only.
 struct HopperParams {
   __half* y;   // m_rows x n output (of the block's row part, after RowPart)
-  int m_rows;  // rows (of the block's row part, after RowPart: <= kBatch)
+  int m_rows;  // rows (of the block's row part, after RowPart: <= kBatch; of the launch with
+               // kPartSlices)
+  // Rows of each activation box the maps deliver: the part's rows for a pass's own maps, kBatch
+  // for a tall launch's one map (TMA fills a box's rows past the map with zeros and counts them).
+  int box_rows;
   int n;
   int k_tiles;  // k / 16
   int n_tiles;  // n / 64
@@ -236,6 +240,7 @@ __device__ __forceinline__ HopperParams RowPart(const HopperParams& pass, int pa
   const int row0 = part * C::kBatch;
   p.y += static_cast<int64_t>(row0) * pass.n;
   p.m_rows = min(C::kBatch, pass.m_rows - row0);
+  if constexpr (kSplit == RowSplit::kPartMaps) p.box_rows = p.m_rows;
   if constexpr (kSplit == RowSplit::kTall) {
     p.x_row0 = row0;
     p.counters = nullptr;

@@ -59,9 +59,9 @@ __device__ __forceinline__ void StoreGroup(const HopperParams& p, const Consumer
   const int tile = at.column_slice * C::kBlockNTiles + TileOf<C>(role, j);
   const int row = 8 * r4 + role.lane / 4;
   const int col = tile * 64 + 16 * role.warp + (odd ? 6 + 2 * q : 2 * q);
-  if (OwnsGroup<C>(role, r4) && tile < p.n_tiles && row < p.m_rows) {
-    const int64_t y_row = static_cast<int64_t>(at.part) * C::kBatch + row;
-    *reinterpret_cast<uint2*>(p.y + y_row * p.n + col) =
+  const int y_row = at.part * C::kBatch + row;  // at.part is 0 without kPartSlices
+  if (OwnsGroup<C>(role, r4) && tile < p.n_tiles && y_row < p.m_rows) {
+    *reinterpret_cast<uint2*>(p.y + static_cast<int64_t>(y_row) * p.n + col) =
         odd ? make_uint2(neighbour, high) : make_uint2(low, neighbour);
   }
 }
@@ -193,10 +193,17 @@ __device__ __forceinline__ void WaitForSlice(const HopperParams& p, int slice,
   ptx::NamedBarrier(kConsumerBarrier, C::kConsumerThreads);
 }
 
+// The largest divisor of `n` that is at most `most`.
+constexpr int LargestDivisorUpTo(int n, int most) {
+  int d = most < n ? most : n;
+  while (n % d != 0) --d;
+  return d;
+}
+
 // Consumers of the block that sums `slice`, after WaitForSlice: sums every block's partial of it
 // (its own included, which it wrote itself) in k order (deterministic) and stores the result. The
-// thread's float4s of all its tiles go in chunks of at most 8, with 32 loads in flight up to 64
-// rows and 16 beyond (more would spill the taller configurations), 8 with three or four consumer
+// thread's float4s of all its tiles go in equal chunks of at most 8, with 32 loads in flight up to
+// 64 rows and 16 beyond (more would spill the taller configurations), 8 with three or four consumer
 // warpgroups (128 or 96 registers a thread).
 template <typename C>
 __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
@@ -204,8 +211,7 @@ __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
   const SliceBlocks blocks(p, slice);
   constexpr int kTileVecs = C::kAccFloats / 4;  // float4s of one tile
   constexpr int kVecs = C::kWgTiles * kTileVecs;
-  constexpr int kChunk = kVecs < 8 ? kVecs : 8;
-  static_assert(kVecs % kChunk == 0, "chunks split the float4s evenly");
+  constexpr int kChunk = LargestDivisorUpTo(kVecs, 8);
 #pragma unroll 1  // one copy of the chunk's code (see ConsumeStages): registers are not indexed
   for (int c0 = 0; c0 < kVecs; c0 += kChunk) {
     float4 sum[kChunk];

@@ -24,15 +24,16 @@ namespace {
 // slice needs and the blocks it is split over, and at 128 rows or more leave the registers for two
 // wgmma groups in flight. Split-k ones (one 64-column tile shared by both warpgroups, 256 k a
 // stage) double the slices of a narrow weight, so the cluster split keeps every SM busy with at
-// most two blocks per slice. Taller products run as tall launches of 128- or 256-row parts and
-// 256-row passes (LaunchGemm). Up to 8 rows, m64n8k16 wgmmas: a stage's 16 of them cost the
-// consumers less than m64n16k16 ones (H100, both alternated twice in one call: L70B.o 17.2-17.5 ->
-// 16.6-16.9 us at 1-8 rows, L8B.down 17.2-17.5 -> 16.6-17.0; per model +1-2%). Group stages (a
-// whole scale group, 128 k, per warpgroup and stage: half the stages, each with twice the wgmmas
-// for its fixed cost) where they measured faster (H100, each build alternated twice with the one
-// without in one call): 128 rows, L8B.qkv 30.8 / 28.8 -> 26.6 / 25.7 us at 256 rows (two 128-row
-// parts), L70B.gate/up 200 / 204 -> 189 / 190 at 128; 64-row narrow, L8B.gate/up 39.0 / 38.4 ->
-// 36.7 / 36.9 at 64 rows, L70B.qkv 28.4 / 28.7 -> 27.4 / 27.2; 8-row wide, L8B.gate/up 22.3 / 22.4
+// most two blocks per slice. Passes of 129-256 rows and taller products (tall launches) run in
+// parts of 128-256 rows fitted to them (TallRowsConfig, LaunchGemm). Up to 8 rows, m64n8k16 wgmmas:
+// a stage's 16 of them cost the consumers less than m64n16k16 ones (H100, both alternated twice in
+// one call: L70B.o 17.2-17.5 -> 16.6-16.9 us at 1-8 rows, L8B.down 17.2-17.5 -> 16.6-17.0; per
+// model +1-2%). Group stages (a whole scale group, 128 k, per warpgroup and stage: half the stages,
+// each with twice the wgmmas for its fixed cost) where they measured faster (H100, each build
+// alternated twice with the one without in one call): 128 rows, L8B.qkv 30.8 / 28.8 -> 26.6 / 25.7
+// us at 256 rows (two 128-row parts), L70B.gate/up 200 / 204 -> 189 / 190 at 128; 64-row narrow,
+// L8B.gate/up 39.0 / 38.4 -> 36.7 / 36.9 at 64 rows, L70B.qkv 28.4 / 28.7 -> 27.4 / 27.2; 8-row
+// wide, L8B.gate/up 22.3 / 22.4
 // -> 21.3 / 21.6 at one row, L70B.qkv 20.0 / 19.9 -> 19.5 / 19.4. Not the 16-row wide one (L70B.qkv
 // 20.5 / 20.4 -> 21.4 / 21.3 at 16 rows, L70B.down 46.7 / 47.2 -> 48.7 / 48.8), and the 64-row wide
 // (HopperConfig<64, 2>, replaced by Rows64Trio in session 19) and 256-row ones lack the registers
@@ -63,14 +64,57 @@ using Rows64SplitK = HopperConfig<64, 1, /*kSplitK=*/true>;
 // twice its warps per scheduler, but 96 registers a thread: no group stages (TakesFourConsumers).
 using Rows64Quad = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/false,
                                 /*kPartSlices=*/false, /*kConsumers=*/4>;
-using Rows128Narrow = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
-using Rows256Narrow = HopperConfig<256, 1>;
-// The striped tall launches' configurations (kPartSlices): 128-row parts (MeasuredTallPartRows) and
-// 256-row ones.
-using Rows128PartSlices = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/true,
-                                       /*kPartSlices=*/true>;
-using Rows256PartSlices = HopperConfig<256, 1, /*kSplitK=*/false, /*kGroupStages=*/false,
-                                       /*kPartSlices=*/true>;
+// Configurations of 128-256 rows: one tile per consumer warpgroup, with group stages where the
+// accumulators and two group stages' fragments fit the launch's registers (up to 192 rows). Besides
+// 128 and 256 rows, parts of 144-224 rows fit the rows of a pass or of a tall launch's parts (a
+// product's rows spread evenly over its parts, FittedPartRows) instead of rounding them up to 256
+// or leaving a remainder to a pass that streams the weight again. With kPartSlices, the striped
+// tall launches' configurations. Measured on the H100 (session 20, each build twice in one call,
+// speedups over cuBLAS FP16, before -> fitted): at 129 rows L70B.gate/up 0.99 -> 1.57, L70B.down
+// 1.02 -> 1.71, 16384^2 0.95 -> 1.56; at 192 rows 0.97 -> 1.15, 0.98 -> 1.27, 0.91 -> 1.14; at 257
+// rows (two parts of 144) L8B.qkv 0.83 -> 1.01, L8B.o 0.83 -> 1.07, L70B.qkv 0.76 -> 0.91, L70B.o
+// 0.84 -> 0.99, L70B.gate/up 0.96 -> 1.04; at 320 rows (two of 160) L8B.down 0.78 -> 1.01,
+// L70B.gate/up 0.94 -> 1.02, 16384^2 0.87 -> 0.99; at 1000 rows (seven of 144) L8B.o 0.73 ->
+// 0.82, L8B.down 0.87 -> 0.96. ptxas: 168 registers; 144 and 128 rows no spills, the others 8
+// bytes of spill stores, outside the main loop (SASS).
+template <int kRows, bool kPartSlices = false>
+using TallRowsConfig =
+    HopperConfig<kRows, 1, /*kSplitK=*/false, /*kGroupStages=*/kRows <= 192, kPartSlices>;
+using Rows128Narrow = TallRowsConfig<128>;
+using Rows256Narrow = TallRowsConfig<256>;
+
+// The rows of the configurations above, fewest first.
+constexpr std::array<int, 6> kFittedPartRows = {128, 144, 160, 192, 224, 256};
+
+// The fewest rows of a configuration above that hold `rows` <= kMaxPassRows rows.
+int FittedPartRows(int rows) {
+  for (const int fitted : kFittedPartRows) {
+    if (rows <= fitted) return fitted;
+  }
+  return static_cast<int>(kMaxPassRows);
+}
+
+// Returns f.template operator()<Waves, Striped>() for the configurations of `part_rows` rows (one
+// of kFittedPartRows): Waves runs passes and tall launches in waves, Striped striped tall launches.
+template <typename R, typename F>
+R WithPartRows(int part_rows, F&& f) {
+  switch (part_rows) {
+    case 128:
+      return f.template operator()<TallRowsConfig<128>, TallRowsConfig<128, true>>();
+    case 144:
+      return f.template operator()<TallRowsConfig<144>, TallRowsConfig<144, true>>();
+    case 160:
+      return f.template operator()<TallRowsConfig<160>, TallRowsConfig<160, true>>();
+    case 192:
+      return f.template operator()<TallRowsConfig<192>, TallRowsConfig<192, true>>();
+    case 224:
+      return f.template operator()<TallRowsConfig<224>, TallRowsConfig<224, true>>();
+    case 256:
+      return f.template operator()<TallRowsConfig<256>, TallRowsConfig<256, true>>();
+    default:
+      return absl::InternalError(absl::StrCat("no configuration of ", part_rows, " rows"));
+  }
+}
 
 // Whether a pass of `rows` over a k x n weight takes the split-k configuration. Measured with
 // marlin-bench on an H200 (the card lent that day; split-k, then with 128-k stages, and the others
@@ -103,9 +147,14 @@ bool SplitKConfiguration(int rows, int64_t k, int64_t n) {
 // 32.2 at 128) but not on L8B.o, 2^24 elements (11.4 / 11.5 -> 14.3 / 14.4 at 96, 12.2 / 12.1 ->
 // 15.6 / 15.6 at 128); at 129-255 rows two parts still win (one -> two:
 // L8B.down 56.8 / 55.9 -> 47.7 / 51.2 at 160 rows, L8B.o 21.4 / 21.5 -> 19.2 / 18.5 at 192,
-// L70B.o 62.9 / 59.0 -> 53.1 / 52.0 at 192).
+// L70B.o 62.9 / 59.0 -> 53.1 / 52.0 at 192). Since one part of 129-256 rows runs in a configuration
+// fitted to them (TallRowsConfig; session 20, H100, each alternated twice in one call, speedups
+// over cuBLAS FP16, two -> one), one part wins at 129-160 rows (129: L8B.qkv 0.86 -> 1.17, L8B.o
+// 1.02 -> 1.21, L8B.down 1.08 -> 1.44, L70B.o 0.98 -> 1.43; 160: L8B.o 0.85 -> 0.98, L8B.down 1.08
+// -> 1.27, L70B.o 0.93 -> 1.36) and mostly loses above (224: L8B.o 0.93 -> 0.86, L8B.down 1.21 ->
+// 1.10, L8B.qkv 1.11 -> 1.07; L70B.o 1.07 -> 1.18 the exception).
 int RowParts(int rows, int64_t k, int64_t n) {
-  if (rows > 128) return k * n <= (int64_t{1} << 26) ? 2 : 1;
+  if (rows > 128) return rows > 160 && k * n <= (int64_t{1} << 26) ? 2 : 1;
   if (rows > 64) return n <= 4096 && k * n <= (int64_t{1} << 25) ? 2 : 1;
   return 1;
 }
@@ -115,11 +164,10 @@ int RowParts(int rows, int64_t k, int64_t n) {
 template <typename C>
 constexpr bool kTakesRowParts = C::kBatch == 64 || C::kBatch == 128;
 
-// Whether configuration C runs tall launches in waves (LaunchGemm), whose row parts are whole
-// passes of C.
+// Whether configuration C runs tall launches in waves (LaunchGemm), whose row parts are passes of
+// C.
 template <typename C>
-constexpr bool kRunsTallLaunches = (C::kBatch == kMinTallPartRows || C::kBatch == kMaxPassRows) &&
-                                   !C::kPartSlices;
+constexpr bool kRunsTallLaunches = C::kBatch >= kMinTallPartRows && !C::kPartSlices;
 
 // The activation map of `rows` rows of x from row `row0` on, in boxes of `box_rows` rows. A pass's
 // boxes are as tall as its rows (<= C::kBatch), not C::kBatch: rows out of bounds, zero-filled,
@@ -380,16 +428,17 @@ absl::StatusOr<int> TallClusterRanks(const DeviceWeight& w, int parts, int sm_co
 }
 
 // Launches configuration C on `rows` rows: a pass (ceil(rows / C::kBatch) row parts side by side,
-// each on an equal share of the SMs), or with `tall_ranks` rows / C::kBatch whole row parts in one
-// grid: one block or cluster of *tall_ranks blocks (TallClusterRanks) per (part, slice) in waves
-// (RowSplit::kTall), or with C::kPartSlices the striped partition over every part's slices.
+// each on an equal share of the SMs), or with `tall_ranks` ceil(rows / C::kBatch) >= 2 row parts
+// (the last one may be short) in one grid: one block or cluster of *tall_ranks blocks
+// (TallClusterRanks) per (part, slice) in waves (RowSplit::kTall), or with C::kPartSlices the
+// striped partition over every part's slices.
 template <typename C>
 absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
                     float* partials, int sm_count, cudaStream_t stream,
                     std::optional<int> tall_ranks = std::nullopt) {
   const bool tall = tall_ranks.has_value();
   const int parts = (rows + C::kBatch - 1) / C::kBatch;
-  if (tall ? !(kRunsTallLaunches<C> || C::kPartSlices) || rows % C::kBatch != 0
+  if (tall ? !(kRunsTallLaunches<C> || C::kPartSlices) || parts < 2
            : C::kPartSlices || parts > (kTakesRowParts<C> ? kMaxRowParts : 1)) {
     return absl::InternalError(absl::StrCat(rows, " rows in ", C::kBatch, "-row parts"));
   }
@@ -410,7 +459,8 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   if (!maps.ok()) return maps.status();
   HopperParams p{};
   p.y = y;
-  p.m_rows = C::kPartSlices ? C::kBatch : rows;  // with kPartSlices, rows of each (whole) part
+  p.m_rows = rows;
+  p.box_rows = tall ? C::kBatch : std::min(rows, C::kBatch);
   p.n = static_cast<int>(w.shape.n);
   p.k_tiles = static_cast<int>(w.shape.k / 16);
   p.n_tiles = static_cast<int>(w.shape.n / 64);
@@ -512,10 +562,11 @@ absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half
   if (part_rows <= 128) {
     return Launch<Rows128Narrow>(x, rows, w, y, counters, partials, sm_count, stream);
   }
-  if (rows <= kMaxPassRows) {
-    return Launch<Rows256Narrow>(x, rows, w, y, counters, partials, sm_count, stream);
-  }
-  return absl::InternalError(absl::StrCat("Hopper pass of ", rows, " rows"));
+  if (rows > kMaxPassRows)
+    return absl::InternalError(absl::StrCat("Hopper pass of ", rows, " rows"));
+  return WithPartRows<absl::Status>(FittedPartRows(rows), [&]<typename Waves, typename>() {
+    return Launch<Waves>(x, rows, w, y, counters, partials, sm_count, stream);
+  });
 }
 
 // Rows of one tall launch at most (its parts times the slices stay far from the grid's
@@ -535,12 +586,13 @@ absl::StatusOr<int64_t> DeviceL2Bytes() {
 // The cluster ranks of the waves of a tall launch of `parts` parts of `part_rows` rows over w
 // (TallClusterRanks of its configuration).
 absl::StatusOr<int> TallRanks(const DeviceWeight& w, int part_rows, int parts, int sm_count) {
-  return part_rows == kMinTallPartRows ? TallClusterRanks<Rows128Narrow>(w, parts, sm_count)
-                                       : TallClusterRanks<Rows256Narrow>(w, parts, sm_count);
+  return WithPartRows<absl::StatusOr<int>>(part_rows, [&]<typename Waves, typename>() {
+    return TallClusterRanks<Waves>(w, parts, sm_count);
+  });
 }
 
 // The measured rule's launch (MeasuredTallLaunch, gemm_dispatch.h) of configuration C's `parts`
-// whole row parts over w, whose waves would take `ranks` blocks per (part, slice).
+// row parts over w, whose waves would take `ranks` blocks per (part, slice).
 template <typename C>
 absl::StatusOr<TallLaunch> MeasuredTallLaunchOf(const DeviceWeight& w, int parts, int ranks,
                                                 int sm_count) {
@@ -555,7 +607,7 @@ absl::StatusOr<TallLaunch> MeasuredTallLaunchOf(const DeviceWeight& w, int parts
                             sm_count, *l2_bytes);
 }
 
-// How `parts` whole parts of `part_rows` rows run: the forced partition's TallLaunch (striped:
+// How `parts` parts of `part_rows` rows run: the forced partition's TallLaunch (striped:
 // kStriped; the cluster split: kWaves; passes: kPasses), else the measured rule.
 absl::StatusOr<TallLaunch> ChooseTallLaunch(const DeviceWeight& w, int part_rows, int parts,
                                             int ranks, int sm_count) {
@@ -569,13 +621,14 @@ absl::StatusOr<TallLaunch> ChooseTallLaunch(const DeviceWeight& w, int part_rows
     case HopperPartition::kAuto:
       break;
   }
-  return part_rows == kMinTallPartRows
-             ? MeasuredTallLaunchOf<Rows128Narrow>(w, parts, ranks, sm_count)
-             : MeasuredTallLaunchOf<Rows256Narrow>(w, parts, ranks, sm_count);
+  return WithPartRows<absl::StatusOr<TallLaunch>>(part_rows, [&]<typename Waves, typename>() {
+    return MeasuredTallLaunchOf<Waves>(w, parts, ranks, sm_count);
+  });
 }
 
-// The rows of the tall parts of a product of `rows` rows over w: the forced height, else the
-// measured rule (MeasuredTallPartRows, gemm_dispatch.h).
+// The height class of the tall parts of a product of `rows` rows over w (128 or 256; ChooseTallPlan
+// fits the parts to the rows): the forced one, else the measured rule (MeasuredTallPartRows,
+// gemm_dispatch.h).
 absl::StatusOr<int> ChooseTallPartRows(const DeviceWeight& w, int64_t rows, int sm_count) {
   if (const int forced = ForcedTallPartRows(); forced != 0) {
     if (forced != kMinTallPartRows && forced != kMaxPassRows) {
@@ -594,8 +647,8 @@ absl::StatusOr<int> ChooseTallPartRows(const DeviceWeight& w, int64_t rows, int 
                               sm_count);
 }
 
-// A tall launch: `parts` whole parts of `part_rows` rows, run as `launch` (kPasses: none), its
-// waves on `ranks` blocks per (part, slice).
+// A tall launch: `parts` parts of `part_rows` rows (the last one may be short), run as `launch`
+// (kPasses: none), its waves on `ranks` blocks per (part, slice).
 struct TallPlan {
   int part_rows;
   int parts;
@@ -603,33 +656,51 @@ struct TallPlan {
   TallLaunch launch;
 };
 
-// The tall launch that starts a product of kMinTallRows <= rows <= kMaxTallLaunchRows rows: in
-// parts of the chosen height or, where the measured rule runs 128-row parts as passes, of 256.
+// The parts of a tall launch of `rows` rows in the height class `height` (128: as many parts as
+// whole 128-row ones fit, 256: as few as hold the rows), their rows spread evenly and fitted to a
+// configuration (FittedPartRows): at most 31 padded rows a part, and no rows left to a pass that
+// would stream the weight again. Products of whole 128-row (256-row) parts keep them.
+struct FittedParts {
+  int part_rows;
+  int parts;
+  FittedParts(int64_t rows, int height) {
+    const int64_t even_parts =
+        height == kMinTallPartRows ? rows / height : (rows + height - 1) / height;
+    part_rows = FittedPartRows(static_cast<int>((rows + even_parts - 1) / even_parts));
+    parts = static_cast<int>((rows + part_rows - 1) / part_rows);
+  }
+};
+
+// How a product of kMinTallRows <= rows <= kMaxTallLaunchRows rows starts: one tall launch of all
+// its rows, in parts of the chosen height class or, where the measured rule runs those as passes,
+// of 256; else (kPasses) a pass.
 absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int sm_count) {
-  const absl::StatusOr<int> part_rows = ChooseTallPartRows(w, rows, sm_count);
-  if (!part_rows.ok()) return part_rows.status();
-  for (int height = *part_rows; height <= kMaxPassRows; height *= 2) {
-    const int parts = static_cast<int>(rows / height);
-    if (parts < 2) break;
-    const absl::StatusOr<int> ranks = TallRanks(w, height, parts, sm_count);
+  const absl::StatusOr<int> height_class = ChooseTallPartRows(w, rows, sm_count);
+  if (!height_class.ok()) return height_class.status();
+  for (int height = *height_class; height <= kMaxPassRows; height *= 2) {
+    const FittedParts fitted(rows, height);
+    if (fitted.parts < 2) break;
+    const absl::StatusOr<int> ranks = TallRanks(w, fitted.part_rows, fitted.parts, sm_count);
     if (!ranks.ok()) return ranks.status();
-    const absl::StatusOr<TallLaunch> launch = ChooseTallLaunch(w, height, parts, *ranks, sm_count);
+    const absl::StatusOr<TallLaunch> launch =
+        ChooseTallLaunch(w, fitted.part_rows, fitted.parts, *ranks, sm_count);
     if (!launch.ok()) return launch.status();
     if (*launch != TallLaunch::kPasses || ForcedTallPartRows() != 0) {
-      return TallPlan{height, parts, *ranks, *launch};
+      return TallPlan{fitted.part_rows, fitted.parts, *ranks, *launch};
     }
   }
   return TallPlan{static_cast<int>(kMaxPassRows), 0, 1, TallLaunch::kPasses};
 }
 
-// Enqueues the tall launch `plan` (not kPasses) of configuration Waves (in waves) or Striped.
-template <typename Waves, typename Striped>
-absl::Status LaunchTall(const TallPlan& plan, const __half* x, const DeviceWeight& w, __half* y,
-                        int* counters, float* partials, int sm_count, cudaStream_t stream) {
-  const int rows = plan.parts * plan.part_rows;
-  return plan.launch == TallLaunch::kWaves
-             ? Launch<Waves>(x, rows, w, y, counters, partials, sm_count, stream, plan.ranks)
-             : Launch<Striped>(x, rows, w, y, counters, partials, sm_count, stream, plan.ranks);
+// Enqueues the tall launch `plan` (not kPasses) of `rows` rows.
+absl::Status LaunchTall(const TallPlan& plan, const __half* x, int rows, const DeviceWeight& w,
+                        __half* y, int* counters, float* partials, int sm_count,
+                        cudaStream_t stream) {
+  return WithPartRows<absl::Status>(plan.part_rows, [&]<typename Waves, typename Striped>() {
+    return plan.launch == TallLaunch::kWaves
+               ? Launch<Waves>(x, rows, w, y, counters, partials, sm_count, stream, plan.ranks)
+               : Launch<Striped>(x, rows, w, y, counters, partials, sm_count, stream, plan.ranks);
+  });
 }
 
 }  // namespace
@@ -643,14 +714,10 @@ absl::Status LaunchGemm(const __half* x, int64_t m, const DeviceWeight& w, __hal
       const absl::StatusOr<TallPlan> plan = ChooseTallPlan(w, left, sm_count);
       if (!plan.ok()) return plan.status();
       if (plan->launch != TallLaunch::kPasses) {
-        const absl::Status s =
-            plan->part_rows == kMinTallPartRows
-                ? LaunchTall<Rows128Narrow, Rows128PartSlices>(*plan, x + row0 * k, w, y + row0 * n,
-                                                               counters, partials, sm_count, stream)
-                : LaunchTall<Rows256Narrow, Rows256PartSlices>(
-                      *plan, x + row0 * k, w, y + row0 * n, counters, partials, sm_count, stream);
+        const absl::Status s = LaunchTall(*plan, x + row0 * k, static_cast<int>(left), w,
+                                          y + row0 * n, counters, partials, sm_count, stream);
         if (!s.ok()) return s;
-        row0 += int64_t{1} * plan->parts * plan->part_rows;
+        row0 += left;
         continue;
       }
     }

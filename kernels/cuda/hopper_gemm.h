@@ -19,11 +19,13 @@ namespace marlin::cuda::hopper {
 // Rows one pass multiplies: a pass runs its rows in one or two row parts side by side.
 inline constexpr int64_t kMaxPassRows = 256;
 
-// Rows of a tall launch's parts: whole parts of 128 or 256 rows (the measured rule,
-// MeasuredTallPartRows in gemm_dispatch.h), at least two of them, run as one tall launch (the
-// measured rule, MeasuredTallLaunch): a block or cluster per (row part, column slice), in waves
-// where they outnumber the SMs, or the striped partition over every part's slices. The rows left
-// over (fewer than a part) take a pass, as do shorter products.
+// Rows of a tall launch's parts: at least two parts of 128-256 rows, run as one tall launch of all
+// the product's rows (the measured rule, MeasuredTallLaunch): a block or cluster per (row part,
+// column slice), in waves where they outnumber the SMs, or the striped partition over every part's
+// slices. A height class of 128 or 256 rows (the measured rule, MeasuredTallPartRows in
+// gemm_dispatch.h) sets the number of parts; their rows are spread evenly and fitted to a
+// configuration (144, 160, 192 or 224 rows besides 128 and 256), the last part short. Shorter
+// products take a pass.
 inline constexpr int64_t kMinTallPartRows = 128;
 inline constexpr int64_t kMinTallRows = 2 * kMinTallPartRows;
 

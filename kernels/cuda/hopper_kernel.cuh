@@ -43,12 +43,13 @@
 
 namespace marlin::cuda::hopper {
 
-// The bytes one stage's copies bring: weights, scales, and activation boxes as tall as the rows of
-// the block's row part (EncodeActivationMap). A box's rows past them keep whatever the ring held;
-// the wgmma columns they feed are output rows past m_rows, which are never stored or summed.
+// The bytes one stage's copies bring: weights, scales, and activation boxes of p.box_rows rows
+// (EncodeActivationMap). A pass's box is as tall as its part's rows; a box's rows past them keep
+// whatever the ring held, and the wgmma columns they feed are output rows past m_rows, which are
+// never stored or summed.
 template <typename C>
 __device__ __forceinline__ uint32_t StageTxBytes(const HopperParams& p) {
-  return C::kWBytes + C::kSBytes + C::kXBoxes * min(C::kBatch, p.m_rows) * 128;
+  return C::kWBytes + C::kSBytes + C::kXBoxes * p.box_rows * 128;
 }
 
 // Issues one stage's weight and scale copies on `bar`, announcing the whole stage's bytes

@@ -266,17 +266,17 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape) {
   }
   // 100 slices of 256 columns: the Hopper path's four consumer warpgroups (TakesFourConsumers).
   CheckShape(40, 256, 25600, 128);
-  // The Hopper path's tall launches (under the forced partitions) of four 128-row parts and of two
-  // 256-row parts, then a pass of the 8 rows left.
+  // The Hopper path's tall launches (under the forced partitions) of four 144-row parts and of
+  // three 192-row parts, the last one short (88 and 136 rows).
   CheckShape(520, 512, 192, 128);
   ForceTallPartRowsForTesting(256);
   CheckShape(520, 512, 192, 128);
 }
 
-// Tall launches on the Hopper path (hopper_gemm.h: every whole row part of 128 or 256 rows in one
-// grid, the rows left over in a pass): parts on a cluster split, in waves of one block per (part,
-// slice), or striped over every part's slices, K not a multiple of a stage; each part height
-// forced, then the measured one.
+// Tall launches on the Hopper path (hopper_gemm.h: all rows in one grid, in parts of 128-256 rows
+// fitted to them, the last one short): parts on a cluster split, in waves of one block per (part,
+// slice), or striped over every part's slices, K not a multiple of a stage; each height class
+// forced, then the measured one. At 256 and 512 rows the parts are whole ones of 128 or 256.
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_TallLaunches_RowPartsAndRemainder) {
   for (int part_rows : {128, 256, 0}) {
     if (part_rows != 0 && GetParam().path != GemmPath::kHopper) continue;  // Hopper-only hook
@@ -323,6 +323,20 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_Group128_SampledColumns
     DeviceWeightCopy dw = Upload(ValueOrDie(Pack(w)), GetParam().layout);
     // 24 rows: L8B.gateup keeps the Hopper path's 32-row wide configuration (TakesNarrow).
     CheckSampledRowCounts(w, dw, {1, 16, 24, 37, 64, 129});
+  }
+}
+
+// Passes of 129-256 rows over a weight of more than 2^26 elements, which run in one row part of a
+// configuration fitted to the rows (144, 160, 192, 224 or 256), and tall launches of 257-383 rows
+// in two fitted parts (the second one short), striped or in waves; per channel with K not a
+// multiple of a stage.
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_FittedRowParts_129To383Rows_SampledColumns) {
+  for (const int32_t group : {128, kPerChannel}) {
+    const int64_t k = group == kPerChannel ? 4160 : 4096;
+    SCOPED_TRACE(absl::StrCat("K=", k, " group=", group));
+    const QuantizedWeight w = RandomWeight(WeightShape{k, 16896, group}, rng_);
+    CheckSampledRowCounts(w, Upload(ValueOrDie(Pack(w)), GetParam().layout),
+                          {129, 150, 161, 200, 240, 257, 300, 383});
   }
 }
 
