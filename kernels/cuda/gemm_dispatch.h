@@ -99,6 +99,22 @@ struct TallLaunchShape {
 // `sm_count` SMs and `l2_bytes` of L2.
 TallLaunch MeasuredTallLaunch(const TallLaunchShape& shape, int sm_count, int64_t l2_bytes);
 
+// The launch the rules above chose for a tall product (its parts fitted to the rows).
+struct ChosenTallLaunch {
+  TallLaunch launch;
+  int64_t units;  // parts x slices (0 for kPasses)
+  int ranks;      // blocks per unit in waves
+};
+
+// Whether `units` units of one block each fill at least 90% of `sm_count` SMs in one wave.
+bool FillsOneWave(int64_t units, int sm_count);
+
+// The measured rule (docs/perf/kernel-h100.md, session 21) for whether one wave of fitted parts
+// (as many parts of 128-256 rows as make the product's units fill one wave: FillsOneWave) replaces
+// `chosen` on a device of `sm_count` SMs: where `chosen` leaves the SMs under-filled (passes, a
+// striped launch of few units, waves that keep under 90% of the SMs busy).
+bool OneWavePays(const ChosenTallLaunch& chosen, int sm_count);
+
 }  // namespace marlin::cuda
 
 #endif  // MARLIN_KERNELS_CUDA_GEMM_DISPATCH_H_

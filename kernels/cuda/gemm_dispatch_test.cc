@@ -156,6 +156,48 @@ TEST(GemmDispatchTest, TallPartRowsFollowTheH100Measurements) {
   }
 }
 
+// The one-wave rule (gemm_dispatch.cc) at session 21's measured shapes on the H100's 132 SMs: the
+// launch the rules above chose, and the units of the fewest fitted parts that fill one wave.
+TEST(GemmDispatchTest, OneWaveFollowsTheH100Measurements) {
+  constexpr int kSms = 132;
+  struct Case {
+    const char* product;
+    ChosenTallLaunch chosen;
+    int64_t one_wave_units;
+    bool pays;
+  };
+  const Case cases[] = {
+      {"L8B.o at 768 rows: 192 striped units of 128 rows, or 4 x 32",
+       {TallLaunch::kStriped, 192, 1},
+       128,
+       true},
+      {"L8B.o at 448 rows: 96 units of 160 rows in waves, or 4 x 32",
+       {TallLaunch::kWaves, 96, 1},
+       128,
+       true},
+      {"L70B.o at 384 rows: 192 striped units of 128 rows, or 2 x 64",
+       {TallLaunch::kStriped, 192, 1},
+       128,
+       true},
+      {"passes of 256 rows and fewer, or 2 x 64", {TallLaunch::kPasses, 0, 1}, 128, true},
+      {"L8B.o at 1024 rows: 4 x 256 rows in waves, 128 units",
+       {TallLaunch::kWaves, 128, 1},
+       128,
+       false},
+      {"L8B.qkv at 1024 rows: 8 x 128 rows in waves, 384 units",
+       {TallLaunch::kWaves, 384, 1},
+       240,
+       false},
+      {"L8B.gate/up at 384 rows: 672 striped units", {TallLaunch::kStriped, 672, 1}, 448, false},
+      {"L70B.qkv at 512 rows: two waves of 240 units", {TallLaunch::kStriped, 320, 1}, 240, false},
+      {"L8B.qkv at 512 rows: 96 units, 73% busy", {TallLaunch::kStriped, 192, 1}, 96, false},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(FillsOneWave(c.one_wave_units, kSms) && OneWavePays(c.chosen, kSms), c.pays)
+        << c.product;
+  }
+}
+
 TEST(GemmDispatchTest, ForcedTallPartRowsRoundTrip) {
   EXPECT_EQ(ForcedTallPartRows(), 0);
   ForceTallPartRowsForTesting(128);

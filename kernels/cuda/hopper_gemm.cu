@@ -682,10 +682,10 @@ struct FittedParts {
   }
 };
 
-// How a product of kMinTallRows <= rows <= kMaxTallLaunchRows rows starts: one tall launch of its
-// rows (FittedParts), in parts of the chosen height class or, where the measured rule runs those
-// as passes, of 256; else (kPasses) a pass.
-absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int sm_count) {
+// The tall launch the measured rules give a product of kMinTallRows <= rows <= kMaxTallLaunchRows
+// rows: one launch of its rows (FittedParts), in parts of the chosen height class or, where the
+// rule runs those as passes, of 256; else (kPasses) a pass.
+absl::StatusOr<TallPlan> MeasuredTallPlan(const DeviceWeight& w, int64_t rows, int sm_count) {
   const absl::StatusOr<int> height_class = ChooseTallPartRows(w, rows, sm_count);
   if (!height_class.ok()) return height_class.status();
   for (int height = *height_class; height <= kMaxPassRows; height *= 2) {
@@ -701,6 +701,42 @@ absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int
     }
   }
   return TallPlan{0, static_cast<int>(kMaxPassRows), 0, 1, TallLaunch::kPasses};
+}
+
+// One wave of a product's rows: the fewest parts of 128-256 rows (the rows spread evenly, each
+// part fitted to a configuration) whose units (parts x slices) fill at least 90% of the SMs in one
+// wave of one block each, or none.
+std::optional<TallPlan> OneWavePlan(const DeviceWeight& w, int64_t rows, int sm_count) {
+  const int slices = PassShape<Rows128Narrow>(w).slices;  // every fitted configuration's
+  const int64_t most_parts = (rows + kMinTallPartRows - 1) / kMinTallPartRows;
+  for (int64_t parts = std::max<int64_t>(2, (rows + kMaxPassRows - 1) / kMaxPassRows);
+       parts <= most_parts; ++parts) {
+    const int part_rows = FittedPartRows(static_cast<int>((rows + parts - 1) / parts));
+    const int fitted = static_cast<int>((rows + part_rows - 1) / part_rows);
+    const int64_t units = int64_t{1} * fitted * slices;
+    if (units > sm_count) break;
+    if (FillsOneWave(units, sm_count)) {
+      return TallPlan{rows, part_rows, fitted, 1, TallLaunch::kWaves};
+    }
+  }
+  return std::nullopt;
+}
+
+// How a product of kMinTallRows <= rows <= kMaxTallLaunchRows rows starts: the measured rules'
+// tall launch (MeasuredTallPlan) or pass, or where that leaves the SMs under-filled, one wave of
+// fitted parts (OneWavePlan, OneWavePays). A forced partition or part height keeps the former.
+absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int sm_count) {
+  const absl::StatusOr<TallPlan> measured = MeasuredTallPlan(w, rows, sm_count);
+  if (!measured.ok() || ForcedTallPartRows() != 0 ||
+      ForcedHopperPartition() != HopperPartition::kAuto) {
+    return measured;
+  }
+  const std::optional<TallPlan> one_wave = OneWavePlan(w, rows, sm_count);
+  const ChosenTallLaunch chosen{
+      .launch = measured->launch,
+      .units = int64_t{1} * measured->parts * PassShape<Rows128Narrow>(w).slices,
+      .ranks = measured->ranks};
+  return one_wave.has_value() && OneWavePays(chosen, sm_count) ? *one_wave : *measured;
 }
 
 // Enqueues the tall launch `plan` (not kPasses) of `rows` rows.

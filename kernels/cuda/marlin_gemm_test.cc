@@ -288,6 +288,7 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_TallLaunches_RowPartsAndRemainder) {
     }
     CheckShape(1300, 4096, 4096, 128, /*sampled_columns=*/24);  // 5 or 10 parts x 32 slices
     CheckShape(2304, 1024, 8192, 128, /*sampled_columns=*/24);  // 9 or 18 parts x 64 slices
+    CheckShape(768, 1024, 4096, 128, /*sampled_columns=*/24);   // measured: 4 parts of 192 rows
   }
 }
 
