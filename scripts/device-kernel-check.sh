@@ -15,6 +15,8 @@
 #   [COMPARE_BENCH_ARGS="--layers L8B --m 128,256"] [FULL_BENCH=0] scripts/device-kernel-check.sh
 #   COMPARE_TESTS=0 ...   # skip the compared build's kernel tests and sanitizer runs (~210 s on an
 #                         # H100), e.g. when that build passed them in an earlier call
+#   GEMM_TESTS=0 ...      # skip marlin_gemm_test (run it alone in another call: a device command
+#                         # runs 10 minutes at most)
 set -uo pipefail
 out=${OUT:-device-out}
 logs="$out/kernel-logs"
@@ -30,7 +32,9 @@ run_test() {  # name, then the command (killed after TEST_TIMEOUT s, 300 unless 
   timeout "${TEST_TIMEOUT:-300}" "$@" >"$logs/$name.log" 2>&1
   echo "$name exit: $? ($(grep -E '^\[  (PASSED|FAILED) ' "$logs/$name.log" | tr '\n' ' '))"
 }
-TEST_TIMEOUT=540 run_test gemm-tests marlin_gemm_test  # five paths, 330-460 s on an H100
+if [[ ${GEMM_TESTS:-1} == 1 ]]; then  # GEMM_TESTS=0: run in a call of its own (one command's limit)
+  TEST_TIMEOUT=540 run_test gemm-tests marlin_gemm_test  # five paths, 330-480 s on an H100
+fi
 run_test device-layout-tests device_layout_test
 run_test dequantize-tests dequantize_weight_test
 run_test cuda-backend-tests marlin_server_cuda_backend_test

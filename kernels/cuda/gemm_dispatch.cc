@@ -209,8 +209,31 @@ bool OneWavePays(const ChosenTallLaunch& chosen, int sm_count) {
       return !WavesKeepBusy(chosen.units * chosen.ranks, sm_count, 9, 10);
     case TallLaunch::kPasses:
       return true;
+    case TallLaunch::kRuns:
+      return false;
   }
   return false;
+}
+
+// Runs of whole units, measured on the H100 (session 21: marlin-bench --paths auto at 512-4096
+// rows, each build twice in one call, the rule switched on by the environment; speedups over
+// cuBLAS FP16, waves -> runs). A block that takes consecutive units streams from one to the next
+// as the striped launch does, without a block's launch, pipeline fill and drain between them, and
+// none of its slices is split: L8B.qkv at 1024 / 2048 rows 0.88 / 0.93 -> 0.94-0.95 /
+// 0.97, L8B.o at 1536 / 2048 0.88-0.89 / 0.90-0.91 -> 0.94 / 0.95-0.96, L70B.o at 768 / 1536
+// 0.93-0.94 / 0.96 -> 0.96 / 0.97-0.98; the other waves it replaced (L8B.down at 1536 and 2048,
+// L70B.qkv at 768, L70B.down at 768-1536, 16384^2 at 512 and 768) within 0.01 either way. Runs of
+// whole units in place of the striped launches that the rules above choose lost (L70B.qkv at 1536
+// rows 0.97 -> 0.93, 16384^2 at 4096 1.03-1.04 -> 1.00-1.01, L8B.gate/up at 4096 0.97-0.99 ->
+// 0.93-0.95: their 132 blocks beat 128 with no sums). The blocks at work at once take units all
+// over the product, so they read the activations of every part: only where those fit twice the L2
+// (the striped launch's guard, MeasuredTallLaunch); none was measured beyond.
+bool RunsPay(const ChosenTallLaunch& chosen, int64_t x_bytes, int sm_count, int64_t l2_bytes) {
+  if (chosen.launch != TallLaunch::kWaves || chosen.ranks != 1 || x_bytes > 2 * l2_bytes) {
+    return false;
+  }
+  const int64_t waves = (chosen.units + sm_count - 1) / sm_count;
+  return waves >= 2 && chosen.units % waves == 0 && FillsOneWave(chosen.units / waves, sm_count);
 }
 
 }  // namespace marlin::cuda

@@ -83,6 +83,7 @@ enum class TallLaunch {
   kPasses,   // one pass each
   kWaves,    // one launch, a block or cluster per (part, column slice), the blocks in waves
   kStriped,  // one launch, the striped partition over every part's slices
+  kRuns,     // one launch, each block a run of whole (part, column slice) units, back to back
 };
 
 // A tall launch of the Hopper path's 128- or 256-row configuration over one weight.
@@ -114,6 +115,12 @@ bool FillsOneWave(int64_t units, int sm_count);
 // `chosen` on a device of `sm_count` SMs: where `chosen` leaves the SMs under-filled (passes, a
 // striped launch of few units, waves that keep under 90% of the SMs busy).
 bool OneWavePays(const ChosenTallLaunch& chosen, int sm_count);
+
+// The measured rule (docs/perf/kernel-h100.md, session 21) for whether `chosen`, waves of one
+// block per unit, runs instead as runs of whole units (TallLaunch::kRuns: as many blocks as units
+// per wave, each taking as many consecutive units as there are waves, back to back), on a device
+// of `sm_count` SMs and `l2_bytes` of L2, the product's activations `x_bytes`.
+bool RunsPay(const ChosenTallLaunch& chosen, int64_t x_bytes, int sm_count, int64_t l2_bytes);
 
 }  // namespace marlin::cuda
 

@@ -198,6 +198,60 @@ TEST(GemmDispatchTest, OneWaveFollowsTheH100Measurements) {
   }
 }
 
+// The runs rule (gemm_dispatch.cc) at session 21's measured shapes on the H100's 132 SMs and 50 MiB
+// of L2: the launch the rules above chose and the product's activations.
+TEST(GemmDispatchTest, RunsFollowTheH100Measurements) {
+  constexpr int kSms = 132;
+  constexpr int64_t kL2Bytes = int64_t{50} << 20;
+  struct Case {
+    const char* product;
+    ChosenTallLaunch chosen;
+    int64_t m, k;
+    bool pays;
+  };
+  const Case cases[] = {
+      {"L8B.qkv at 1024 rows: 8 x 128 rows, 384 units in three waves",
+       {TallLaunch::kWaves, 384, 1},
+       1024,
+       4096,
+       true},
+      {"L8B.o at 2048 rows: 8 x 256 rows, 256 units in two waves",
+       {TallLaunch::kWaves, 256, 1},
+       2048,
+       4096,
+       true},
+      {"L70B.down at 1536 rows: 384 units, 88 MB of activations",
+       {TallLaunch::kWaves, 384, 1},
+       1536,
+       28672,
+       true},
+      {"L8B.o at 1024 rows: one wave of 128 units",
+       {TallLaunch::kWaves, 128, 1},
+       1024,
+       4096,
+       false},
+      {"L70B.qkv at 1536 rows: striped over 480 units",
+       {TallLaunch::kStriped, 480, 1},
+       1536,
+       8192,
+       false},
+      {"L70B.o at 8192 rows: 2048 units, 128 MiB of activations",
+       {TallLaunch::kWaves, 2048, 1},
+       8192,
+       8192,
+       false},
+      {"320 units in three waves: no whole runs", {TallLaunch::kWaves, 320, 1}, 1280, 4096, false},
+      {"240 units in two waves of two-block clusters",
+       {TallLaunch::kWaves, 240, 2},
+       768,
+       8192,
+       false},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(RunsPay(c.chosen, c.m * c.k * 2, kSms, kL2Bytes), c.pays) << c.product;
+  }
+}
+
 TEST(GemmDispatchTest, ForcedTallPartRowsRoundTrip) {
   EXPECT_EQ(ForcedTallPartRows(), 0);
   ForceTallPartRowsForTesting(128);

@@ -431,11 +431,12 @@ absl::StatusOr<int> TallClusterRanks(const DeviceWeight& w, int parts, int sm_co
 // each on an equal share of the SMs), or with `tall_ranks` ceil(rows / C::kBatch) >= 2 row parts
 // (the last one may be short) in one grid: one block or cluster of *tall_ranks blocks
 // (TallClusterRanks) per (part, slice) in waves (RowSplit::kTall), or with C::kPartSlices the
-// striped partition over every part's slices.
+// striped partition over every part's slices (with `unit_runs`, on as many blocks as units per
+// wave: each block's run is whole units, TallLaunch::kRuns).
 template <typename C>
 absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y, int* counters,
                     float* partials, int sm_count, cudaStream_t stream,
-                    std::optional<int> tall_ranks = std::nullopt) {
+                    std::optional<int> tall_ranks = std::nullopt, bool unit_runs = false) {
   const bool tall = tall_ranks.has_value();
   const int parts = (rows + C::kBatch - 1) / C::kBatch;
   if (tall ? !(kRunsTallLaunches<C> || C::kPartSlices) || parts < 2
@@ -485,6 +486,14 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   if (!ranks.ok()) return ranks.status();
   p.cluster_ranks = *ranks;
   p.grid = p.cluster_ranks > 0 ? shape.slices * p.cluster_ranks : std::min(part_sms, p.total_iters);
+  if (unit_runs) {  // TallLaunch::kRuns: the striped partition's runs are whole units
+    const int units = parts * shape.slices;
+    const int waves = (units + sm_count - 1) / sm_count;
+    if (!C::kPartSlices || !tall || units % waves != 0) {
+      return absl::InternalError(absl::StrCat(units, " units in ", waves, " runs"));
+    }
+    p.grid = units / waves;
+  }
   // Programmatic dependent launch: this kernel may start while the previous one on the stream
   // finishes (it streams weights first and waits for that kernel before anything else). Measured
   // on the H100 (L70B block, same run): 2-4% faster up to 32 rows. From 128 rows it read 2-6%
@@ -723,8 +732,9 @@ std::optional<TallPlan> OneWavePlan(const DeviceWeight& w, int64_t rows, int sm_
 }
 
 // How a product of kMinTallRows <= rows <= kMaxTallLaunchRows rows starts: the measured rules'
-// tall launch (MeasuredTallPlan) or pass, or where that leaves the SMs under-filled, one wave of
-// fitted parts (OneWavePlan, OneWavePays). A forced partition or part height keeps the former.
+// tall launch (MeasuredTallPlan) or pass; where that leaves the SMs under-filled, one wave of
+// fitted parts (OneWavePlan, OneWavePays); where it runs several full waves, the same units as
+// runs of whole units (RunsPay). A forced partition or part height keeps the first.
 absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int sm_count) {
   const absl::StatusOr<TallPlan> measured = MeasuredTallPlan(w, rows, sm_count);
   if (!measured.ok() || ForcedTallPartRows() != 0 ||
@@ -736,7 +746,15 @@ absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int
       .launch = measured->launch,
       .units = int64_t{1} * measured->parts * PassShape<Rows128Narrow>(w).slices,
       .ranks = measured->ranks};
-  return one_wave.has_value() && OneWavePays(chosen, sm_count) ? *one_wave : *measured;
+  if (one_wave.has_value() && OneWavePays(chosen, sm_count)) return *one_wave;
+  const absl::StatusOr<int64_t> l2_bytes = DeviceL2Bytes();
+  if (!l2_bytes.ok()) return l2_bytes.status();
+  if (RunsPay(chosen, rows * w.shape.k * 2, sm_count, *l2_bytes)) {
+    TallPlan runs = *measured;
+    runs.launch = TallLaunch::kRuns;
+    return runs;
+  }
+  return *measured;
 }
 
 // Enqueues the tall launch `plan` (not kPasses) of `rows` rows.
@@ -746,7 +764,8 @@ absl::Status LaunchTall(const TallPlan& plan, const __half* x, int rows, const D
   return WithPartRows<absl::Status>(plan.part_rows, [&]<typename Waves, typename Striped>() {
     return plan.launch == TallLaunch::kWaves
                ? Launch<Waves>(x, rows, w, y, counters, partials, sm_count, stream, plan.ranks)
-               : Launch<Striped>(x, rows, w, y, counters, partials, sm_count, stream, plan.ranks);
+               : Launch<Striped>(x, rows, w, y, counters, partials, sm_count, stream, plan.ranks,
+                                 /*unit_runs=*/plan.launch == TallLaunch::kRuns);
   });
 }
 
