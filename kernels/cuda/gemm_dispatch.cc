@@ -190,13 +190,15 @@ bool FillsOneWave(int64_t units, int sm_count) {
 
 // One wave, measured on the H100 (session 21: marlin-bench --paths auto at 257-1024 rows, the rule
 // switched on by the environment, each build twice in one call; speedups over cuBLAS FP16, base ->
-// one wave). Where the rules above leave the SMs under-filled (passes, a striped launch of fewer
-// than 3.5 units per SM, waves that keep under 90% of them busy), as many parts as make the
-// product's units fill 90% or more of one wave, one block each, won or tied wherever they applied:
-// L8B.o at 448 / 640 / 768 / 896 rows 0.84-0.92 / 0.80 / 0.82 / 0.90 -> 1.03 / 0.95 / 0.94 / 1.09
-// (four parts of 128-224 rows, 128 units, against 96-224 units of 128-160 rows), L8B.down 0.93 /
-// 0.91 / 0.93 / 1.05 -> 0.97 / 0.98 / 0.93 / 1.12, L70B.o at 384 / 448 0.89 / 0.92 -> 0.93 / 1.11
-// (two parts of 192 / 224 rows); L70B.o and L70B.down at 257-384 rows within 0.03 either way.
+// one wave). Where the rules above leave the SMs under-filled (a striped launch of fewer than 3.5
+// units per SM, waves that keep under 90% of them busy), as many parts as make the product's units
+// fill 90% or more of one wave, one block each, won or tied wherever they applied: L8B.o at 448 /
+// 640 / 768 / 896 rows 0.84-0.92 / 0.80 / 0.82 / 0.90 -> 1.03 / 0.95 / 0.94 / 1.09 (four parts of
+// 128-224 rows, 128 units, against 96-224 units of 128-160 rows), L8B.down 0.93 / 0.91 / 0.93 /
+// 1.05 -> 0.97 / 0.98 / 0.93 / 1.12, L70B.o at 384 / 448 0.89 / 0.92 -> 0.93 / 1.11 (two parts of
+// 192 / 224 rows); L70B.o and L70B.down at 257-320 rows within 0.03 either way. Passes stay:
+// L70B.down at 384 rows (a 256-row pass and a 128-row one) read 0.95 in four runs of two calls, as
+// one wave of two 192-row parts 0.92-0.96 in six (0.93-0.94 in four).
 // Over one wave it mostly lost (L70B.qkv at 512 rows 0.91 -> 0.76 in two waves of 3 x 192 rows,
 // 16384^2 at 384 0.99 -> 0.92, L8B.qkv at 896 0.96 -> 0.89-0.94). Parts of 96 rows, which would
 // fill one wave at 320-384 rows, were left out: L8B.o at 384 rows 0.76 -> 0.83, L8B.down 1.32-1.34
@@ -208,7 +210,6 @@ bool OneWavePays(const ChosenTallLaunch& chosen, int sm_count) {
     case TallLaunch::kWaves:
       return !WavesKeepBusy(chosen.units * chosen.ranks, sm_count, 9, 10);
     case TallLaunch::kPasses:
-      return true;
     case TallLaunch::kRuns:
       return false;
   }

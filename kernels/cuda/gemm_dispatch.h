@@ -112,8 +112,8 @@ bool FillsOneWave(int64_t units, int sm_count);
 
 // The measured rule (docs/perf/kernel-h100.md, session 21) for whether one wave of fitted parts
 // (as many parts of 128-256 rows as make the product's units fill one wave: FillsOneWave) replaces
-// `chosen` on a device of `sm_count` SMs: where `chosen` leaves the SMs under-filled (passes, a
-// striped launch of few units, waves that keep under 90% of the SMs busy).
+// `chosen` on a device of `sm_count` SMs: where `chosen` leaves the SMs under-filled (a striped
+// launch of few units, waves that keep under 90% of the SMs busy).
 bool OneWavePays(const ChosenTallLaunch& chosen, int sm_count);
 
 // The measured rule (docs/perf/kernel-h100.md, session 21) for whether `chosen`, waves of one
