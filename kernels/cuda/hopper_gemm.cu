@@ -571,8 +571,9 @@ absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half
   if (part_rows <= 128) {
     return Launch<Rows128Narrow>(x, rows, w, y, counters, partials, sm_count, stream);
   }
-  if (rows > kMaxPassRows)
+  if (rows > kMaxPassRows) {
     return absl::InternalError(absl::StrCat("Hopper pass of ", rows, " rows"));
+  }
   return WithPartRows<absl::Status>(FittedPartRows(rows), [&]<typename Waves, typename>() {
     return Launch<Waves>(x, rows, w, y, counters, partials, sm_count, stream);
   });
@@ -712,11 +713,10 @@ absl::StatusOr<TallPlan> MeasuredTallPlan(const DeviceWeight& w, int64_t rows, i
   return TallPlan{0, static_cast<int>(kMaxPassRows), 0, 1, TallLaunch::kPasses};
 }
 
-// One wave of a product's rows: the fewest parts of 128-256 rows (the rows spread evenly, each
-// part fitted to a configuration) whose units (parts x slices) fill at least 90% of the SMs in one
-// wave of one block each, or none.
-std::optional<TallPlan> OneWavePlan(const DeviceWeight& w, int64_t rows, int sm_count) {
-  const int slices = PassShape<Rows128Narrow>(w).slices;  // every fitted configuration's
+// One wave of a product's rows over a weight of `slices` column slices: the fewest parts of 128-256
+// rows (the rows spread evenly, each part fitted to a configuration) whose units (parts x slices)
+// fill at least 90% of the SMs in one wave of one block each, or none.
+std::optional<TallPlan> OneWavePlan(int64_t rows, int slices, int sm_count) {
   const int64_t most_parts = (rows + kMinTallPartRows - 1) / kMinTallPartRows;
   for (int64_t parts = std::max<int64_t>(2, (rows + kMaxPassRows - 1) / kMaxPassRows);
        parts <= most_parts; ++parts) {
@@ -741,12 +741,15 @@ absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int
       ForcedHopperPartition() != HopperPartition::kAuto) {
     return measured;
   }
-  const std::optional<TallPlan> one_wave = OneWavePlan(w, rows, sm_count);
-  const ChosenTallLaunch chosen{
-      .launch = measured->launch,
-      .units = int64_t{1} * measured->parts * PassShape<Rows128Narrow>(w).slices,
-      .ranks = measured->ranks};
-  if (one_wave.has_value() && OneWavePays(chosen, sm_count)) return *one_wave;
+  const int slices = PassShape<Rows128Narrow>(w).slices;  // every fitted configuration's
+  const ChosenTallLaunch chosen{.launch = measured->launch,
+                                .units = int64_t{1} * measured->parts * slices,
+                                .ranks = measured->ranks};
+  if (OneWavePays(chosen, sm_count)) {
+    if (const std::optional<TallPlan> one_wave = OneWavePlan(rows, slices, sm_count)) {
+      return *one_wave;
+    }
+  }
   const absl::StatusOr<int64_t> l2_bytes = DeviceL2Bytes();
   if (!l2_bytes.ok()) return l2_bytes.status();
   if (RunsPay(chosen, rows * w.shape.k * 2, sm_count, *l2_bytes)) {
@@ -757,10 +760,10 @@ absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int
   return *measured;
 }
 
-// Enqueues the tall launch `plan` (not kPasses) of `rows` rows.
-absl::Status LaunchTall(const TallPlan& plan, const __half* x, int rows, const DeviceWeight& w,
-                        __half* y, int* counters, float* partials, int sm_count,
-                        cudaStream_t stream) {
+// Enqueues the tall launch `plan` (not kPasses) of its plan.rows rows.
+absl::Status LaunchTall(const TallPlan& plan, const __half* x, const DeviceWeight& w, __half* y,
+                        int* counters, float* partials, int sm_count, cudaStream_t stream) {
+  const int rows = static_cast<int>(plan.rows);
   return WithPartRows<absl::Status>(plan.part_rows, [&]<typename Waves, typename Striped>() {
     return plan.launch == TallLaunch::kWaves
                ? Launch<Waves>(x, rows, w, y, counters, partials, sm_count, stream, plan.ranks)
@@ -780,8 +783,8 @@ absl::Status LaunchGemm(const __half* x, int64_t m, const DeviceWeight& w, __hal
       const absl::StatusOr<TallPlan> plan = ChooseTallPlan(w, left, sm_count);
       if (!plan.ok()) return plan.status();
       if (plan->launch != TallLaunch::kPasses) {
-        const absl::Status s = LaunchTall(*plan, x + row0 * k, static_cast<int>(plan->rows), w,
-                                          y + row0 * n, counters, partials, sm_count, stream);
+        const absl::Status s =
+            LaunchTall(*plan, x + row0 * k, w, y + row0 * n, counters, partials, sm_count, stream);
         if (!s.ok()) return s;
         row0 += plan->rows;
         continue;
