@@ -151,20 +151,22 @@ void MatmulStream::State::OnReadDone(bool ok) {
 }
 
 void MatmulStream::State::OnDone(const grpc::Status& status) {
-  std::vector<MatmulCallback> orphans;
-  absl::Status final;
   {
-    std::lock_guard<std::mutex> lock(mu);
-    ended = true;
-    final_status = FromGrpcStatus(status);
-    final = final_status.ok() ? absl::AbortedError("matmul stream ended before the answer")
-                              : final_status;
-    for (auto& [id, cb] : pending) orphans.push_back(std::move(cb));
-    pending.clear();
-    queue.clear();
-    in_flight = 0;
-  }
-  for (MatmulCallback& cb : orphans) cb(final);
+    std::vector<MatmulCallback> orphans;
+    absl::Status final;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ended = true;
+      final_status = FromGrpcStatus(status);
+      final = final_status.ok() ? absl::AbortedError("matmul stream ended before the answer")
+                                : final_status;
+      for (auto& [id, cb] : pending) orphans.push_back(std::move(cb));
+      pending.clear();
+      queue.clear();
+      in_flight = 0;
+    }
+    for (MatmulCallback& cb : orphans) cb(final);
+  }  // `final` shares final_status's payload: it and the callbacks go before `done` is published
   std::lock_guard<std::mutex> lock(mu);
   done = true;
   done_cv.notify_all();  // under the lock: Close may destroy this as soon as it sees `done`
