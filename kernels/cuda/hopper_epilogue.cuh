@@ -7,8 +7,8 @@
 //   ExchangeKHalves<C>(role, exchange_smem, acc);        // split-k configurations only
 //   FinishSegment<C>(p, block, begin, last, role, acc);  // striped partition, then
 //   SignalSlice<C>(p, slice, role);  or  WaitForSlice<C>(p, slice, role); SumSlice<C>(...);
-//   ScatterPartials<C>(p, role, rank, ring, acc);     // cluster split, every rank, then
-//   SumOwnedPartials<C>(p, slice, role, rank, ring);
+//   ScatterPartials<C>(p, role, rank, ring, shares, acc);  // cluster split, every rank, then
+//   ClusterBarrierWait(shares, 0); SumOwnedPartials<C>(p, slice, role, rank, ring);
 #ifndef MARLIN_KERNELS_CUDA_HOPPER_EPILOGUE_CUH_
 #define MARLIN_KERNELS_CUDA_HOPPER_EPILOGUE_CUH_
 
@@ -246,14 +246,18 @@ __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
 // own into its own ring), so every rank stores a 1 / ranks share of the slice, in parallel, and a
 // ring receives a share of each rank's partial, never a whole one (a leader that summed whole
 // partials had no ring for a 256-row one). The shares' layout is in hopper_config.cuh
-// (ClusterShare).
+// (ClusterShare). The stores are asynchronous and complete on the owner's `shares` mbarrier,
+// which every consumer thread of every rank arrives on once: the owner waits for that barrier
+// alone, not for a cluster barrier whose release arrival would order the stores (about 0.8 us a
+// call longer on the H100, docs/perf/kernel-h100.md, "Session 23").
 
 // Consumers, cluster split, once every rank's consumers are past their ring: writes this thread's
 // float4s that hold rows of the pass (FinishesGroup) into their owners' rings, at this rank's
-// share.
+// share, each announced to and completed on the owner's `shares` barrier, then arrives on every
+// rank's barrier (SharesArrivals).
 template <typename C>
 __device__ __forceinline__ void ScatterPartials(const HopperParams& p, const ConsumerRole& role,
-                                                int rank, uint32_t ring,
+                                                int rank, uint32_t ring, uint32_t shares,
                                                 const HopperAccumulators<C>& acc) {
   const ClusterShare<C> share(p.cluster_ranks);
   const uint32_t from = ring + share.Offset(rank, 0, 0, role.thread);
@@ -263,8 +267,12 @@ __device__ __forceinline__ void ScatterPartials(const HopperParams& p, const Con
 #pragma unroll
     for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
       if (FinishesGroup<C>(p, role, r4)) {
-        ptx::StoreClusterShared16(ptx::MapToClusterRank(from + share.Offset(0, j, index, 0), owner),
-                                  GroupOf<C>(acc, j, r4));
+        // The bytes are announced before they can land, so the phase cannot complete without them.
+        const uint32_t owner_shares = ptx::MapToClusterRank(shares, owner);
+        ptx::ClusterBarrierExpectBytes(owner_shares, 16);
+        ptx::StoreClusterSharedAsync16(
+            ptx::MapToClusterRank(from + share.Offset(0, j, index, 0), owner),
+            GroupOf<C>(acc, j, r4), owner_shares);
       }
       if (++owner == p.cluster_ranks) {
         owner = 0;
@@ -272,9 +280,21 @@ __device__ __forceinline__ void ScatterPartials(const HopperParams& p, const Con
       }
     }
   }
+#pragma unroll 1
+  for (int owner = 0; owner < p.cluster_ranks; ++owner) {
+    ptx::ClusterBarrierArrive(ptx::MapToClusterRank(shares, owner));
+  }
 }
 
-// Consumers, cluster split, once every rank has scattered its partials: sums the ranks' shares of
+// The arrivals that complete a rank's `shares` barrier (ScatterPartials): one per consumer thread
+// of every rank.
+template <typename C>
+__host__ __device__ constexpr uint32_t SharesArrivals(int ranks) {
+  return static_cast<uint32_t>(ranks * C::kConsumerThreads);
+}
+
+// Consumers, cluster split, once every rank's shares of this rank's float4s have landed (the
+// `shares` barrier): sums the ranks' shares of
 // the float4s this rank owns, in rank order (deterministic), and stores them. Loops, not unrolled
 // code: the registers they use are not indexed, and the code runs once a call from a cold
 // instruction cache.

@@ -289,24 +289,27 @@ __device__ __forceinline__ void AddScaled(const HopperAccumulators<C>& product,
 struct BlockSync {
   uint32_t ring;         // the first slot
   uint32_t full, empty;  // kStages mbarriers each, 8 bytes apart
+  uint32_t shares;       // cluster split: completes once every rank's shares have landed here
 };
 
 // Consumers, cluster split, after the block's one segment: once every rank's consumers are past
-// their ring, each rank scatters its partial to the float4s' owners, and once every rank has,
-// sums and stores the float4s it owns (hopper_epilogue.cuh). The cluster barriers' release and
-// acquire order the distributed shared-memory writes before the reads; after the last one nobody
-// writes into another block, so every block may exit.
+// their ring, each rank scatters its partial to the float4s' owners, and once its `shares` barrier
+// says every rank's shares of its float4s have landed, sums and stores them
+// (hopper_epilogue.cuh). Both cluster barriers arrive relaxed: the first publishes the barrier
+// initializations, whose fence precedes it (RunBlock), and the second only that the ring's
+// readers are done: every wgmma group has retired and every load of the ring has returned, so
+// nothing of the ring is read after the arrival. A block receives nothing once its barrier has
+// completed and sends nothing after that, so every block may exit.
 template <typename C>
 __device__ __forceinline__ void FinishClusterSlice(const HopperParams& p, int slice,
                                                    const ConsumerRole& role, const BlockSync& sync,
                                                    const HopperAccumulators<C>& acc) {
   ptx::ClusterWait();  // every block's barriers are initialized (RunBlock)
   const int rank = static_cast<int>(ptx::ClusterRank());
-  ptx::ClusterArrive();  // this block's consumers are past the ring (its last group has retired)
+  ptx::ClusterArriveRelaxed();  // this block's consumers are past the ring
   ptx::ClusterWait();
-  ScatterPartials<C>(p, role, rank, sync.ring, acc);
-  ptx::ClusterArrive();
-  ptx::ClusterWait();
+  ScatterPartials<C>(p, role, rank, sync.ring, sync.shares, acc);
+  ptx::ClusterBarrierWait(sync.shares, 0);
   SumOwnedPartials<C>(p, slice, role, rank, sync.ring);
 }
 
@@ -484,10 +487,12 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
   extern __shared__ __align__(1024) uint8_t smem[];
   __shared__ __align__(8) uint64_t full_bars[C::kStages];
   __shared__ __align__(8) uint64_t empty_bars[C::kStages];
+  __shared__ __align__(8) uint64_t shares_bar;
   // TMA's 128-byte swizzle repeats every 1024 bytes: the ring starts on such a boundary.
   const BlockSync sync{.ring = (ptx::SharedAddress(smem) + 1023) & ~1023u,
                        .full = ptx::SharedAddress(full_bars),
-                       .empty = ptx::SharedAddress(empty_bars)};
+                       .empty = ptx::SharedAddress(empty_bars),
+                       .shares = ptx::SharedAddress(&shares_bar)};
   const BlockOrder<C> order(p, FirstIteration(p, block), FirstIteration(p, block + 1));
   constexpr bool kClusters = ClusterRanksOf<C>() > 1;  // whether C runs the cluster split's sums
 
@@ -496,6 +501,9 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
       ptx::BarrierInit(sync.full + 8 * s, 1);                   // the producer's expect_tx arrival
       ptx::BarrierInit(sync.empty + 8 * s, C::kConsumers * 4);  // one arrival per consumer warp
     }
+    if (kClusters && p.cluster_ranks > 1) {
+      ptx::BarrierInit(sync.shares, SharesArrivals<C>(p.cluster_ranks));
+    }
     ptx::FenceBarrierInit();
     ptx::PrefetchTensorMap(x_map);
     ptx::PrefetchTensorMap(&maps.w);
@@ -503,8 +511,9 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
   }
   __syncthreads();
   // Cluster split: no block's barriers are used by another before they are initialized (each
-  // thread waits for this arrival before it touches another block or exits: ClusterWait).
-  if (kClusters && p.cluster_ranks > 1) ptx::ClusterArrive();
+  // thread waits for this arrival before it touches another block or exits: ClusterWait). The
+  // fence above published the initializations.
+  if (kClusters && p.cluster_ranks > 1) ptx::ClusterArriveRelaxed();
 
   // The next kernel on the stream may be scheduled now; it waits (GridDependencyWait) before it
   // touches anything this one writes.

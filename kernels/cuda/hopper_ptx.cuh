@@ -19,7 +19,8 @@ __device__ __forceinline__ void BarrierInit(uint32_t bar, uint32_t arrivals) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(arrivals));
 }
 
-// fence.mbarrier_init: makes barrier initializations visible to the async proxy (the TMA unit).
+// fence.mbarrier_init: makes barrier initializations visible to the async proxy (the TMA unit)
+// and, once the cluster barrier after it completes, to the cluster's other blocks.
 __device__ __forceinline__ void FenceBarrierInit() {
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
@@ -159,28 +160,64 @@ __device__ __forceinline__ uint32_t ClusterRank() {
   return rank;
 }
 
-// mapa.shared::cluster: the address of this block's shared-memory location `smem` in the shared
-// memory of the cluster's block `rank` (for StoreClusterShared16).
+// mapa.shared::cluster: the address of this block's shared-memory location `smem` (data or an
+// mbarrier) in the shared memory of the cluster's block `rank`.
 __device__ __forceinline__ uint32_t MapToClusterRank(uint32_t smem, uint32_t rank) {
   uint32_t mapped;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(mapped) : "r"(smem), "r"(rank));
   return mapped;
 }
 
-// st.shared::cluster.v4.f32: a 16-byte store of `v` into a cluster block's shared memory
-// (distributed shared memory), at an address from MapToClusterRank.
-__device__ __forceinline__ void StoreClusterShared16(uint32_t cluster_smem, float4 v) {
-  asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(cluster_smem), "f"(v.x),
-               "f"(v.y), "f"(v.z), "f"(v.w)
+// mbarrier.expect_tx on a cluster block's barrier (an address from MapToClusterRank): announces
+// `bytes` more of asynchronous stores that will complete on it (StoreClusterSharedAsync16).
+__device__ __forceinline__ void ClusterBarrierExpectBytes(uint32_t cluster_bar, uint32_t bytes) {
+  asm volatile(
+      "mbarrier.expect_tx.relaxed.cluster.shared::cluster.b64 [%0], %1;\n" ::"r"(cluster_bar),
+      "r"(bytes)
+      : "memory");
+}
+
+// st.async.v4.f32: a 16-byte store of `v` into a cluster block's shared memory (distributed
+// shared memory) that completes its 16 bytes on that block's barrier `cluster_bar`; a thread that
+// sees the barrier's phase complete sees the data. Both addresses come from MapToClusterRank.
+__device__ __forceinline__ void StoreClusterSharedAsync16(uint32_t cluster_smem, float4 v,
+                                                          uint32_t cluster_bar) {
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, "
+      "[%5];\n" ::"r"(cluster_smem),
+      "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(cluster_bar)
+      : "memory");
+}
+
+// mbarrier.arrive.relaxed on a cluster block's barrier (an address from MapToClusterRank): one
+// plain arrival, ordering nothing (the data it accompanies completes on the barrier itself).
+__device__ __forceinline__ void ClusterBarrierArrive(uint32_t cluster_bar) {
+  asm volatile("mbarrier.arrive.relaxed.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar)
                : "memory");
 }
 
-// barrier.cluster.arrive.release: this thread's arrival at the cluster-wide barrier, which
+// mbarrier.try_wait.parity.acquire.cluster in a loop: BarrierWait for a barrier that blocks of
+// the cluster complete (ClusterBarrierArrive, StoreClusterSharedAsync16); their stores are then
+// visible to this thread.
+__device__ __forceinline__ void ClusterBarrierWait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      "  .reg .pred done;\n"
+      "wait_%=:\n"
+      "  mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+      "  @!done bra wait_%=;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+
+// barrier.cluster.arrive.relaxed: this thread's arrival at the cluster-wide barrier, which
 // completes once every thread of the cluster has arrived or exited; a thread waits (ClusterWait)
-// before it arrives again, or exits. Its earlier writes, barrier initializations included, are
-// visible to the threads that wait.
-__device__ __forceinline__ void ClusterArrive() {
-  asm volatile("barrier.cluster.arrive.release;\n" ::: "memory");
+// before it arrives again, or exits. It orders no memory access: on the H100 a release arrival
+// held the barrier ~0.8 us longer (docs/perf/kernel-h100.md, "Session 23"). Barrier
+// initializations are published by FenceBarrierInit, data by the barriers it completes on.
+__device__ __forceinline__ void ClusterArriveRelaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed;\n" ::: "memory");
 }
 
 // barrier.cluster.wait.acquire: waits until every thread of the cluster has arrived.
