@@ -295,8 +295,8 @@ struct BlockSync {
 // Consumers, cluster split, after the block's one segment: once every rank's consumers are past
 // their ring, each rank scatters its partial to the float4s' owners, and once its `shares` barrier
 // says every rank's shares of its float4s have landed, sums and stores them
-// (hopper_epilogue.cuh). Both cluster barriers arrive relaxed: the first publishes the barrier
-// initializations, whose fence precedes it (RunBlock), and the second only that the ring's
+// (hopper_epilogue.cuh). Both cluster barriers arrive relaxed. The first only says the barriers
+// are initialized: the fence before it (RunBlock) publishes them. The second only says the ring's
 // readers are done: every wgmma group has retired and every load of the ring has returned, so
 // nothing of the ring is read after the arrival. A block receives nothing once its barrier has
 // completed and sends nothing after that, so every block may exit.
