@@ -294,10 +294,9 @@ __host__ __device__ constexpr uint32_t SharesArrivals(int ranks) {
 }
 
 // Consumers, cluster split, once every rank's shares of this rank's float4s have landed (the
-// `shares` barrier): sums the ranks' shares of
-// the float4s this rank owns, in rank order (deterministic), and stores them. Loops, not unrolled
-// code: the registers they use are not indexed, and the code runs once a call from a cold
-// instruction cache.
+// `shares` barrier): sums those shares in rank order (deterministic) and stores them. Loops, not
+// unrolled code: the registers they use are not indexed, and the code runs once a call from a
+// cold instruction cache.
 template <typename C>
 __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slice,
                                                  const ConsumerRole& role, int rank,
