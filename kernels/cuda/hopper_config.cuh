@@ -189,8 +189,9 @@ struct HopperParams {
   __half* y;   // m_rows x n output (of the block's row part, after RowPart)
   int m_rows;  // rows (of the block's row part, after RowPart: <= kBatch; of the launch with
                // kPartSlices)
-  // Rows of each activation box the maps deliver: the part's rows for a pass's own maps, kBatch
-  // for a tall launch's one map (TMA fills a box's rows past the map with zeros and counts them).
+  // Rows of the activations each box holds: the part's rows for a pass's own maps, kBatch for a
+  // tall launch's one map. A copy brings XBoxRows of them (TMA fills the rows past the map with
+  // zeros and counts them).
   int box_rows;
   int n;
   int k_tiles;  // k / 16
@@ -208,6 +209,41 @@ struct HopperParams {
   int x_row0;       // the row part's first row in its activation map: 0 but in RowSplit::kTall
   int part_slices;  // column slices of one row part (configurations with kPartSlices)
 };
+
+// Whether a stage's activation boxes (one per 64 k) arrive in one copy: in configurations of more
+// than two boxes a stage (split-k), where k is a whole number of boxes. The activation map is then
+// 3D ({64 k, rows, k / 64}) and one box of it spans the stage's boxes; else each box is a copy of
+// a 2D map ({k, rows}), so nothing past a row's k is read as the next row's. Each copy costs a
+// block's producer a fixed time (H100, session 24: a timing probe that brought one of a split-k
+// stage's four boxes took L70B.o from 14.9, 14.9 to 13.6, 13.5 us at one row, L8B.qkv from 9.0,
+// 9.0 to 8.3, 7.5). Both builds alternated twice in one call, us at 1 / 16 / 32 rows, with the
+// scale rows in one copy too (LoadWeightStage): L70B.o 14.6, 15.1 / 14.7, 14.9 / 16.1, 16.1
+// -> 14.2, 14.1 / 14.1, 14.0 / 15.0, 14.8; L8B.qkv 8.0, 8.3 / 8.1, 8.0 / 8.6, 9.3 -> 9.8, 7.8
+// / 7.5, 7.6 / 8.2, 8.0; L8B.down 13.7, 13.8 / 14.0, 13.8 / 15.0, 15.1 -> 13.2, 12.9 / 13.0, 13.1
+// / 14.0, 14.1; L8B.o, eight stages a block, lost: 5.7, 5.7 / 5.8, 5.9 / 6.4, 6.4 -> 5.9, 5.8
+// / 6.0, 6.0 / 6.6, 6.6. With one or two boxes a stage a 3D copy lost (a build with it everywhere):
+// L8B.gate/up (wide, one box) 23.1, 23.2 -> 23.9, 23.6 us at 16 rows, L70B.down (narrow,
+// two) 41.7, 41.6 -> 42.4, 42.2 at one row.
+template <typename C>
+__host__ __device__ constexpr bool XBoxesInOneCopy(int k_tiles) {
+  return C::kXBoxes > 2 && k_tiles % kBoxKTiles == 0;
+}
+
+// Rows of each activation box in the ring: a copy of each box brings `box_rows` rows; one copy of
+// a stage's boxes brings them rounded up to the 8 rows of a 1024-byte swizzle atom (TMA fills the
+// rows past the map with zeros and counts them), so that every box in it starts on one. A box's
+// rows past `box_rows` reach only output rows past the part's, which are never stored or summed.
+template <typename C>
+__host__ __device__ constexpr int XBoxRows(int box_rows, int k_tiles) {
+  return XBoxesInOneCopy<C>(k_tiles) ? (box_rows + 7) / 8 * 8 : box_rows;
+}
+
+// Bytes from one activation box of a stage to the next in the ring: XBoxRows rows where one copy
+// brings them back to back, else C::kXBoxBytes (a box's place).
+template <typename C>
+__host__ __device__ constexpr int XBoxStride(int box_rows, int k_tiles) {
+  return XBoxesInOneCopy<C>(k_tiles) ? XBoxRows<C>(box_rows, k_tiles) * 128 : C::kXBoxBytes;
+}
 
 // The row part and column slice of slice `slice` of a launch (HopperConfig::kPartSlices).
 struct SliceCoords {

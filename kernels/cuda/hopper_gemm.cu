@@ -169,19 +169,33 @@ constexpr bool kTakesRowParts = C::kBatch == 64 || C::kBatch == 128;
 template <typename C>
 constexpr bool kRunsTallLaunches = C::kBatch >= kMinTallPartRows && !C::kPartSlices;
 
-// The activation map of `rows` rows of x from row `row0` on, in boxes of `box_rows` rows. A pass's
-// boxes are as tall as its rows (<= C::kBatch), not C::kBatch: rows out of bounds, zero-filled,
-// made a copy slower (L8B.o at 1 row 9.2 us against 8.3 with none, H100), and the ring rows past
-// them only reach output rows that are never stored (StageTxBytes). A tall launch's map holds all
-// of its rows, C::kBatch of them a box.
+// The activation map of configuration C for `rows` rows of x from row `row0` on, in boxes of
+// `box_rows` rows: 3D ({64, rows, k / 64}, one copy a stage's C::kXBoxes boxes of XBoxRows rows)
+// where XBoxesInOneCopy, else 2D ({k, rows}, one copy a box of `box_rows` rows). A pass's boxes
+// are as tall as its rows (<= C::kBatch), not C::kBatch: rows out of bounds, zero-filled, made a
+// copy slower (L8B.o at 1 row 9.2 us against 8.3 with none, H100, 2D boxes of 16 rows), and the
+// ring rows past them only reach output rows that are never stored (StageTxBytes). A tall
+// launch's map holds all of its rows, C::kBatch of them a box.
+template <typename C>
 absl::StatusOr<CUtensorMap> EncodeActivationMap(const __half* x, int64_t row0, int64_t rows,
                                                 int box_rows, uint64_t k) {
+  const int k_tiles = static_cast<int>(k / 16);
+  const auto ring_rows = static_cast<uint32_t>(XBoxRows<C>(box_rows, k_tiles));
+  if (XBoxesInOneCopy<C>(k_tiles)) {
+    return EncodeTiledMap({.type = CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                           .rank = 3,
+                           .base = x + row0 * static_cast<int64_t>(k),
+                           .dims = {64, static_cast<uint64_t>(rows), k / 64},
+                           .strides = {k * 2, 128},
+                           .box = {64, ring_rows, static_cast<uint32_t>(C::kXBoxes)},
+                           .swizzle = CU_TENSOR_MAP_SWIZZLE_128B});
+  }
   return EncodeTiledMap({.type = CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
                          .rank = 2,
                          .base = x + row0 * static_cast<int64_t>(k),
                          .dims = {k, static_cast<uint64_t>(rows), 0},
                          .strides = {k * 2, 0},
-                         .box = {64, static_cast<uint32_t>(box_rows), 0},
+                         .box = {64, ring_rows, 0},
                          .swizzle = CU_TENSOR_MAP_SWIZZLE_128B});
 }
 
@@ -197,8 +211,8 @@ absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, int parts, bool
     const int row0 = one_map ? 0 : std::min(part, parts - 1) * C::kBatch;
     const int part_rows = std::min(C::kBatch, rows - row0);
     const absl::StatusOr<CUtensorMap> x_map =
-        one_map ? EncodeActivationMap(x, 0, rows, C::kBatch, k)
-                : EncodeActivationMap(x, row0, part_rows, part_rows, k);
+        one_map ? EncodeActivationMap<C>(x, 0, rows, C::kBatch, k)
+                : EncodeActivationMap<C>(x, row0, part_rows, part_rows, k);
     if (!x_map.ok()) return x_map.status();
     maps.x[part] = *x_map;
   }
@@ -210,13 +224,16 @@ absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, int parts, bool
                       .strides = {512, n_tiles * 512},
                       .box = {64, C::kBlockNTiles, C::kStageKTiles},
                       .swizzle = CU_TENSOR_MAP_SWIZZLE_NONE});
+  // A stage's scale groups come in one copy (LoadWeightStage); per channel each copy is the one
+  // row.
+  const uint32_t scale_rows = w.shape.group_size == kPerChannel ? 1 : C::kScaleRows;
   const absl::StatusOr<CUtensorMap> s_map =
       EncodeTiledMap({.type = CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
                       .rank = 2,
                       .base = w.scales,
                       .dims = {n, static_cast<uint64_t>(w.shape.num_groups()), 0},
                       .strides = {n * 2, 0},
-                      .box = {C::kBlockNTiles * 64, 1, 0},
+                      .box = {C::kBlockNTiles * 64, scale_rows, 0},
                       .swizzle = CU_TENSOR_MAP_SWIZZLE_NONE});
   for (const absl::StatusOr<CUtensorMap>* map : {&w_map, &s_map}) {
     if (!map->ok()) return map->status();

@@ -43,17 +43,19 @@
 
 namespace marlin::cuda::hopper {
 
-// The bytes one stage's copies bring: weights, scales, and activation boxes of p.box_rows rows
-// (EncodeActivationMap). A pass's box is as tall as its part's rows; a box's rows past them keep
-// whatever the ring held, and the wgmma columns they feed are output rows past m_rows, which are
-// never stored or summed.
+// The bytes one stage's copies bring: weights, scales, and C::kXBoxes activation boxes of XBoxRows
+// rows (EncodeActivationMap).
 template <typename C>
 __device__ __forceinline__ uint32_t StageTxBytes(const HopperParams& p) {
-  return C::kWBytes + C::kSBytes + C::kXBoxes * p.box_rows * 128;
+  return C::kWBytes + C::kSBytes + C::kXBoxes * XBoxRows<C>(p.box_rows, p.k_tiles) * 128;
 }
 
 // Issues one stage's weight and scale copies on `bar`, announcing the whole stage's bytes
-// (activations included: LoadActivationStage adds them to the same phase).
+// (activations included: LoadActivationStage adds them to the same phase). A stage's scale rows
+// (its scale groups) come in one copy, per channel each a copy of the one row: each copy costs the
+// producer a fixed time (XBoxesInOneCopy). Measured on the H100 (session 24, alternated twice in
+// one call with two copies a split-k stage, us at one row): L70B.o 14.9, 14.9 -> 14.3, 13.8;
+// L8B.qkv 9.0, 9.0 -> 8.6, 8.7; L8B.down 13.9, 13.7 -> 13.3, 13.2.
 template <typename C>
 __device__ __forceinline__ void LoadWeightStage(const HopperMaps& maps, const HopperParams& p,
                                                 StageCursor at, const StageSmem<C>& smem,
@@ -62,24 +64,32 @@ __device__ __forceinline__ void LoadWeightStage(const HopperMaps& maps, const Ho
   const int n_tile0 = SliceCoordsOf<C>(p, at.slice).column_slice * C::kBlockNTiles;
   ptx::BarrierArriveExpectBytes(bar, StageTxBytes<C>(p));
   ptx::TensorLoad3d(smem.w, &maps.w, 0, n_tile0, k_tile0, bar);
+  if (!p.per_channel) {
+    ptx::TensorLoad2d(smem.s, &maps.s, n_tile0 * 64, k_tile0 / kGroupKTiles, bar);
+    return;
+  }
 #pragma unroll
   for (int row = 0; row < C::kScaleRows; ++row) {
-    ptx::TensorLoad2d(smem.s + row * C::kScaleRowBytes, &maps.s, n_tile0 * 64,
-                      p.per_channel ? 0 : k_tile0 / kGroupKTiles + row, bar);
+    ptx::TensorLoad2d(smem.s + row * C::kScaleRowBytes, &maps.s, n_tile0 * 64, 0, bar);
   }
 }
 
 // Issues one stage's activation copies (the row part's rows, from row p.x_row0 of `x_map` or, with
-// C::kPartSlices, from the first row of the slice's part, one box per 64 of its k values) on `bar`.
+// C::kPartSlices, from the first row of the slice's part, one box per 64 of its k values) on `bar`:
+// one copy of all its boxes where XBoxesInOneCopy, else one a box, each at its place.
 template <typename C>
 __device__ __forceinline__ void LoadActivationStage(const CUtensorMap* x_map, const HopperParams& p,
                                                     StageCursor at, const StageSmem<C>& smem,
                                                     uint32_t bar) {
   const int row0 = p.x_row0 + SliceCoordsOf<C>(p, at.slice).part * C::kBatch;
+  const int box0 = at.stage * C::kStageKTiles / kBoxKTiles;
+  if (XBoxesInOneCopy<C>(p.k_tiles)) {
+    ptx::TensorLoad3d(smem.x, x_map, 0, row0, box0, bar);
+    return;
+  }
 #pragma unroll
   for (int box = 0; box < C::kXBoxes; ++box) {
-    ptx::TensorLoad2d(smem.x + box * C::kXBoxBytes, x_map,
-                      (at.stage * C::kStageKTiles + box * kBoxKTiles) * 16, row0, bar);
+    ptx::TensorLoad2d(smem.x + box * C::kXBoxBytes, x_map, (box0 + box) * 64, row0, bar);
   }
 }
 
@@ -207,17 +217,19 @@ __device__ __forceinline__ StageWords<C> LoadStageWords(const ConsumerRole& role
 template <typename C>
 using StageFragments = uint32_t[C::kWgKTiles][C::kWgTiles][4];
 
-// Issues one stage's wgmma group from its fragments into `d`; the first k-tile overwrites `d`
-// instead of adding to it when `accumulate` is false.
+// Issues one stage's wgmma group from its fragments into `d` (activation boxes `x_box_bytes`
+// apart from `x_smem` on); the first k-tile overwrites `d` instead of adding to it when
+// `accumulate` is false.
 template <typename C>
 __device__ __forceinline__ void IssueGroup(const StageFragments<C>& a, uint32_t x_smem,
-                                           bool accumulate, HopperAccumulators<C>& d) {
+                                           uint32_t x_box_bytes, bool accumulate,
+                                           HopperAccumulators<C>& d) {
   ptx::WgmmaFence();
   const uint64_t x_desc = ptx::Swizzle128KMajorDescriptor(x_smem);
 #pragma unroll
   for (int kt = 0; kt < C::kWgKTiles; ++kt) {
     const uint64_t b_desc =
-        ptx::DescriptorPlusBytes(x_desc, kt / kBoxKTiles * C::kXBoxBytes + kt % kBoxKTiles * 32);
+        ptx::DescriptorPlusBytes(x_desc, kt / kBoxKTiles * x_box_bytes + kt % kBoxKTiles * 32);
     // Tiles past N multiply zeros (TMA fills them) and are never stored; a branch here would
     // make the compiler serialize the wgmma pipeline.
 #pragma unroll
@@ -249,11 +261,12 @@ __device__ __forceinline__ void DequantizeStage(const StageWords<C>& w, StageFra
 // accumulators instead of adding to them when `accumulate` is false (a segment's first stage), so
 // they need no zeroing between segments.
 template <typename C>
-__device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_smem, bool accumulate,
+__device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_smem,
+                                           uint32_t x_box_bytes, bool accumulate,
                                            HopperAccumulators<C>& acc) {
   StageFragments<C> a;
   DequantizeStage<C, /*kScaled=*/true>(w, a);
-  IssueGroup<C>(a, x_smem, accumulate, acc);
+  IssueGroup<C>(a, x_smem, x_box_bytes, accumulate, acc);
 }
 
 // A stage's scales as FP32, per tile: x for the thread's first column (sub-tile 2 warp), y for
@@ -323,6 +336,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
   const int begin = order.begin, end = order.end;
   const ConsumerRole role(threadIdx.x - kWarpgroupThreads);
   const uint32_t word_offset = TileWordOffset(role, p.word_major_tiles);
+  const uint32_t x_box_bytes = XBoxStride<C>(p.box_rows, p.k_tiles);
   const uint32_t full = sync.full, empty = sync.empty;
   // A block splits at most its first and its last slice with other blocks. It sums, after its main
   // loop, the split slices whose final stages it holds (its first segment, when it ends before
@@ -354,7 +368,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
       ptx::BarrierWait(full + 8 * slot, phase);
       const StageSmem<C> smem(sync.ring, slot);
       return Stage{LoadStageWords<C>(role, word_offset, smem),
-                   smem.x + FirstKTileOf<C>(role) / kBoxKTiles * C::kXBoxBytes};
+                   smem.x + FirstKTileOf<C>(role) / kBoxKTiles * x_box_bytes};
     };
     // Once the group that read the in-flight slot is done: that slot goes back to the producer,
     // the current one is in flight, the ring moves on.
@@ -374,7 +388,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
     if constexpr (!C::kScalesInFp32) {
       auto consume = [&](bool first) {
         const Stage stage = wait_stage();
-        IssueStage<C>(stage.words, stage.x, /*accumulate=*/!first, acc);
+        IssueStage<C>(stage.words, stage.x, x_box_bytes, /*accumulate=*/!first, acc);
         ptx::WgmmaWait<1>();  // the previous stage's group is done: its slot can go back
         next_slot();
       };
@@ -407,14 +421,14 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
         AddScaled<C>(product, scales, acc);
         scales = ScalesOf<C>(stage.words);
         next_slot();
-        IssueGroup<C>(a, stage.x, /*accumulate=*/false, product);
+        IssueGroup<C>(a, stage.x, x_box_bytes, /*accumulate=*/false, product);
       };
       auto close_group = [&](bool opens) {
         const Stage stage = wait_stage();
         scales = ScalesOf<C>(stage.words);  // the group's (a segment's first stage may open it)
         StageFragments<C> a;
         DequantizeStage<C, /*kScaled=*/false>(stage.words, a);
-        IssueGroup<C>(a, stage.x, /*accumulate=*/!opens, product);
+        IssueGroup<C>(a, stage.x, x_box_bytes, /*accumulate=*/!opens, product);
         ptx::WgmmaWait<1>();  // the group's first stage is done: its slot can go back
         next_slot();
       };
