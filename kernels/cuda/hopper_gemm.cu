@@ -174,7 +174,7 @@ constexpr bool kRunsTallLaunches = C::kBatch >= kMinTallPartRows && !C::kPartSli
 // where XBoxesInOneCopy, else 2D ({k, rows}, one copy a box of `box_rows` rows). A pass's boxes
 // are as tall as its rows (<= C::kBatch), not C::kBatch: rows out of bounds, zero-filled, made a
 // copy slower (L8B.o at 1 row 9.2 us against 8.3 with none, H100, 2D boxes of 16 rows), and the
-// ring rows past them only reach output rows that are never stored (StageTxBytes). A tall
+// ring rows past them only reach output rows that are never stored (StageActivationBytes). A tall
 // launch's map holds all of its rows, C::kBatch of them a box.
 template <typename C>
 absl::StatusOr<CUtensorMap> EncodeActivationMap(const __half* x, int64_t row0, int64_t rows,

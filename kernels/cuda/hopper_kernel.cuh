@@ -12,9 +12,10 @@
 // finished and summed in hopper_epilogue.cuh.
 //
 // A block is 1 + C::kConsumers warpgroups (two consumers; three or four in two 64-row ones).
-// Warpgroup 0 is the producer: one thread waits for a free ring slot, then issues three TMA
-// copies (activations, packed weights, scales) completing on the slot's `full` barrier. The
-// others consume: each multiplies kWgTiles of the slice's tiles for all rows, then releases the
+// Warpgroup 0 is the producer: for each ring slot, once it is free, one thread issues the TMA
+// copies of its packed weights and scales and a thread of another warp those of its activations
+// (in split-k one thread issues both), all completing on the slot's `full` barrier. The others
+// consume: each multiplies kWgTiles of the slice's tiles for all rows, then releases the
 // slot on its `empty` barrier. setmaxnreg moves registers from the producer to the consumers,
 // whose accumulators are kWgTiles x kBatch / 2 per thread.
 // In the split-k configurations both consumer warpgroups multiply the same 64-column tile, each
@@ -43,15 +44,14 @@
 
 namespace marlin::cuda::hopper {
 
-// The bytes one stage's copies bring: weights, scales, and C::kXBoxes activation boxes of XBoxRows
-// rows (EncodeActivationMap).
+// The bytes of one stage's C::kXBoxes activation boxes of XBoxRows rows (EncodeActivationMap).
 template <typename C>
-__device__ __forceinline__ uint32_t StageTxBytes(const HopperParams& p) {
-  return C::kWBytes + C::kSBytes + C::kXBoxes * XBoxRows<C>(p.box_rows, p.k_tiles) * 128;
+__device__ __forceinline__ uint32_t StageActivationBytes(const HopperParams& p) {
+  return C::kXBoxes * XBoxRows<C>(p.box_rows, p.k_tiles) * 128;
 }
 
-// Issues one stage's weight and scale copies on `bar`, announcing the whole stage's bytes
-// (activations included: LoadActivationStage adds them to the same phase). A stage's scale rows
+// Issues one stage's weight and scale copies on `bar`, announcing their bytes (one of the slot's
+// two arrivals: LoadActivationStage makes the other). A stage's scale rows
 // (its scale groups) come in one copy, per channel each a copy of the one row: each copy costs the
 // producer a fixed time (XBoxesInOneCopy). Measured on the H100 (session 24, alternated twice in
 // one call with two copies a split-k stage, us at one row): L70B.o 14.9, 14.9 -> 14.3, 13.8;
@@ -62,7 +62,7 @@ __device__ __forceinline__ void LoadWeightStage(const HopperMaps& maps, const Ho
                                                 uint32_t bar) {
   const int k_tile0 = at.stage * C::kStageKTiles;
   const int n_tile0 = SliceCoordsOf<C>(p, at.slice).column_slice * C::kBlockNTiles;
-  ptx::BarrierArriveExpectBytes(bar, StageTxBytes<C>(p));
+  ptx::BarrierArriveExpectBytes(bar, C::kWBytes + C::kSBytes);
   ptx::TensorLoad3d(smem.w, &maps.w, 0, n_tile0, k_tile0, bar);
   if (!p.per_channel) {
     ptx::TensorLoad2d(smem.s, &maps.s, n_tile0 * 64, k_tile0 / kGroupKTiles, bar);
@@ -83,6 +83,7 @@ __device__ __forceinline__ void LoadActivationStage(const CUtensorMap* x_map, co
                                                     uint32_t bar) {
   const int row0 = p.x_row0 + SliceCoordsOf<C>(p, at.slice).part * C::kBatch;
   const int box0 = at.stage * C::kStageKTiles / kBoxKTiles;
+  ptx::BarrierArriveExpectBytes(bar, StageActivationBytes<C>(p));
   if (XBoxesInOneCopy<C>(p.k_tiles)) {
     ptx::TensorLoad3d(smem.x, x_map, 0, row0, box0, bar);
     return;
@@ -123,30 +124,40 @@ struct BlockOrder {
   }
 };
 
-// Warpgroup 0, one thread: fills the ring for the block's iterations, in BlockOrder. Weights and
-// scales never change under a call, so the first C::kEarlyStages stages of them (a ring's worth,
-// or fewer) are requested before the grid waits for the previous kernel on the stream
-// (programmatic dependent launch): their streaming overlaps that kernel's last blocks. Activations
-// (of the block's row part: `x_map`), which the previous kernel may have written, come after; so
-// does the rest of the ring, whose slots are still fresh (a wait for the parity before a fresh
-// barrier's first phase returns at once).
-template <typename C>
+// What a producer thread copies into the ring: every slot takes two arrivals on its `full`
+// barrier, one with the weight and scale copies' bytes, one with the activation copies'.
+enum class StageCopies { kWeights, kActivations, kBoth };
+
+// Warpgroup 0, one thread (or two, one for each half of StageCopies): fills the ring for the
+// block's iterations, in BlockOrder. Weights and scales never change under a call, so the first
+// C::kEarlyStages stages of them (a ring's worth, or fewer) are requested before the grid waits for
+// the previous kernel on the stream (programmatic dependent launch): their streaming overlaps that
+// kernel's last blocks. Activations (of the block's row part: `x_map`), which the previous kernel
+// may have written, come after; so does the rest of the ring, whose slots are still fresh (a wait
+// for the parity before a fresh barrier's first phase returns at once).
+template <typename C, StageCopies kCopies>
 __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const CUtensorMap* x_map,
                                               const HopperParams& p, const BlockOrder<C>& order,
                                               uint32_t ring, uint32_t full, uint32_t empty) {
+  constexpr bool kWeights = kCopies != StageCopies::kActivations;
+  constexpr bool kActivations = kCopies != StageCopies::kWeights;
   const int begin = order.begin, end = order.end;
   const int early = end - begin < C::kEarlyStages ? end - begin : C::kEarlyStages;
   const StageCursor restart(p, begin);
   StageCursor at(p, order.mid);
-  for (int slot = 0; slot < early; ++slot) {
-    LoadWeightStage<C>(maps, p, at, StageSmem<C>(ring, slot), full + 8 * slot);
-    order.Advance(p, begin + slot + 1, restart, at);
+  if constexpr (kWeights) {
+    for (int slot = 0; slot < early; ++slot) {
+      LoadWeightStage<C>(maps, p, at, StageSmem<C>(ring, slot), full + 8 * slot);
+      order.Advance(p, begin + slot + 1, restart, at);
+    }
   }
   ptx::GridDependencyWait();
-  at = StageCursor(p, order.mid);
-  for (int slot = 0; slot < early; ++slot) {
-    LoadActivationStage<C>(x_map, p, at, StageSmem<C>(ring, slot), full + 8 * slot);
-    order.Advance(p, begin + slot + 1, restart, at);
+  if constexpr (kActivations) {
+    at = StageCursor(p, order.mid);
+    for (int slot = 0; slot < early; ++slot) {
+      LoadActivationStage<C>(x_map, p, at, StageSmem<C>(ring, slot), full + 8 * slot);
+      order.Advance(p, begin + slot + 1, restart, at);
+    }
   }
   int slot = early % C::kStages;
   uint32_t phase = early == C::kStages ? 1 : 0;
@@ -154,8 +165,8 @@ __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const CUte
     ptx::BarrierWait(empty + 8 * slot, phase ^ 1);
     const StageSmem<C> smem(ring, slot);
     const uint32_t bar = full + 8 * slot;
-    LoadWeightStage<C>(maps, p, at, smem, bar);
-    LoadActivationStage<C>(x_map, p, at, smem, bar);
+    if constexpr (kWeights) LoadWeightStage<C>(maps, p, at, smem, bar);
+    if constexpr (kActivations) LoadActivationStage<C>(x_map, p, at, smem, bar);
     order.Advance(p, iter + 1, restart, at);
     if (++slot == C::kStages) {
       slot = 0;
@@ -512,7 +523,7 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
-      ptx::BarrierInit(sync.full + 8 * s, 1);                   // the producer's expect_tx arrival
+      ptx::BarrierInit(sync.full + 8 * s, 2);                   // StageCopies' two arrivals
       ptx::BarrierInit(sync.empty + 8 * s, C::kConsumers * 4);  // one arrival per consumer warp
     }
     if (kClusters && p.cluster_ranks > 1) {
@@ -534,8 +545,24 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
   ptx::LaunchDependents();
   if (threadIdx.x < kWarpgroupThreads) {
     ptx::LowerRegisterBudget<C::kProducerRegisters>();
-    if (threadIdx.x == 0) {
-      ProduceStages<C>(maps, x_map, p, order, sync.ring, sync.full, sync.empty);
+    // Each TMA copy costs its issuing thread a fixed time, so two threads of different warps
+    // share a stage's copies, except in split-k, where one thread issuing all three (weights,
+    // scales, one copy of the four activation boxes) measured faster. H200, session 25, both
+    // builds in turn in one call, us: two threads, L70B.qkv 17.9, 18.4, 17.8 -> 17.3 (x3) at one
+    // row; L8B.gate/up 22.0, 21.7, 21.8 -> 20.7, 20.6, 20.7 at 16; 16384^2 40.4-40.7 -> 38.9-39.1
+    // at 4. Split-k with two threads: L8B.o 5.4, 5.4 -> 5.7, 5.7 at 4 rows, L70B.o 12.5, 12.5
+    // -> 12.9, 12.8.
+    if constexpr (C::kSplitK) {
+      if (threadIdx.x == 0) {
+        ProduceStages<C, StageCopies::kBoth>(maps, x_map, p, order, sync.ring, sync.full,
+                                             sync.empty);
+      }
+    } else if (threadIdx.x == 0) {
+      ProduceStages<C, StageCopies::kWeights>(maps, x_map, p, order, sync.ring, sync.full,
+                                              sync.empty);
+    } else if (threadIdx.x == 32) {
+      ProduceStages<C, StageCopies::kActivations>(maps, x_map, p, order, sync.ring, sync.full,
+                                                  sync.empty);
     }
     if (kClusters && p.cluster_ranks > 1) ptx::ClusterWait();
   } else {
