@@ -552,17 +552,14 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
     // row; L8B.gate/up 22.0, 21.7, 21.8 -> 20.7, 20.6, 20.7 at 16; 16384^2 40.4-40.7 -> 38.9-39.1
     // at 4. Split-k with two threads: L8B.o 5.4, 5.4 -> 5.7, 5.7 at 4 rows, L70B.o 12.5, 12.5
     // -> 12.9, 12.8.
-    if constexpr (C::kSplitK) {
-      if (threadIdx.x == 0) {
-        ProduceStages<C, StageCopies::kBoth>(maps, x_map, p, order, sync.ring, sync.full,
-                                             sync.empty);
+    constexpr StageCopies kFirst = C::kSplitK ? StageCopies::kBoth : StageCopies::kWeights;
+    if (threadIdx.x == 0) {
+      ProduceStages<C, kFirst>(maps, x_map, p, order, sync.ring, sync.full, sync.empty);
+    } else if constexpr (!C::kSplitK) {
+      if (threadIdx.x == 32) {
+        ProduceStages<C, StageCopies::kActivations>(maps, x_map, p, order, sync.ring, sync.full,
+                                                    sync.empty);
       }
-    } else if (threadIdx.x == 0) {
-      ProduceStages<C, StageCopies::kWeights>(maps, x_map, p, order, sync.ring, sync.full,
-                                              sync.empty);
-    } else if (threadIdx.x == 32) {
-      ProduceStages<C, StageCopies::kActivations>(maps, x_map, p, order, sync.ring, sync.full,
-                                                  sync.empty);
     }
     if (kClusters && p.cluster_ranks > 1) ptx::ClusterWait();
   } else {
