@@ -237,4 +237,46 @@ bool RunsPay(const ChosenTallLaunch& chosen, int64_t x_bytes, int sm_count, int6
   return waves >= 2 && chosen.units % waves == 0 && FillsOneWave(chosen.units / waves, sm_count);
 }
 
+// Three consumer warpgroups at 128 rows, measured on an H200 (session 26, marlin-bench --paths
+// auto, each build twice in one call; speedups over cuBLAS FP16 or us, base -> three consumers). A
+// unit of theirs (128 rows x 192 columns) costs a block about 1.5x a narrow one (no group stages),
+// so it pays only where it fills waves the narrow plans leave part-empty. First, wherever its units
+// fill 90% of whole waves: L8B.qkv at 512 rows 0.80 -> 0.97 (striped over 192 units: 128 in one
+// wave); L8B.down and L8B.o at 1536 0.95 / 0.93-0.94 -> 0.98-0.99 / 0.94-0.95, L70B.o and L70B.down
+// at 768 0.94 / 0.96-0.97 -> 0.97 / 0.99 (three waves of runs: two of 264 / 258 units); L70B.down
+// at 384 0.95-0.96 -> 1.00 (two passes: one wave of 129). It lost in four or more waves
+// (L8B.gate/up at 512 / 768 / 1536 rows 0.97 / 1.01 / 1.03 -> 0.92 / 0.98 / 0.97, L70B.gate/up at
+// 512 0.97 -> 0.87, L70B.o and L70B.qkv at 1536 0.97 -> 0.95) and in place of one wave of fitted
+// parts (L8B.o at 768 rows 41.5 / 40.3 -> 42.0 / 41.7 us, L8B.down 137.6 / 140.4 -> 140.7 / 141.0).
+// Then within three waves, fewer than the plan it replaced: in two waves as above (L8B.qkv 48.8
+// / 50.6 -> 41.3 / 42.6 us at 512 rows, L70B.o 174.7 / 174.2 -> 164.3 / 167.4 at 768, L8B.o 85.5
+// / 86.7 -> 82.3 / 82.4 at 1408) or level (L8B.qkv at 1024 rows, against three waves of runs, 84.2
+// / 86.4 -> 85.5 / 83.8); in three within 1.5% either way (L8B.o and L8B.down at 2176 and 2304
+// rows, L70B.qkv at 896, L70B.o and L70B.down at 1152); 16384^2 at 384 rows, two waves against two
+// passes, 322.1 / 322.5 -> 327.4 / 328.2 us. Last, three waves against a striped launch (this rule
+// against one without them): L8B.qkv 131.6 / 134.4 -> 124.8 / 124.7 us at 1536 rows (0.86 -> 0.91),
+// L8B.o 141.7 / 144.2 -> 130.9 / 133.8 at 2304 (0.86 -> 0.91).
+bool ThreeConsumerWavesPay(const ChosenTallLaunch& chosen, int64_t rows, int trio_slices,
+                           int sm_count) {
+  if (rows % 128 != 0) return false;
+  const int64_t units = rows / 128 * trio_slices;
+  const int64_t waves = (units + sm_count - 1) / sm_count;
+  const int64_t most_waves = chosen.launch == TallLaunch::kPasses    ? 1
+                             : chosen.launch == TallLaunch::kStriped ? 3
+                                                                     : 2;
+  if (waves > most_waves || !WavesKeepBusy(units, sm_count, 9, 10)) return false;
+  // `chosen` counted in 128-row parts: a 256-row part's unit or wave takes about two.
+  switch (chosen.launch) {
+    case TallLaunch::kPasses:
+      return true;
+    case TallLaunch::kStriped:
+      return waves * sm_count * 128 < chosen.units * chosen.part_rows;
+    case TallLaunch::kWaves:
+    case TallLaunch::kRuns:
+      return waves * 128 <
+             (chosen.units * chosen.ranks + sm_count - 1) / sm_count * chosen.part_rows;
+  }
+  return false;
+}
+
 }  // namespace marlin::cuda

@@ -103,8 +103,9 @@ TallLaunch MeasuredTallLaunch(const TallLaunchShape& shape, int sm_count, int64_
 // The launch the rules above chose for a tall product (its parts fitted to the rows).
 struct ChosenTallLaunch {
   TallLaunch launch;
-  int64_t units;  // parts x slices (0 for kPasses)
-  int ranks;      // blocks per unit in waves
+  int64_t units;        // parts x slices (0 for kPasses)
+  int ranks;            // blocks per unit in waves
+  int part_rows = 128;  // rows of a part (128-256)
 };
 
 // Whether `units` units of one block each fill at least 90% of `sm_count` SMs in one wave.
@@ -121,6 +122,15 @@ bool OneWavePays(const ChosenTallLaunch& chosen, int sm_count);
 // per wave, each taking as many consecutive units as there are waves, back to back), on a device
 // of `sm_count` SMs and `l2_bytes` of L2, the product's activations `x_bytes`.
 bool RunsPay(const ChosenTallLaunch& chosen, int64_t x_bytes, int sm_count, int64_t l2_bytes);
+
+// The measured rule (docs/perf/kernel-h100.md, session 26) for whether a tall product of `rows`
+// rows runs, instead of `chosen`, as waves of the Hopper path's three-consumer configuration (one
+// block per 128-row part and 192-column slice, `trio_slices` of them) on a device of `sm_count`
+// SMs: on whole 128-row parts, where those units fill at least 90% of the SMs in one wave against
+// passes, two against waves or runs, three against a striped launch, and in fewer waves than
+// `chosen` takes, counted in 128-row parts.
+bool ThreeConsumerWavesPay(const ChosenTallLaunch& chosen, int64_t rows, int trio_slices,
+                           int sm_count);
 
 }  // namespace marlin::cuda
 

@@ -255,6 +255,83 @@ TEST(GemmDispatchTest, RunsFollowTheH100Measurements) {
   }
 }
 
+// The three-consumer rule (gemm_dispatch.cc) at session 26's measured shapes on 132 SMs: the launch
+// the rules above chose, and the product's 192-column slices.
+TEST(GemmDispatchTest, ThreeConsumerWavesFollowTheMeasurements) {
+  constexpr int kSms = 132;
+  struct Case {
+    const char* product;
+    ChosenTallLaunch chosen;
+    int64_t rows;
+    int trio_slices;
+    bool pays;
+  };
+  const Case cases[] = {
+      {"L8B.qkv at 512 rows: striped over 192 units, or 4 x 32 in one wave",
+       {TallLaunch::kStriped, 192, 1},
+       512,
+       32,
+       true},
+      {"L8B.down at 1536 rows: 384 units in three waves, or 12 x 22 in two",
+       {TallLaunch::kWaves, 384, 1},
+       1536,
+       22,
+       true},
+      {"L70B.down at 384 rows: two passes, or 3 x 43 in one wave",
+       {TallLaunch::kPasses, 0, 1, 256},
+       384,
+       43,
+       true},
+      {"L8B.qkv at 1536 rows: striped over 288 units of 256 rows, or 12 x 32 in three waves",
+       {TallLaunch::kStriped, 288, 1, 256},
+       1536,
+       32,
+       true},
+      {"three waves of runs, or 12 x 32 in three", {TallLaunch::kWaves, 576, 1}, 1536, 32, false},
+      {"waves of 256-row parts, or 17 x 22 in three",
+       {TallLaunch::kWaves, 288, 1, 256},
+       2176,
+       22,
+       false},
+      {"16384^2 at 384 rows: two passes, or 3 x 86 in two waves",
+       {TallLaunch::kPasses, 0, 1, 256},
+       384,
+       86,
+       false},
+      {"L70B.o at 1536 rows: 12 x 43 take four waves",
+       {TallLaunch::kStriped, 768, 1},
+       1536,
+       43,
+       false},
+      {"L8B.gate/up at 512 rows: 4 x 150 take five waves",
+       {TallLaunch::kStriped, 896, 1},
+       512,
+       150,
+       false},
+      {"L8B.qkv at 448 rows: a short part", {TallLaunch::kStriped, 192, 1}, 448, 32, false},
+      {"L8B.qkv at 768 rows: 6 x 32 keep 73% busy", {TallLaunch::kStriped, 288, 1}, 768, 32, false},
+      {"two waves either way", {TallLaunch::kWaves, 256, 1}, 1536, 22, false},
+      {"one wave of 256-row parts, as long as two of 128",
+       {TallLaunch::kWaves, 128, 1, 256},
+       1536,
+       22,
+       false},
+      {"two waves of 256-row parts, or 12 x 22 in two",
+       {TallLaunch::kWaves, 192, 1, 256},
+       1536,
+       22,
+       true},
+      {"two-block clusters in three waves, or 12 x 22 in two",
+       {TallLaunch::kWaves, 192, 2},
+       1536,
+       22,
+       true},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(ThreeConsumerWavesPay(c.chosen, c.rows, c.trio_slices, kSms), c.pays) << c.product;
+  }
+}
+
 TEST(GemmDispatchTest, ForcedTallPartRowsRoundTrip) {
   EXPECT_EQ(ForcedTallPartRows(), 0);
   ForceTallPartRowsForTesting(128);

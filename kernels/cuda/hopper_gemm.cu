@@ -82,6 +82,13 @@ using TallRowsConfig =
     HopperConfig<kRows, 1, /*kSplitK=*/false, /*kGroupStages=*/kRows <= 192, kPartSlices>;
 using Rows128Narrow = TallRowsConfig<128>;
 using Rows256Narrow = TallRowsConfig<256>;
+// Three consumer warpgroups of one tile each at 128 rows: 192-column slices, whose units (128-row
+// part x slice) fill whole waves on weights where the 128-column ones leave a wave part-empty
+// (ThreeConsumerWavesPay in gemm_dispatch.h). Only tall launches in waves. No group stages: with
+// them the 64 accumulators and two stages' fragments would not fit the 128 registers a thread of
+// 512 threads launches with. ptxas: 128 registers, 16 bytes of spill stores and loads.
+using Rows128Trio = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/false,
+                                 /*kPartSlices=*/false, /*kConsumers=*/3>;
 
 // The rows of the configurations above, fewest first.
 constexpr std::array<int, 6> kFittedPartRows = {128, 144, 160, 192, 224, 256};
@@ -168,6 +175,10 @@ constexpr bool kTakesRowParts = C::kBatch == 64 || C::kBatch == 128;
 // C.
 template <typename C>
 constexpr bool kRunsTallLaunches = C::kBatch >= kMinTallPartRows && !C::kPartSlices;
+
+// Whether configuration C runs nothing but tall launches in waves (Rows128Trio): its only kernel.
+template <typename C>
+constexpr bool kOnlyTallLaunches = C::kConsumers == 3 && kRunsTallLaunches<C>;
 
 // The activation map of configuration C for `rows` rows of x from row `row0` on, in boxes of
 // `box_rows` rows: 3D ({64, rows, k / 64}, one copy a stage's C::kXBoxes boxes of XBoxRows rows)
@@ -457,7 +468,8 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   const bool tall = tall_ranks.has_value();
   const int parts = (rows + C::kBatch - 1) / C::kBatch;
   if (tall ? !(kRunsTallLaunches<C> || C::kPartSlices) || parts < 2
-           : C::kPartSlices || parts > (kTakesRowParts<C> ? kMaxRowParts : 1)) {
+           : C::kPartSlices || kOnlyTallLaunches<C> ||
+                 parts > (kTakesRowParts<C> ? kMaxRowParts : 1)) {
     return absl::InternalError(absl::StrCat(rows, " rows in ", C::kBatch, "-row parts"));
   }
   const RowSplit split = C::kPartSlices ? RowSplit::kOnePart
@@ -465,13 +477,17 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
                          : parts > 1    ? RowSplit::kPartMaps
                                         : RowSplit::kOnePart;
   auto* const kernel = [&] {
-    if constexpr (kRunsTallLaunches<C>) {
-      if (split == RowSplit::kTall) return HopperGemmKernel<C, RowSplit::kTall>;
+    if constexpr (kOnlyTallLaunches<C>) {
+      return HopperGemmKernel<C, RowSplit::kTall>;
+    } else {
+      if constexpr (kRunsTallLaunches<C>) {
+        if (split == RowSplit::kTall) return HopperGemmKernel<C, RowSplit::kTall>;
+      }
+      if constexpr (kTakesRowParts<C>) {
+        if (split == RowSplit::kPartMaps) return HopperGemmKernel<C, RowSplit::kPartMaps>;
+      }
+      return HopperGemmKernel<C, RowSplit::kOnePart>;
     }
-    if constexpr (kTakesRowParts<C>) {
-      if (split == RowSplit::kPartMaps) return HopperGemmKernel<C, RowSplit::kPartMaps>;
-    }
-    return HopperGemmKernel<C, RowSplit::kOnePart>;
   }();
   absl::StatusOr<HopperMaps> maps = EncodeMaps<C>(x, rows, parts, /*one_map=*/tall, w);
   if (!maps.ok()) return maps.status();
@@ -496,10 +512,15 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   // The grid's row parts (blocks [q grid, (q + 1) grid) each), each on an equal share of the SMs.
   const int grid_parts = split == RowSplit::kOnePart ? 1 : parts;
   const int part_sms = sm_count / grid_parts;
-  absl::StatusOr<int> ranks =
-      C::kPartSlices ? 0
-      : tall         ? *tall_ranks
-                     : ChooseClusterRanks<C>(std::min(rows, C::kBatch), w, parts, sm_count);
+  const absl::StatusOr<int> ranks = [&]() -> absl::StatusOr<int> {
+    if constexpr (kOnlyTallLaunches<C>) {
+      return *tall_ranks;
+    } else {
+      if (C::kPartSlices) return 0;
+      if (tall) return *tall_ranks;
+      return ChooseClusterRanks<C>(std::min(rows, C::kBatch), w, parts, sm_count);
+    }
+  }();
   if (!ranks.ok()) return ranks.status();
   p.cluster_ranks = *ranks;
   p.grid = p.cluster_ranks > 0 ? shape.slices * p.cluster_ranks : std::min(part_sms, p.total_iters);
@@ -682,6 +703,7 @@ struct TallPlan {
   int parts;
   int ranks;
   TallLaunch launch;
+  bool three_consumers = false;  // waves of Rows128Trio (part_rows 128, ranks 1)
 };
 
 // The parts of a tall launch of `rows` rows in the height class `height` (128: as many parts as
@@ -750,8 +772,10 @@ std::optional<TallPlan> OneWavePlan(int64_t rows, int slices, int sm_count) {
 
 // How a product of kMinTallRows <= rows <= kMaxTallLaunchRows rows starts: the measured rules'
 // tall launch (MeasuredTallPlan) or pass; where that leaves the SMs under-filled, one wave of
-// fitted parts (OneWavePlan, OneWavePays); where it runs several full waves, the same units as
-// runs of whole units (RunsPay). A forced partition or part height keeps the first.
+// fitted parts (OneWavePlan, OneWavePays); else, where 192-column slices fill whole waves, fewer
+// than it takes, waves of the three-consumer configuration (ThreeConsumerWavesPay); where it runs
+// several full waves, the same units as runs of whole units (RunsPay). A forced partition or part
+// height keeps the first.
 absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int sm_count) {
   const absl::StatusOr<TallPlan> measured = MeasuredTallPlan(w, rows, sm_count);
   if (!measured.ok() || ForcedTallPartRows() != 0 ||
@@ -761,11 +785,20 @@ absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int
   const int slices = PassShape<Rows128Narrow>(w).slices;  // every fitted configuration's
   const ChosenTallLaunch chosen{.launch = measured->launch,
                                 .units = int64_t{1} * measured->parts * slices,
-                                .ranks = measured->ranks};
+                                .ranks = measured->ranks,
+                                .part_rows = measured->part_rows};
   if (OneWavePays(chosen, sm_count)) {
     if (const std::optional<TallPlan> one_wave = OneWavePlan(rows, slices, sm_count)) {
       return *one_wave;
     }
+  }
+  if (ThreeConsumerWavesPay(chosen, rows, PassShape<Rows128Trio>(w).slices, sm_count)) {
+    return TallPlan{rows,
+                    static_cast<int>(kMinTallPartRows),
+                    static_cast<int>(rows / kMinTallPartRows),
+                    1,
+                    TallLaunch::kWaves,
+                    /*three_consumers=*/true};
   }
   const absl::StatusOr<int64_t> l2_bytes = DeviceL2Bytes();
   if (!l2_bytes.ok()) return l2_bytes.status();
@@ -781,6 +814,9 @@ absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int
 absl::Status LaunchTall(const TallPlan& plan, const __half* x, const DeviceWeight& w, __half* y,
                         int* counters, float* partials, int sm_count, cudaStream_t stream) {
   const int rows = static_cast<int>(plan.rows);
+  if (plan.three_consumers) {
+    return Launch<Rows128Trio>(x, rows, w, y, counters, partials, sm_count, stream, plan.ranks);
+  }
   return WithPartRows<absl::Status>(plan.part_rows, [&]<typename Waves, typename Striped>() {
     return plan.launch == TallLaunch::kWaves
                ? Launch<Waves>(x, rows, w, y, counters, partials, sm_count, stream, plan.ranks)

@@ -276,8 +276,9 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape) {
 // Tall launches on the Hopper path (hopper_gemm.h: all rows in one grid, in parts of 128-256 rows
 // fitted to them, the last one short): parts on a cluster split, in waves of one block per (part,
 // slice), or striped over every part's slices, K not a multiple of a stage; each height class
-// forced, then the measured rules (which add one wave of fitted parts, and runs of whole units:
-// gemm_dispatch.h). At 256 and 512 rows the parts are whole ones of 128 or 256.
+// forced, then the measured rules (which add one wave of fitted parts, waves of the three-consumer
+// configuration and runs of whole units: gemm_dispatch.h). At 256 and 512 rows the parts are whole
+// ones of 128 or 256.
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_TallLaunches_RowPartsAndRemainder) {
   for (int part_rows : {128, 256, 0}) {
     if (part_rows != 0 && GetParam().path != GemmPath::kHopper) continue;  // Hopper-only hook
@@ -290,7 +291,11 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_TallLaunches_RowPartsAndRemainder) {
     CheckShape(1300, 4096, 4096, 128, /*sampled_columns=*/24);  // 5 or 10 parts x 32 slices
     CheckShape(2304, 1024, 8192, 128, /*sampled_columns=*/24);  // 9 or 18 parts x 64 slices
     CheckShape(768, 1024, 4096, 128, /*sampled_columns=*/24);   // measured: 4 parts of 192 rows
-    CheckShape(1536, 1024, 4096, 128, /*sampled_columns=*/24);  // measured: runs of three units
+    CheckShape(2048, 1024, 4096, 128, /*sampled_columns=*/24);  // measured: runs of two units
+    // Measured on 132 SMs: two waves of 12 x 22 units of the three-consumer configuration (192
+    // columns, the last slice one tile), per channel with K not a multiple of a stage too.
+    CheckShape(1536, 1024, 4096, 128, /*sampled_columns=*/24);
+    CheckShape(1536, 1040, 4096, kPerChannel, /*sampled_columns=*/24);
   }
 }
 
