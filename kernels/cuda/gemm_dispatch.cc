@@ -251,11 +251,12 @@ bool RunsPay(const ChosenTallLaunch& chosen, int64_t x_bytes, int sm_count, int6
 // Then within three waves, fewer than the plan it replaced: in two waves as above (L8B.qkv 48.8
 // / 50.6 -> 41.3 / 42.6 us at 512 rows, L70B.o 174.7 / 174.2 -> 164.3 / 167.4 at 768, L8B.o 85.5
 // / 86.7 -> 82.3 / 82.4 at 1408) or level (L8B.qkv at 1024 rows, against three waves of runs, 84.2
-// / 86.4 -> 85.5 / 83.8); in three within 1.5% either way (L8B.o and L8B.down at 2176 and 2304
-// rows, L70B.qkv at 896, L70B.o and L70B.down at 1152); 16384^2 at 384 rows, two waves against two
-// passes, 322.1 / 322.5 -> 327.4 / 328.2 us. Last, three waves against a striped launch (this rule
-// against one without them): L8B.qkv 131.6 / 134.4 -> 124.8 / 124.7 us at 1536 rows (0.86 -> 0.91),
-// L8B.o 141.7 / 144.2 -> 130.9 / 133.8 at 2304 (0.86 -> 0.91).
+// / 86.4 -> 85.5 / 83.8); where its units take three waves within 1.5% either way (L8B.o and
+// L8B.down at 2176 and 2304 rows, L70B.qkv at 896, L70B.o and L70B.down at 1152; that rule did not
+// count a 256-row part's waves as two, so it may have left some to their plans); 16384^2 at 384
+// rows, two waves against two passes, 322.1 / 322.5 -> 327.4 / 328.2 us. Last, three waves against
+// a striped launch (this rule against one without them): L8B.qkv 131.6 / 134.4 -> 124.8 / 124.7 us
+// at 1536 rows (0.86 -> 0.91), L8B.o 141.7 / 144.2 -> 130.9 / 133.8 at 2304 (0.86 -> 0.91).
 bool ThreeConsumerWavesPay(const ChosenTallLaunch& chosen, int64_t rows, int trio_slices,
                            int sm_count) {
   if (rows % 128 != 0) return false;
