@@ -45,6 +45,25 @@ __device__ __forceinline__ FragmentPair DequantizeWord(uint32_t word) {
   return f;
 }
 
+// Dequantizes one packed word and scales it in one FMA a register, for columns a and b (as
+// DequantizeWord). AND-ing a nibble u into a zero-exponent FP16 number gives the subnormal
+// u * 2^-24 (u * 2^-20 for the high nibble of a byte), so fma(that, b, c) with b_a = s_a 2^24 / P,
+// c_a = -8 s_a / P (b_b = s_b 2^20 / P' for the high nibbles) is (u - 8) s / P rounded once:
+// FP16((u - 8) s) / P bit for bit, P a power of two, wherever s / P lies in [2^-14, 2^-8) (b, c
+// and the result normal; the caller checks). b and c hold one column's constant in both halves.
+__device__ __forceinline__ FragmentPair DequantizeWordScaled(uint32_t word, half2 b_a, half2 c_a,
+                                                             half2 b_b, half2 c_b) {
+  constexpr uint32_t kLowNibbles = 0x000f000f;
+  constexpr uint32_t kHighNibbles = 0x00f000f0;
+  FragmentPair f;
+  f.a[0] = __hfma2(BitsToHalf2(word & kLowNibbles), b_a, c_a);
+  f.b[0] = __hfma2(BitsToHalf2(word & kHighNibbles), b_b, c_b);
+  const uint32_t shifted = word >> 8;
+  f.a[1] = __hfma2(BitsToHalf2(shifted & kLowNibbles), b_a, c_a);
+  f.b[1] = __hfma2(BitsToHalf2(shifted & kHighNibbles), b_b, c_b);
+  return f;
+}
+
 // Multiplies both registers of a fragment by one column's scale (FP16 rounding of q * s).
 __device__ __forceinline__ void ScaleFragment(half2 (&frag)[2], __half scale) {
   const half2 s2 = __half2half2(scale);

@@ -92,6 +92,15 @@ struct HopperConfig {
   // rows, whose 32 products a thread adds a stage, split-k L8B.o and L8B.qkv were 1-2% slower, so
   // not there (and the wide 64-row configuration lacks the registers).
   static constexpr bool kScalesInFp32 = kBatch <= 32;
+  // Whether the scale is fused into the dequantizing FMA (hopper_dequant.cuh,
+  // DequantizeStageScaled): a packed word takes four LOP3, one SHF and four HFMA2 instead of
+  // thirteen instructions, the weights divided by a power of two per column and segment that the
+  // sums are multiplied back by. Measured on an H200 (session 27, each build twice in one call,
+  // per-model speedups over cuBLAS FP16): at 64 rows L70B 2.10 -> 2.18, 16384^2 1.60 -> 1.68, L8B
+  // 1.62 -> 1.66 (L70B.down 70.9 -> 65.6-66.9 us); at 40 rows 1.76-1.81 -> 1.84-1.87 (L70B); in the
+  // 80-112-row configurations 2-7% more (L70B.gate/up 96 rows 193-202 -> 180-184 us). At 16 and
+  // 32 rows in place of kScalesInFp32 it lost 5-13% (L70B.o 13.0 -> 14.8 us at 16 rows).
+  static constexpr bool kFusedScaleDequant = kBatch >= 64 && kBatch <= 112;
   // Whether a striped block processes a last segment that another block sums before its other
   // segments (hopper_kernel.cuh, BlockOrder). Measured on the H100 (a build with it everywhere
   // against one without, alternated three times in one call): L70B.qkv, narrow and striped, 19.9 ->

@@ -24,8 +24,9 @@ namespace {
 // slice needs and the blocks it is split over, and at 128 rows or more leave the registers for two
 // wgmma groups in flight. Split-k ones (one 64-column tile shared by both warpgroups, 256 k a
 // stage) double the slices of a narrow weight, so the cluster split keeps every SM busy with at
-// most two blocks per slice. Passes of 129-256 rows and taller products (tall launches) run in
-// parts of 128-256 rows fitted to them (TallRowsConfig, LaunchGemm). Up to 8 rows, m64n8k16 wgmmas:
+// most two blocks per slice. Passes of 65-256 rows in one part, and taller products (tall
+// launches, from 128 rows a part), run in parts of 80-256 rows fitted to them (TallRowsConfig,
+// LaunchGemm). Up to 8 rows, m64n8k16 wgmmas:
 // a stage's 16 of them cost the consumers less than m64n16k16 ones (H100, both alternated twice in
 // one call: L70B.o 17.2-17.5 -> 16.6-16.9 us at 1-8 rows, L8B.down 17.2-17.5 -> 16.6-17.0; per
 // model +1-2%). Group stages (a whole scale group, 128 k, per warpgroup and stage: half the stages,
@@ -64,7 +65,7 @@ using Rows64SplitK = HopperConfig<64, 1, /*kSplitK=*/true>;
 // twice its warps per scheduler, but 96 registers a thread: no group stages (TakesFourConsumers).
 using Rows64Quad = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/false,
                                 /*kPartSlices=*/false, /*kConsumers=*/4>;
-// Configurations of 128-256 rows: one tile per consumer warpgroup, with group stages where the
+// Configurations of 80-256 rows: one tile per consumer warpgroup, with group stages where the
 // accumulators and two group stages' fragments fit the launch's registers (up to 192 rows). Besides
 // 128 and 256 rows, parts of 144-224 rows fit the rows of a pass or of a tall launch's parts (a
 // product's rows spread evenly over its parts, FittedPartRows) instead of rounding them up to 256
@@ -76,7 +77,12 @@ using Rows64Quad = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/false
 // 0.84 -> 0.99, L70B.gate/up 0.96 -> 1.04; at 320 rows (two of 160) L8B.down 0.78 -> 1.01,
 // L70B.gate/up 0.94 -> 1.02, 16384^2 0.87 -> 0.99; at 1000 rows (seven of 144) L8B.o 0.73 ->
 // 0.82, L8B.down 0.87 -> 0.96. ptxas: 168 registers; 144 and 128 rows no spills, the others 8
-// bytes of spill stores, outside the main loop (SASS).
+// bytes of spill stores, outside the main loop (SASS). Passes of 65-112 rows in one part take
+// the 80-, 96- or 112-row one (LaunchPass) instead of 128 rows; H200, session 27, both builds twice
+// in one call, per-model speedups over cuBLAS FP16, 128 -> fitted (with the fused scales of
+// kFusedScaleDequant in both): L70B 1.35 -> 1.70 at 80 rows, 1.18 -> 1.41 at 96, 1.23 -> 1.35 at
+// 112; 16384^2 1.11 -> 1.47 at 80, 1.17 -> 1.40 at 96; L8B 1.15 -> 1.37 at 80 (L8B.o, in two
+// 64-row parts, unchanged). ptxas: 168 registers, 8 bytes of spill stores.
 template <int kRows, bool kPartSlices = false>
 using TallRowsConfig =
     HopperConfig<kRows, 1, /*kSplitK=*/false, /*kGroupStages=*/kRows <= 192, kPartSlices>;
@@ -607,6 +613,15 @@ absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half
                                                         sm_count, stream);
   }
   if (part_rows <= 128) {
+    if (parts == 1 && part_rows <= 80) {
+      return Launch<TallRowsConfig<80>>(x, rows, w, y, counters, partials, sm_count, stream);
+    }
+    if (parts == 1 && part_rows <= 96) {
+      return Launch<TallRowsConfig<96>>(x, rows, w, y, counters, partials, sm_count, stream);
+    }
+    if (parts == 1 && part_rows <= 112) {
+      return Launch<TallRowsConfig<112>>(x, rows, w, y, counters, partials, sm_count, stream);
+    }
     return Launch<Rows128Narrow>(x, rows, w, y, counters, partials, sm_count, stream);
   }
   if (rows > kMaxPassRows) {

@@ -36,6 +36,7 @@
 
 #include "kernels/cuda/dequant.cuh"
 #include "kernels/cuda/hopper_config.cuh"
+#include "kernels/cuda/hopper_dequant.cuh"
 #include "kernels/cuda/hopper_epilogue.cuh"
 #include "kernels/cuda/hopper_ptx.cuh"
 #include "kernels/cuda/ptx_helpers.cuh"
@@ -175,59 +176,6 @@ __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const CUte
   }
 }
 
-// A dequantized word's values in mma A fragment order, for this warp's 16 columns of a tile.
-__device__ __forceinline__ void PackAFragment(const FragmentPair& f, uint32_t (&a)[4]) {
-  a[0] = *reinterpret_cast<const uint32_t*>(&f.a[0]);  // rows g, k 2t..2t+1
-  a[1] = *reinterpret_cast<const uint32_t*>(&f.b[0]);  // rows g + 8
-  a[2] = *reinterpret_cast<const uint32_t*>(&f.a[1]);  // rows g, k + 8
-  a[3] = *reinterpret_cast<const uint32_t*>(&f.b[1]);  // rows g + 8, k + 8
-}
-
-// The A fragment of one k-tile for this warp's 16 columns of a tile: the lane's packed word
-// `warp` dequantized, scaled per column (sub-tiles 2 warp and 2 warp + 1), in mma A order.
-__device__ __forceinline__ void DequantizeAFragment(uint32_t word, uint32_t scale_pair,
-                                                    uint32_t (&a)[4]) {
-  FragmentPair f = DequantizeWord(word);
-  const half2 scales = BitsToHalf2(scale_pair);
-  ScaleFragment(f.a, __low2half(scales));
-  ScaleFragment(f.b, __high2half(scales));
-  PackAFragment(f, a);
-}
-
-// One ring slot's packed words and scales for this thread's A fragments.
-template <typename C>
-struct StageWords {
-  uint32_t scale_pair[C::kWgTiles];
-  uint32_t word[C::kWgKTiles][C::kWgTiles];
-};
-
-// Reads all of a slot's words and scales at once, so their shared-memory latency is paid once.
-// `word_offset` is the thread's TileWordOffset.
-template <typename C>
-__device__ __forceinline__ StageWords<C> LoadStageWords(const ConsumerRole& role,
-                                                        uint32_t word_offset,
-                                                        const StageSmem<C>& smem) {
-  StageWords<C> w;
-#pragma unroll
-  for (int j = 0; j < C::kWgTiles; ++j) {
-    const int tile = TileOf<C>(role, j);
-    // Scales of a tile are stored column-in-sub-tile major: column 8 s + c at 8 c + s.
-    const uint32_t scale_row = smem.s + FirstKTileOf<C>(role) / kGroupKTiles * C::kScaleRowBytes;
-    w.scale_pair[j] =
-        ptx::LoadShared4(scale_row + tile * 128 + (role.lane / 4) * 16 + role.warp * 4);
-#pragma unroll
-    for (int kt = 0; kt < C::kWgKTiles; ++kt) {
-      w.word[kt][j] = ptx::LoadShared4(
-          smem.w + ((FirstKTileOf<C>(role) + kt) * C::kBlockNTiles + tile) * 512 + word_offset);
-    }
-  }
-  return w;
-}
-
-// A warpgroup's A fragments of one stage: kWgKTiles x its tiles.
-template <typename C>
-using StageFragments = uint32_t[C::kWgKTiles][C::kWgTiles][4];
-
 // Issues one stage's wgmma group from its fragments into `d` (activation boxes `x_box_bytes`
 // apart from `x_smem` on); the first k-tile overwrites `d` instead of adding to it when
 // `accumulate` is false.
@@ -250,33 +198,19 @@ __device__ __forceinline__ void IssueGroup(const StageFragments<C>& a, uint32_t 
   ptx::WgmmaCommit();
 }
 
-// A slot's words dequantized into A fragments: scaled per column, or (kScaled false, under
-// C::kScalesInFp32) q itself.
-template <typename C, bool kScaled>
-__device__ __forceinline__ void DequantizeStage(const StageWords<C>& w, StageFragments<C>& a) {
-#pragma unroll
-  for (int kt = 0; kt < C::kWgKTiles; ++kt)
-#pragma unroll
-    for (int j = 0; j < C::kWgTiles; ++j) {
-      if constexpr (kScaled) {
-        DequantizeAFragment(w.word[kt][j], w.scale_pair[j], a[kt][j]);
-      } else {
-        PackAFragment(DequantizeWord(w.word[kt][j]), a[kt][j]);
-      }
-#pragma unroll
-      for (int r = 0; r < 4; ++r) ptx::PinRegister(a[kt][j][r]);
-    }
-}
-
 // Dequantizes a slot's words and issues its wgmma group. The first k-tile overwrites the
 // accumulators instead of adding to them when `accumulate` is false (a segment's first stage), so
 // they need no zeroing between segments.
 template <typename C>
-__device__ __forceinline__ void IssueStage(const StageWords<C>& w, uint32_t x_smem,
-                                           uint32_t x_box_bytes, bool accumulate,
+__device__ __forceinline__ void IssueStage(const StageWords<C>& w, const ColumnPowers<C>& powers,
+                                           uint32_t x_smem, uint32_t x_box_bytes, bool accumulate,
                                            HopperAccumulators<C>& acc) {
   StageFragments<C> a;
-  DequantizeStage<C, /*kScaled=*/true>(w, a);
+  if constexpr (C::kFusedScaleDequant) {
+    DequantizeStageScaled<C>(w, powers, a);
+  } else {
+    DequantizeStage<C, /*kScaled=*/true>(w, a);
+  }
   IssueGroup<C>(a, x_smem, x_box_bytes, accumulate, acc);
 }
 
@@ -397,9 +331,13 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
     // wrong sums from 64 rows on).
     int iter = segment_begin;
     if constexpr (!C::kScalesInFp32) {
+      ColumnPowers<C> powers;  // set by each segment's first stage (C::kFusedScaleDequant)
       auto consume = [&](bool first) {
         const Stage stage = wait_stage();
-        IssueStage<C>(stage.words, stage.x, x_box_bytes, /*accumulate=*/!first, acc);
+        if constexpr (C::kFusedScaleDequant) {
+          if (first) powers = PowersOf<C>(stage.words);
+        }
+        IssueStage<C>(stage.words, powers, stage.x, x_box_bytes, /*accumulate=*/!first, acc);
         ptx::WgmmaWait<1>();  // the previous stage's group is done: its slot can go back
         next_slot();
       };
@@ -410,6 +348,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
       if (iter < segment_end) consume(iter == segment_begin);
       ptx::WgmmaWait<0>();
       PinAccumulators<C>(acc);
+      if constexpr (C::kFusedScaleDequant) MultiplyByPowers<C>(powers, acc);
     } else {
       // Each scale group (one split-k stage, two wide stages) is multiplied into one product. A
       // group's first stage overwrites it once the previous group's product, all wgmmas done, has

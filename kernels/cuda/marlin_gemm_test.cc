@@ -235,9 +235,9 @@ class MarlinGemmTest : public ::testing::TestWithParam<KernelVariant> {
   Stream stream_;
 };
 
-const std::vector<int64_t> kAllRowCounts = {1,  2,  3,  4,  5,   6,   7,   8,   9,   10,
-                                            11, 12, 13, 14, 15,  16,  17,  31,  32,  33,
-                                            48, 63, 64, 65, 100, 127, 128, 129, 256, 1000};
+const std::vector<int64_t> kAllRowCounts = {1,  2,  3,  4,   5,   6,   7,   8,   9,   10, 11,
+                                            12, 13, 14, 15,  16,  17,  31,  32,  33,  48, 63,
+                                            64, 65, 96, 100, 127, 128, 129, 256, 1000};
 
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SmallShape_Group128_AllRowCounts) {
   for (int64_t m : kAllRowCounts) CheckShape(m, 128, 256, 128);
@@ -300,7 +300,7 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_TallLaunches_RowPartsAndRemainder) {
 }
 
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_MediumShapes_SplitSlices) {
-  for (int64_t m : {1, 16, 24, 33, 64, 100}) {
+  for (int64_t m : {1, 16, 24, 33, 64, 80, 100}) {
     CheckShape(m, 4096, 512, 128);
     CheckShape(m, 1024, 4096, kPerChannel);
     CheckShape(m, 1024, 8192, 128);   // the Hopper path's split-k at 8192 columns, 128 slices
@@ -357,6 +357,30 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_WideWeight_33To64Rows_SampledColumns) {
     SCOPED_TRACE(absl::StrCat("K=", k, " group=", group));
     const QuantizedWeight w = RandomWeight(WeightShape{k, 36864, group}, rng_);
     CheckSampledRowCounts(w, Upload(ValueOrDie(Pack(w)), GetParam().layout), {33, 64});
+  }
+}
+
+// Scales from 2^-10 to 2^10 times RandomWeight's, of either sign or zero, changing from group to
+// group down a column. At 33-112 rows the Hopper path fuses a scale into the dequantizing FMA only
+// below 4 times its segment's first scale and takes the exact unfused form above that
+// (hopper_dequant.cuh): here many stages take the unfused one. Split-k (512 and 6144 columns),
+// narrow or three consumer warpgroups (10240 and 36864), the 96-row configuration, per channel.
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_ScalesSpanningBinades_33To112Rows) {
+  const WeightShape shapes[] = {{2048, 512, 128},
+                                {4096, 6144, 128},
+                                {1024, 10240, 128},
+                                {1024, 36864, 128},
+                                {1040, 10240, kPerChannel}};
+  for (const WeightShape& shape : shapes) {
+    SCOPED_TRACE(absl::StrCat("K=", shape.k, " N=", shape.n, " group=", shape.group_size));
+    QuantizedWeight w = RandomWeight(shape, rng_);
+    std::uniform_int_distribution<int> binade(-10, 10), draw(0, 15);
+    for (uint16_t& s : w.scales) {
+      const int d = draw(rng_);
+      const float sign = d % 2 ? -1.f : 1.f;
+      s = FloatToHalf(d == 0 ? 0.f : std::ldexp(sign * HalfToFloat(s), binade(rng_)));
+    }
+    CheckSampledRowCounts(w, Upload(ValueOrDie(Pack(w)), GetParam().layout), {40, 64, 96});
   }
 }
 
