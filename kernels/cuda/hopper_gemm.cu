@@ -165,7 +165,9 @@ bool SplitKConfiguration(int rows, int64_t k, int64_t n) {
 // over cuBLAS FP16, two -> one), one part wins at 129-160 rows (129: L8B.qkv 0.86 -> 1.17, L8B.o
 // 1.02 -> 1.21, L8B.down 1.08 -> 1.44, L70B.o 0.98 -> 1.43; 160: L8B.o 0.85 -> 0.98, L8B.down 1.08
 // -> 1.27, L70B.o 0.93 -> 1.36) and mostly loses above (224: L8B.o 0.93 -> 0.86, L8B.down 1.21 ->
-// 1.10, L8B.qkv 1.11 -> 1.07; L70B.o 1.07 -> 1.18 the exception).
+// 1.10, L8B.qkv 1.11 -> 1.07; L70B.o 1.07 -> 1.18 the exception). With the fused scales of the
+// 64-row configurations (session 27, H200, both twice in one call), two 64-row parts on every
+// weight at 80-128 rows still lost on all but L8B.o (per model 1.13-1.87 -> 0.87-1.45).
 int RowParts(int rows, int64_t k, int64_t n) {
   if (rows > 128) return rows > 160 && k * n <= (int64_t{1} << 26) ? 2 : 1;
   if (rows > 64) return n <= 4096 && k * n <= (int64_t{1} << 25) ? 2 : 1;
