@@ -100,8 +100,8 @@ struct ColumnPowers {
 };
 
 // p = e + 11 for a scale 2^e <= |s| < 2^(e+1) (e = -14 for a zero or subnormal one), so that s / P
-// lies in [2^-11, 2^-10): a later group's scale takes the fused form below 4 s and the unfused one
-// above. As FP16 exponent fields: that of 2^(12 - p) is 31 - that of s, clamped to [1, 30].
+// lies in [2^-11, 2^-10): a later group's scale takes the fused form below 4-8 s and the unfused
+// one above. As FP16 exponent fields: that of 2^(12 - p) is 31 - that of s, clamped to [1, 30].
 __device__ __forceinline__ uint32_t PowerOfHalf(uint32_t scale_bits) {
   const uint32_t exponent = min(max((scale_bits >> 10) & 0x1f, 1u), 30u);
   return (31 - exponent) << 10;
@@ -151,7 +151,7 @@ __device__ __forceinline__ uint32_t ScalesOverPowers(uint32_t scale_pair, uint32
 // powers: with the scale fused into the FMA where every column of the warp allows it (any scale
 // under 4 times its segment's first), else as DequantizeStage does with s / P in place of s.
 // Either is FP16((u - 8) s) / P bit for bit while s / P is a normal number; below that (a scale
-// under a sixteenth of the segment's first, at worst) a weight may be off by 2^-24 P, one
+// under an eighth to a sixteenth of the segment's first) a weight may be off by 2^-24 P, one
 // subnormal step. FP16 overflows past 2^23 times the segment's first scale (1023 after a zero
 // one), which no quantizer produces.
 template <typename C>
