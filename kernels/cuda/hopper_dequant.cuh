@@ -2,7 +2,7 @@
 // and dequantized into wgmma A fragments. Included by hopper_kernel.cuh.
 //
 // Three ways: q itself (C::kScalesInFp32: the scales multiply FP32 products), q times the scale
-// in FP16 (DequantizeStage), and, at 64-112 rows (C::kFusedScaleDequant), the scale fused into the
+// in FP16 (DequantizeStage), and, from 64 rows on (C::kFusedScaleDequant), the scale fused into the
 // dequantizing FMA relative to a power of two per column and segment (DequantizeStageScaled):
 //
 //   ColumnPowers<C> powers = PowersOf<C>(first_stage_words);       // a segment's first stage

@@ -361,11 +361,12 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_WideWeight_33To64Rows_SampledColumns) {
 }
 
 // Scales from 2^-10 to 2^10 times RandomWeight's, of either sign or zero, changing from group to
-// group down a column. At 33-112 rows the Hopper path fuses a scale into the dequantizing FMA only
-// below 4 times its segment's first scale and takes the exact unfused form above that
+// group down a column. From 33 rows on the Hopper path fuses a scale into the dequantizing FMA
+// only below 4 times its segment's first scale and takes the exact unfused form above that
 // (hopper_dequant.cuh): here many stages take the unfused one. Split-k (512 and 6144 columns),
-// narrow or three consumer warpgroups (10240 and 36864), the 96-row configuration, per channel.
-TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_ScalesSpanningBinades_33To112Rows) {
+// narrow or three consumer warpgroups (10240 and 36864), the 96- and 128-row configurations, two
+// row parts (200) and a tall launch (600), per channel.
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_ScalesSpanningBinades_33RowsAndUp) {
   const WeightShape shapes[] = {{2048, 512, 128},
                                 {4096, 6144, 128},
                                 {1024, 10240, 128},
@@ -380,7 +381,8 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_ScalesSpanningBinades_33To112Rows) {
       const float sign = d % 2 ? -1.f : 1.f;
       s = FloatToHalf(d == 0 ? 0.f : std::ldexp(sign * HalfToFloat(s), binade(rng_)));
     }
-    CheckSampledRowCounts(w, Upload(ValueOrDie(Pack(w)), GetParam().layout), {40, 64, 96});
+    CheckSampledRowCounts(w, Upload(ValueOrDie(Pack(w)), GetParam().layout),
+                          {40, 64, 96, 128, 200, 600});
   }
 }
 
