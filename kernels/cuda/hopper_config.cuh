@@ -91,20 +91,20 @@ struct HopperConfig {
   // -> 23.0-23.8 us at 1-8 rows, 16384^2 55.0 -> 52.9-53.2 at 32, the 70B layers 0-2% faster. At 64
   // rows, whose 32 products a thread adds a stage, split-k L8B.o and L8B.qkv were 1-2% slower, so
   // not there (and the wide 64-row configuration lacks the registers).
+  //
+  // Without kScalesInFp32 (from 64 rows on) the scale is fused into the dequantizing FMA
+  // (hopper_dequant.cuh, DequantizeStageScaled): a packed word takes four LOP3, one SHF and four
+  // HFMA2 instead of thirteen instructions, the weights divided by a power of two per column and
+  // segment that the sums are multiplied back by. Measured on an H200 (session 27, each build
+  // twice in one call, per-model speedups over cuBLAS FP16): at 64 rows L70B 2.10 -> 2.18,
+  // 16384^2 1.60 -> 1.68, L8B 1.62 -> 1.66 (L70B.down 70.9 -> 65.6-66.9 us); at 40 rows
+  // 1.76-1.81 -> 1.84-1.87 (L70B); in the 80-112-row configurations 2-7% more (L70B.gate/up 96
+  // rows 193-202 -> 180-184 us). At 16 and 32 rows in place of kScalesInFp32 it lost 5-13% (L70B.o
+  // 13.0 -> 14.8 us at 16 rows). In the 128-256-row configurations (session 29, H200, likewise; no
+  // register or spill change): the geometric mean of the benchmark's 9 layers 1.6% faster at 160
+  // rows, 2.0% at 256, 1.4% at 512, level at 120 and 1024 (L8B.qkv 256 rows 28.1-28.5 -> 25.6-27.4
+  // us, L70B.gate/up 160 rows 274-280 -> 262-269).
   static constexpr bool kScalesInFp32 = kBatch <= 32;
-  // Whether the scale is fused into the dequantizing FMA (hopper_dequant.cuh,
-  // DequantizeStageScaled): a packed word takes four LOP3, one SHF and four HFMA2 instead of
-  // thirteen instructions, the weights divided by a power of two per column and segment that the
-  // sums are multiplied back by. Measured on an H200 (session 27, each build twice in one call,
-  // per-model speedups over cuBLAS FP16): at 64 rows L70B 2.10 -> 2.18, 16384^2 1.60 -> 1.68, L8B
-  // 1.62 -> 1.66 (L70B.down 70.9 -> 65.6-66.9 us); at 40 rows 1.76-1.81 -> 1.84-1.87 (L70B); in the
-  // 80-112-row configurations 2-7% more (L70B.gate/up 96 rows 193-202 -> 180-184 us). At 16 and
-  // 32 rows in place of kScalesInFp32 it lost 5-13% (L70B.o 13.0 -> 14.8 us at 16 rows). In the
-  // 128-256-row configurations (session 29, H200, likewise; no register or spill change): the
-  // geometric mean of the benchmark's 9 layers 1.6% faster at 160 rows, 2.0% at 256, 1.4% at 512,
-  // level at 120 and 1024 (L8B.qkv 256 rows 28.1-28.5 -> 25.6-27.4 us, L70B.gate/up 160 rows
-  // 274-280 -> 262-269).
-  static constexpr bool kFusedScaleDequant = kBatch >= 64;
   // Whether a striped block processes a last segment that another block sums before its other
   // segments (hopper_kernel.cuh, BlockOrder). Measured on the H100 (a build with it everywhere
   // against one without, alternated three times in one call): L70B.qkv, narrow and striped, 19.9 ->

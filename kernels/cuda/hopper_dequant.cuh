@@ -2,7 +2,7 @@
 // and dequantized into wgmma A fragments. Included by hopper_kernel.cuh.
 //
 // Three ways: q itself (C::kScalesInFp32: the scales multiply FP32 products), q times the scale
-// in FP16 (DequantizeStage), and, from 64 rows on (C::kFusedScaleDequant), the scale fused into the
+// in FP16 (DequantizeStage), and, from 64 rows on (!C::kScalesInFp32), the scale fused into the
 // dequantizing FMA relative to a power of two per column and segment (DequantizeStageScaled):
 //
 //   ColumnPowers<C> powers = PowersOf<C>(first_stage_words);       // a segment's first stage
@@ -93,7 +93,7 @@ __device__ __forceinline__ void DequantizeStage(const StageWords<C>& w, StageFra
 }
 
 // Per tile, the powers of two P = 2^p that a segment's scaled weights are divided by, one per
-// column of the thread (C::kFusedScaleDequant): the half2 (2^(12 - p_a), 2^(12 - p_b)).
+// column of the thread (!C::kScalesInFp32): the half2 (2^(12 - p_a), 2^(12 - p_b)).
 template <typename C>
 struct ColumnPowers {
   uint32_t k[C::kWgTiles];

@@ -79,8 +79,8 @@ using Rows64Quad = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/false
 // 0.82, L8B.down 0.87 -> 0.96. ptxas: 168 registers; 144 and 128 rows no spills, the others 8
 // bytes of spill stores, outside the main loop (SASS). Passes of 65-112 rows in one part take
 // the 80-, 96- or 112-row one (LaunchPass) instead of 128 rows; H200, session 27, both builds twice
-// in one call, per-model speedups over cuBLAS FP16, 128 -> fitted (with the fused scales of
-// kFusedScaleDequant in both): L70B 1.35 -> 1.70 at 80 rows, 1.18 -> 1.41 at 96, 1.23 -> 1.35 at
+// in one call, per-model speedups over cuBLAS FP16, 128 -> fitted (with the fused scales in
+// both): L70B 1.35 -> 1.70 at 80 rows, 1.18 -> 1.41 at 96, 1.23 -> 1.35 at
 // 112; 16384^2 1.11 -> 1.47 at 80, 1.17 -> 1.40 at 96; L8B 1.15 -> 1.37 at 80 (L8B.o, in two
 // 64-row parts, unchanged). ptxas: 168 registers, 8 bytes of spill stores.
 template <int kRows, bool kPartSlices = false>

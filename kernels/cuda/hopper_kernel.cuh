@@ -198,7 +198,8 @@ __device__ __forceinline__ void IssueGroup(const StageFragments<C>& a, uint32_t 
   ptx::WgmmaCommit();
 }
 
-// Dequantizes a slot's words and issues its wgmma group. The first k-tile overwrites the
+// Dequantizes a slot's words with the scale fused in (relative to `powers`) and issues its wgmma
+// group (the configurations without kScalesInFp32). The first k-tile overwrites the
 // accumulators instead of adding to them when `accumulate` is false (a segment's first stage), so
 // they need no zeroing between segments.
 template <typename C>
@@ -206,11 +207,7 @@ __device__ __forceinline__ void IssueStage(const StageWords<C>& w, const ColumnP
                                            uint32_t x_smem, uint32_t x_box_bytes, bool accumulate,
                                            HopperAccumulators<C>& acc) {
   StageFragments<C> a;
-  if constexpr (C::kFusedScaleDequant) {
-    DequantizeStageScaled<C>(w, powers, a);
-  } else {
-    DequantizeStage<C, /*kScaled=*/true>(w, a);
-  }
+  DequantizeStageScaled<C>(w, powers, a);
   IssueGroup<C>(a, x_smem, x_box_bytes, accumulate, acc);
 }
 
@@ -331,12 +328,10 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
     // wrong sums from 64 rows on).
     int iter = segment_begin;
     if constexpr (!C::kScalesInFp32) {
-      ColumnPowers<C> powers;  // set by each segment's first stage (C::kFusedScaleDequant)
+      ColumnPowers<C> powers;  // set by each segment's first stage
       auto consume = [&](bool first) {
         const Stage stage = wait_stage();
-        if constexpr (C::kFusedScaleDequant) {
-          if (first) powers = PowersOf<C>(stage.words);
-        }
+        if (first) powers = PowersOf<C>(stage.words);
         IssueStage<C>(stage.words, powers, stage.x, x_box_bytes, /*accumulate=*/!first, acc);
         ptx::WgmmaWait<1>();  // the previous stage's group is done: its slot can go back
         next_slot();
@@ -348,7 +343,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
       if (iter < segment_end) consume(iter == segment_begin);
       ptx::WgmmaWait<0>();
       PinAccumulators<C>(acc);
-      if constexpr (C::kFusedScaleDequant) MultiplyByPowers<C>(powers, acc);
+      MultiplyByPowers<C>(powers, acc);
     } else {
       // Each scale group (one split-k stage, two wide stages) is multiplied into one product. A
       // group's first stage overwrites it once the previous group's product, all wgmmas done, has
