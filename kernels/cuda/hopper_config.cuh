@@ -122,7 +122,15 @@ struct HopperConfig {
   // spills.
   static constexpr bool kLastSegmentFirst =
       (kBatch <= 32 && kWgTiles == 1 && !kSplitK) || kBatch >= 128;
-  static constexpr int kAccSets = kScalesInFp32 ? 2 : 1;  // the sum (and the open group's product)
+  // Products a consumer keeps under kScalesInFp32: two where a scale group is one stage (the
+  // narrow configurations and the 8-row wide one), multiplied into in turn so that a group is
+  // issued before the previous one has joined the sum (ConsumeStages); else one, which every
+  // group's first stage waits on in full (wgmma.wait_group 0) before the group can be issued,
+  // emptying the wgmma queue once a group. Split-k configurations keep one: with two, their 1-8-row
+  // calls were 4-6% slower (H200, session 30, each build twice in one call: L70B.o 12.5 -> 13.2
+  // us at 1-8 rows, L8B.down 11.7 -> 12.2), level at 16-32 rows.
+  static constexpr int kProducts = !kScalesInFp32 ? 0 : (kStagesPerGroup == 1 && !kSplitK ? 2 : 1);
+  static constexpr int kAccSets = 1 + kProducts;  // the sum and the products
   // Where a split-k warpgroup leaves the float4s the other one owns (ExchangeKHalves).
   static constexpr int kExchangeBytes = kSplitK ? kWgTiles * kAccFloats * 4 * kWarpgroupThreads : 0;
   // The ring's share: the exchange and (a split-k block's smem can reach the limit) the static

@@ -344,6 +344,58 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
       ptx::WgmmaWait<0>();
       PinAccumulators<C>(acc);
       MultiplyByPowers<C>(powers, acc);
+    } else if constexpr (C::kProducts == 2) {
+      // Each scale group (one stage) is multiplied into products a and b in turn, two stages a
+      // trip: the trip issues a's group and, once the next slot is dequantized, b's behind it, so
+      // the tensor pipe has b queued while a's product joins the sum (after a wait for a alone).
+      // The trip ends with no group in flight and the next stage dequantized (`ready`): where
+      // accumulators are read after a wait for a group issued before the loop's back edge, ptxas
+      // serializes every wgmma (C7514).
+      int oldest = slot;  // the first slot whose group has not retired
+      struct Ready {
+        StageFragments<C> a;
+        StageScales<C> scales;
+        uint32_t x;
+      };
+      // Dequantizes the current slot into `r` and moves on to the next.
+      auto prepare = [&](Ready& r) {
+        const Stage stage = wait_stage();
+        DequantizeStage<C, /*kScaled=*/false>(stage.words, r.a);
+        r.scales = ScalesOf<C>(stage.words);
+        r.x = stage.x;
+        if (++slot == C::kStages) {
+          slot = 0;
+          phase ^= 1;
+        }
+      };
+      // Once a group is done: its product joins the sum, its slot (the oldest taken) goes back.
+      auto retire = [&](HopperAccumulators<C>& product, const StageScales<C>& scales) {
+        PinAccumulators<C>(product);
+        AddScaled<C>(product, scales, acc);
+        PinAccumulators<C>(acc);  // else the additions sink below the next issue (C7514)
+        release(oldest);
+        if (++oldest == C::kStages) oldest = 0;
+      };
+      HopperAccumulators<C> product_a, product_b;
+      ZeroAccumulators<C>(acc);
+      Ready ready;
+      prepare(ready);
+      for (; iter + 1 < segment_end; iter += 2) {
+        IssueGroup<C>(ready.a, ready.x, x_box_bytes, /*accumulate=*/false, product_a);
+        Ready second;
+        prepare(second);  // while a's group runs
+        IssueGroup<C>(second.a, second.x, x_box_bytes, /*accumulate=*/false, product_b);
+        ptx::WgmmaWait<1>();
+        retire(product_a, ready.scales);
+        if (iter + 2 < segment_end) prepare(ready);  // while b's group runs
+        ptx::WgmmaWait<0>();
+        retire(product_b, second.scales);
+      }
+      if (iter < segment_end) {
+        IssueGroup<C>(ready.a, ready.x, x_box_bytes, /*accumulate=*/false, product_a);
+        ptx::WgmmaWait<0>();
+        retire(product_a, ready.scales);
+      }
     } else {
       // Each scale group (one split-k stage, two wide stages) is multiplied into one product. A
       // group's first stage overwrites it once the previous group's product, all wgmmas done, has
@@ -397,7 +449,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
       PinAccumulators<C>(product);
       AddScaled<C>(product, scales, acc);
     }
-    release(in_flight);
+    if constexpr (C::kProducts != 2) release(in_flight);  // that branch released its slots
     if constexpr (C::kSplitK) {
       ExchangeKHalves<C>(role, sync.ring + C::kStages * C::kStageBytes, acc);
     }
