@@ -315,9 +315,10 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_MediumShapes_SplitSlices) {
 }
 
 // Up to 32 rows the Hopper path's narrow configurations multiply each stage's scale group into one
-// of two products in turn, two stages a loop trip (hopper_kernel.cuh, ConsumeStages): segments of
-// one to five stages (K = 128-640 over 10240 columns, 80 narrow slices), each count odd or even,
-// whole under the cluster split (one block a slice) and cut anywhere by the striped partition.
+// of two products in turn, four stages a loop trip, then two, then one (hopper_kernel.cuh,
+// ConsumeStages): segments of one to five stages (K = 128-640 over 10240 columns, 80 narrow
+// slices), whole under the cluster split (one block a slice) and cut anywhere by the striped
+// partition.
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SegmentsOfOneToFiveStages_1To32Rows) {
   for (int64_t m : {1, 8, 9, 16, 17, 32}) {
     for (int64_t k = 128; k <= 640; k += 128) CheckShape(m, k, 10240, 128);
