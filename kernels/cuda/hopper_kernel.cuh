@@ -345,12 +345,12 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
       PinAccumulators<C>(acc);
       MultiplyByPowers<C>(powers, acc);
     } else if constexpr (C::kProducts == 2) {
-      // Each scale group (one stage) is multiplied into products a and b in turn, two stages a
-      // trip: the trip issues a's group and, once the next slot is dequantized, b's behind it, so
-      // the tensor pipe has b queued while a's product joins the sum (after a wait for a alone).
-      // The trip ends with no group in flight and the next stage dequantized (`ready`): where
-      // accumulators are read after a wait for a group issued before the loop's back edge, ptxas
-      // serializes every wgmma (C7514).
+      // Each scale group (one stage) is multiplied into products a and b in turn, two or four
+      // stages a loop trip: the trip issues a's group and, once the next slot is dequantized, b's
+      // behind it, so the tensor pipe has b queued while a's product joins the sum (after a wait
+      // for a alone), and so on. A trip ends with no group in flight and the next stage
+      // dequantized (`ready`): where accumulators are read after a wait for a group issued before
+      // the loop's back edge, ptxas serializes every wgmma (C7514).
       int oldest = slot;  // the first slot whose group has not retired
       struct Ready {
         StageFragments<C> a;
