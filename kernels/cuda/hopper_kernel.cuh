@@ -381,15 +381,25 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
       Ready ready;
       prepare(ready);
       Ready second;
-      // Two stages: issues `ready` into a and the next slot into b, and ends with the stage after
-      // them, if the segment has one, in `ready`.
-      auto two_stage_trip = [&] {
-        IssueGroup<C>(ready.a, ready.x, x_box_bytes, /*accumulate=*/false, product_a);
-        prepare(second);  // while a's group runs
-        IssueGroup<C>(second.a, second.x, x_box_bytes, /*accumulate=*/false, product_b);
+      // Dequantizes the current slot into `r` while the group before it runs, issues it into
+      // `product`, and once that earlier group (`previous`) is done, retires it.
+      auto step = [&](Ready& r, HopperAccumulators<C>& product, HopperAccumulators<C>& previous,
+                      const StageScales<C>& previous_scales) {
+        prepare(r);
+        IssueGroup<C>(r.a, r.x, x_box_bytes, /*accumulate=*/false, product);
         ptx::WgmmaWait<1>();
-        retire(product_a, ready.scales);
-        if (iter + 2 < segment_end) prepare(ready);  // while b's group runs
+        retire(previous, previous_scales);
+      };
+      // `stages` (two or four) stages from `ready`, products a, b, a, b: ends with the stage after
+      // them, if the segment has one, in `ready`.
+      auto trip = [&](int stages) {
+        IssueGroup<C>(ready.a, ready.x, x_box_bytes, /*accumulate=*/false, product_a);
+        step(second, product_b, product_a, ready.scales);
+        if (stages == 4) {
+          step(ready, product_a, product_b, second.scales);
+          step(second, product_b, product_a, ready.scales);
+        }
+        if (iter + stages < segment_end) prepare(ready);  // while b's group runs
         ptx::WgmmaWait<0>();
         retire(product_b, second.scales);
       };
@@ -398,30 +408,13 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
       // 16-32; 16384^2 38.4 -> 36.5 us at 1-8 rows. The 8-row wide configuration keeps two
       // (L8B.gate/up 18.1 -> 18.8 us at 1-8 rows with four).
       if constexpr (C::kWgTiles == 1) {
-        for (; iter + 3 < segment_end; iter += 4) {
-          IssueGroup<C>(ready.a, ready.x, x_box_bytes, /*accumulate=*/false, product_a);
-          prepare(second);
-          IssueGroup<C>(second.a, second.x, x_box_bytes, /*accumulate=*/false, product_b);
-          ptx::WgmmaWait<1>();
-          retire(product_a, ready.scales);
-          prepare(ready);
-          IssueGroup<C>(ready.a, ready.x, x_box_bytes, /*accumulate=*/false, product_a);
-          ptx::WgmmaWait<1>();
-          retire(product_b, second.scales);
-          prepare(second);
-          IssueGroup<C>(second.a, second.x, x_box_bytes, /*accumulate=*/false, product_b);
-          ptx::WgmmaWait<1>();
-          retire(product_a, ready.scales);
-          if (iter + 4 < segment_end) prepare(ready);
-          ptx::WgmmaWait<0>();
-          retire(product_b, second.scales);
-        }
+        for (; iter + 3 < segment_end; iter += 4) trip(4);
         if (iter + 1 < segment_end) {
-          two_stage_trip();
+          trip(2);
           iter += 2;
         }
       } else {
-        for (; iter + 1 < segment_end; iter += 2) two_stage_trip();
+        for (; iter + 1 < segment_end; iter += 2) trip(2);
       }
       if (iter < segment_end) {
         IssueGroup<C>(ready.a, ready.x, x_box_bytes, /*accumulate=*/false, product_a);
