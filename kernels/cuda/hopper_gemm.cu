@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <type_traits>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -49,6 +50,14 @@ using Rows16SplitK = HopperConfig<16, 1, /*kSplitK=*/true>;
 using Rows32Wide = HopperConfig<32, 2>;
 using Rows32Narrow = HopperConfig<32, 1, /*kSplitK=*/false, /*kGroupStages=*/true>;
 using Rows32SplitK = HopperConfig<32, 1, /*kSplitK=*/true>;
+// Three consumer warpgroups of one tile each at 9-32 rows, with group stages and two products:
+// 192-column slices, where the narrow configuration's slices would be striped
+// (TakesThreeConsumers). 128 registers a thread at launch (160 a consumer); ptxas spills 48 / 140
+// bytes (16 rows) and 24 / 24 (32 rows).
+using Rows16Trio = HopperConfig<16, 1, /*kSplitK=*/false, /*kGroupStages=*/true,
+                                /*kPartSlices=*/false, /*kConsumers=*/3>;
+using Rows32Trio = HopperConfig<32, 1, /*kSplitK=*/false, /*kGroupStages=*/true,
+                                /*kPartSlices=*/false, /*kConsumers=*/3>;
 // Three consumer warpgroups of one tile each, with group stages: 192-column slices. At 33-64 rows
 // it takes the wide configuration's place (TakesNarrow: where HopperConfig<64, 2> was chosen, so
 // was this): one more warp per scheduler than the wide one to hide the dequantization's latency,
@@ -451,6 +460,26 @@ absl::StatusOr<bool> TakesFourConsumers(int rows, const DeviceWeight& w, int par
   return *ranks == 1;
 }
 
+// Whether a pass of 9-32 rows (`rows` per part) over weight w that takes the narrow configuration
+// Narrow (TakesNarrow) takes the three-consumer one of its row count instead: where the measured
+// rule stripes Narrow's slices. There a third warp per scheduler hides more of the
+// dequantization's latency, and a stage's activations feed 192 columns instead of 128. Measured on
+// H200s (session 31: three calls on three cards, each build alternated two or three times in a
+// call; us, the best run of each build): L70B.gate/up (448 striped slices) 95.2 -> 86.3, 96.7 ->
+// 95.2 and 95.6 -> 89.2 at 32 rows, 78.5 -> 75.2 at 24, 67.8 -> 67.3 at 16; L70B.qkv (80) 18.3
+// -> 17.8 at 32 and 18.3 -> 17.9 at 24 (third call), but 16.4 -> 16.6-16.8 at 16 (every call);
+// the 70B block 2-4.5% faster at 20-32 rows, 0.7-0.9% at 9-16 (third call). Where Narrow runs one
+// block a slice or a cluster split the three-consumer configuration lost (first call, forced):
+// 16384^2 (128 slices, one block each) 43.2 -> 45.7 at 16 rows, L70B.down (64 slices on two-block
+// clusters) 47.3 -> 49.5 at 32.
+template <typename Narrow>
+absl::StatusOr<bool> TakesThreeConsumers(int rows, const DeviceWeight& w, int parts, int sm_count) {
+  if (rows <= 8 || rows > 32) return false;
+  const absl::StatusOr<int> ranks = MeasuredClusterRanks<Narrow>(rows, w, parts, sm_count);
+  if (!ranks.ok()) return ranks.status();
+  return *ranks == 0;
+}
+
 // The cluster_ranks of a tall launch of configuration C (`parts` row parts over w): its best
 // cluster split where every (part, slice) gets a co-resident cluster, else one block per (part,
 // slice), the blocks running in waves (nothing is summed, so no block waits for another).
@@ -564,16 +593,22 @@ absl::Status Launch(const __half* x, int rows, const DeviceWeight& w, __half* y,
   return absl::OkStatus();
 }
 
-// Launches the narrow configuration Narrow or the wide one Wide (TakesNarrow).
-template <typename Wide, typename Narrow>
+// Launches the narrow configuration Narrow or the wide one Wide (TakesNarrow); with a Trio, that
+// one in Narrow's place where TakesThreeConsumers says so.
+template <typename Wide, typename Narrow, typename Trio = void>
 absl::Status LaunchWideOrNarrow(const __half* x, int rows, int parts, const DeviceWeight& w,
                                 __half* y, int* counters, float* partials, int sm_count,
                                 cudaStream_t stream) {
   const int part_rows = (rows + parts - 1) / parts;
   const absl::StatusOr<bool> narrow = TakesNarrow<Wide, Narrow>(part_rows, w, parts, sm_count);
   if (!narrow.ok()) return narrow.status();
-  return *narrow ? Launch<Narrow>(x, rows, w, y, counters, partials, sm_count, stream)
-                 : Launch<Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+  if (!*narrow) return Launch<Wide>(x, rows, w, y, counters, partials, sm_count, stream);
+  if constexpr (!std::is_void_v<Trio>) {
+    const absl::StatusOr<bool> trio = TakesThreeConsumers<Narrow>(part_rows, w, parts, sm_count);
+    if (!trio.ok()) return trio.status();
+    if (*trio) return Launch<Trio>(x, rows, w, y, counters, partials, sm_count, stream);
+  }
+  return Launch<Narrow>(x, rows, w, y, counters, partials, sm_count, stream);
 }
 
 // Enqueues one pass of 1 <= rows <= kMaxPassRows rows.
@@ -600,12 +635,12 @@ absl::Status LaunchPass(const __half* x, int rows, const DeviceWeight& w, __half
                                                       sm_count, stream);
   }
   if (part_rows <= 16) {
-    return LaunchWideOrNarrow<Rows16Wide, Rows16Narrow>(x, rows, parts, w, y, counters, partials,
-                                                        sm_count, stream);
+    return LaunchWideOrNarrow<Rows16Wide, Rows16Narrow, Rows16Trio>(x, rows, parts, w, y, counters,
+                                                                    partials, sm_count, stream);
   }
   if (part_rows <= 32) {
-    return LaunchWideOrNarrow<Rows32Wide, Rows32Narrow>(x, rows, parts, w, y, counters, partials,
-                                                        sm_count, stream);
+    return LaunchWideOrNarrow<Rows32Wide, Rows32Narrow, Rows32Trio>(x, rows, parts, w, y, counters,
+                                                                    partials, sm_count, stream);
   }
   if (part_rows <= 64) {
     const absl::StatusOr<bool> quad = TakesFourConsumers(part_rows, w, parts, sm_count);

@@ -11,7 +11,7 @@
 // the cluster split (below). Shapes and shared types are in hopper_config.cuh, how a segment is
 // finished and summed in hopper_epilogue.cuh.
 //
-// A block is 1 + C::kConsumers warpgroups (two consumers; three or four in two 64-row ones).
+// A block is 1 + C::kConsumers warpgroups (two consumers; three or four in a few configurations).
 // Warpgroup 0 is the producer: for each ring slot, once it is free, one thread issues the TMA
 // copies of its packed weights and scales and a thread of another warp those of its activations
 // (in split-k one thread issues both), all completing on the slot's `full` barrier. The others

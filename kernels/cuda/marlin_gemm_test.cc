@@ -266,6 +266,9 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape) {
   }
   // 100 slices of 256 columns: the Hopper path's four consumer warpgroups (TakesFourConsumers).
   CheckShape(40, 256, 25600, 128);
+  // 80 narrow slices, striped: the Hopper path's three consumer warpgroups at 9-32 rows
+  // (TakesThreeConsumers).
+  CheckShape(20, 256, 10240, 128);
   // The Hopper path's tall launches (under the forced partitions) of four 144-row parts and of
   // three 192-row parts, the last one short (88 and 136 rows).
   CheckShape(520, 512, 192, 128);
@@ -314,14 +317,18 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_MediumShapes_SplitSlices) {
   }
 }
 
-// Up to 32 rows the Hopper path's narrow configurations multiply each stage's scale group into one
-// of two products in turn, four stages a loop trip, then two, then one (hopper_kernel.cuh,
-// ConsumeStages): segments of one to five stages (K = 128-640 over 10240 columns, 80 narrow
-// slices), whole under the cluster split (one block a slice) and cut anywhere by the striped
-// partition.
+// Up to 32 rows the Hopper path's narrow and three-consumer configurations multiply each stage's
+// scale group into one of two products in turn, four stages a loop trip, then two, then one
+// (hopper_kernel.cuh, ConsumeStages): segments of one to five stages (K = 128-640), whole under
+// the cluster split (one block a slice) and cut anywhere by the striped partition. Over 10240
+// columns the measured rule stripes the 80 narrow slices, so 9-32 rows take three consumer
+// warpgroups (TakesThreeConsumers); over 16384 columns the 128 narrow slices run one block each.
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SegmentsOfOneToFiveStages_1To32Rows) {
   for (int64_t m : {1, 8, 9, 16, 17, 32}) {
-    for (int64_t k = 128; k <= 640; k += 128) CheckShape(m, k, 10240, 128);
+    for (int64_t k = 128; k <= 640; k += 128) {
+      CheckShape(m, k, 10240, 128);
+      CheckShape(m, k, 16384, 128);
+    }
   }
 }
 
