@@ -107,6 +107,10 @@ __device__ __forceinline__ void WgmmaWait() {
 __device__ __forceinline__ void PinRegister(float& v) { asm volatile("" : "+f"(v)::"memory"); }
 __device__ __forceinline__ void PinRegister(uint32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
 
+// Hides `v`'s value from the compiler (an empty asm that may change it) without ordering anything:
+// what it knew of the bits, it can no longer fold into the arithmetic that follows.
+__device__ __forceinline__ void HideValue(uint64_t& v) { asm volatile("" : "+l"(v)); }
+
 // setmaxnreg.inc: raises this warpgroup's per-thread register budget to kRegs.
 template <int kRegs>
 __device__ __forceinline__ void RaiseRegisterBudget() {
@@ -242,6 +246,14 @@ __device__ __forceinline__ uint64_t Swizzle128KMajorDescriptor(uint32_t smem) {
 __device__ __forceinline__ uint64_t DescriptorPlusBytes(uint64_t desc, uint32_t bytes) {
   const uint32_t low = static_cast<uint32_t>(desc) + (bytes >> 4);
   return (desc & 0xffffffff00000000ull) | low;
+}
+
+// DescriptorPlusBytes as one 64-bit add (the same value: the start-address field never carries).
+// Where the descriptor is warp-uniform, ptxas steps the uniform register pair it passes to each
+// wgmma with one UIADD3.64; from the low-word add it rebuilds the pair, high word included, for
+// every wgmma (two uniform instructions).
+__device__ __forceinline__ uint64_t DescriptorPlusBytes64(uint64_t desc, uint32_t bytes) {
+  return desc + (bytes >> 4);
 }
 
 }  // namespace marlin::cuda::ptx
