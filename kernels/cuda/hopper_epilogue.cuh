@@ -35,34 +35,71 @@ __device__ __forceinline__ uint32_t HalfPairBits(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-// Stores accumulators 4 r4 .. 4 r4 + 3 of tile j (values v) where the row exists. They hold rows
-// R and R + 1 (R = 8 r4 + 2 (lane % 4)) of columns c and c + 8 (see AccRow); a warp's 8-row group
-// is two 8 x 8 blocks of (column, row), which two transposes (movmatrix) turn into (row, column):
-// lane l then holds row 8 r4 + l / 4 at columns 2 q, 2 q + 1 and 8 + 2 q, 8 + 2 q + 1 of the
-// warp's 16 (q = l % 4). One exchange with the neighbouring lane leaves each lane four adjacent
-// columns, so one 8-byte store per lane writes the warp's 8 rows x 32 bytes: whole sectors (one
-// FP16 per lane and store wrote half of each: Nsight Compute, L8B.qkv at 256 rows, 50% of the
-// store sectors wasted). Every lane of the warp calls it (movmatrix and the shuffle are
-// warp-collective), without a branch before them: the one around a warp-collective instruction
-// made ptxas give up the uniform datapath in the main loop (R2UR and WARPSYNC on every stage, +7%
-// on L8B.gate/up at 64 rows on the H100); only the store is conditional.
-// `slice` is the launch's (SliceCoordsOf).
+// The largest divisor of `n` that is at most `most`.
+constexpr int LargestDivisorUpTo(int n, int most) {
+  int d = most < n ? most : n;
+  while (n % d != 0) --d;
+  return d;
+}
+
+// Where a slice's output goes, read from the kernel's parameters once per slice: a launch of row
+// parts keeps them in shared memory (RowPart), and every store to y made ptxas read them again.
 template <typename C>
-__device__ __forceinline__ void StoreGroup(const HopperParams& p, const ConsumerRole& role,
-                                           int slice, int j, int r4, float4 v) {
-  const uint32_t low = ptx::TransposeMatrix8x8(HalfPairBits(v.x, v.y));   // columns 0-7
-  const uint32_t high = ptx::TransposeMatrix8x8(HalfPairBits(v.z, v.w));  // columns 8-15
+struct OutputSlice {
+  __half* y;
+  int n;
+  int m_rows;
+  int n_tiles;
+  int row0;   // y row of the slice's row 0 (its row part's first)
+  int tile0;  // the slice's first 64-column tile
+  __device__ __forceinline__ OutputSlice(const HopperParams& p, int slice)
+      : y(p.y), n(p.n), m_rows(p.m_rows), n_tiles(p.n_tiles) {
+    const SliceCoords at = SliceCoordsOf<C>(p, slice);
+    row0 = at.part * C::kBatch;
+    tile0 = at.column_slice * C::kBlockNTiles;
+  }
+};
+
+// Stores kCount of this thread's float4s where their rows exist: v[i] is float4 first + i of its
+// tiles in tile-major order (float4 r4 of tile j is number j kTileVecs + r4). Float4 r4 of a tile
+// holds rows R and R + 1 (R = 8 r4 + 2 (lane % 4)) of columns c and c + 8 (see AccRow); a warp's
+// 8-row group is two 8 x 8 blocks of (column, row), which two transposes (movmatrix) turn into
+// (row, column): lane l then holds row 8 r4 + l / 4 at columns 2 q, 2 q + 1 and 8 + 2 q, 8 + 2 q +
+// 1 of the warp's 16 (q = l % 4). One exchange with the neighbouring lane leaves each lane four
+// adjacent columns, so one 8-byte store per lane writes the warp's 8 rows x 32 bytes: whole
+// sectors (one FP16 per lane and store wrote half of each: Nsight Compute, L8B.qkv at 256 rows,
+// 50% of the store sectors wasted). Every float4's transposes and exchange come before any store,
+// and the stores are predicated, not branched around: a group at a time, each store behind a
+// branch, serialized the groups (H200, session 33: a 128-row block's whole-slice stores took ~2
+// us). Every lane of the warp calls it (movmatrix and the shuffle are warp-collective), without a
+// branch before it: the one around a warp-collective instruction made ptxas give up the uniform
+// datapath in the main loop (R2UR and WARPSYNC on every stage, +7% on L8B.gate/up at 64 rows on
+// the H100).
+template <typename C, int kCount>
+__device__ __forceinline__ void StoreGroups(const OutputSlice<C>& out, const ConsumerRole& role,
+                                            int first, const float4 (&v)[kCount]) {
+  constexpr int kTileVecs = C::kAccFloats / 4;
   const int q = role.lane % 4;
   const bool odd = q % 2 == 1;  // takes columns 8 + 2 (q - 1) .. + 3, else 2 q .. 2 q + 3
-  const uint32_t neighbour = __shfl_xor_sync(0xffffffffu, odd ? low : high, 1);
-  const SliceCoords at = SliceCoordsOf<C>(p, slice);
-  const int tile = at.column_slice * C::kBlockNTiles + TileOf<C>(role, j);
-  const int row = 8 * r4 + role.lane / 4;
-  const int col = tile * 64 + 16 * role.warp + (odd ? 6 + 2 * q : 2 * q);
-  const int y_row = at.part * C::kBatch + row;  // at.part is 0 without kPartSlices
-  if (OwnsGroup<C>(role, r4) && tile < p.n_tiles && y_row < p.m_rows) {
-    *reinterpret_cast<uint2*>(p.y + static_cast<int64_t>(y_row) * p.n + col) =
-        odd ? make_uint2(neighbour, high) : make_uint2(low, neighbour);
+  uint32_t low[kCount], high[kCount], neighbour[kCount];
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) {
+    low[i] = ptx::TransposeMatrix8x8(HalfPairBits(v[i].x, v[i].y));   // columns 0-7
+    high[i] = ptx::TransposeMatrix8x8(HalfPairBits(v[i].z, v[i].w));  // columns 8-15
+  }
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) {
+    neighbour[i] = __shfl_xor_sync(0xffffffffu, odd ? low[i] : high[i], 1);
+  }
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) {
+    const int j = (first + i) / kTileVecs, r4 = (first + i) % kTileVecs;
+    const int tile = out.tile0 + TileOf<C>(role, j);
+    const int row = out.row0 + 8 * r4 + role.lane / 4;
+    const int col = tile * 64 + 16 * role.warp + (odd ? 6 + 2 * q : 2 * q);
+    ptx::StoreGlobal8If(OwnsGroup<C>(role, r4) && tile < out.n_tiles && row < out.m_rows,
+                        out.y + static_cast<int64_t>(row) * out.n + col,
+                        odd ? neighbour[i] : low[i], odd ? high[i] : neighbour[i]);
   }
 }
 
@@ -146,12 +183,19 @@ __device__ __forceinline__ void FinishSegment(const HopperParams& p, int block, 
                                               StageCursor at, const ConsumerRole& role,
                                               HopperAccumulators<C>& acc) {
   if (OwnsWholeSlice(p, begin, at)) {
+    constexpr int kTileVecs = C::kAccFloats / 4;
+    constexpr int kVecs = C::kWgTiles * kTileVecs;
+    constexpr int kChunk = LargestDivisorUpTo(kVecs, 8);  // float4s stored together
+    const OutputSlice<C> out(p, at.slice);
 #pragma unroll
-    for (int j = 0; j < C::kWgTiles; ++j)
+    for (int c0 = 0; c0 < kVecs; c0 += kChunk) {
+      float4 v[kChunk];
 #pragma unroll
-      for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
-        StoreGroup<C>(p, role, at.slice, j, r4, GroupOf<C>(acc, j, r4));
+      for (int i = 0; i < kChunk; ++i) {
+        v[i] = GroupOf<C>(acc, (c0 + i) / kTileVecs, (c0 + i) % kTileVecs);
       }
+      StoreGroups<C, kChunk>(out, role, c0, v);
+    }
   } else {
     const int slot = SlotOf(p, block, at.slice);
 #pragma unroll
@@ -193,11 +237,32 @@ __device__ __forceinline__ void WaitForSlice(const HopperParams& p, int slice,
   ptx::NamedBarrier(kConsumerBarrier, C::kConsumerThreads);
 }
 
-// The largest divisor of `n` that is at most `most`.
-constexpr int LargestDivisorUpTo(int n, int most) {
-  int d = most < n ? most : n;
-  while (n % d != 0) --d;
-  return d;
+// a += b, lane by lane.
+__device__ __forceinline__ void AddFloat4(float4& a, float4 b) {
+  a.x += b.x;
+  a.y += b.y;
+  a.z += b.z;
+  a.w += b.w;
+}
+
+// Sums float4s c0 .. c0 + kChunk - 1 of this thread's tiles over the partials of `blocks` in k
+// order into `sum` (zeroed first), the loads of kBlocksInFlight blocks in flight at once.
+template <typename C, int kChunk, int kBlocksInFlight>
+__device__ __forceinline__ void SumPartialChunk(const HopperParams& p, const ConsumerRole& role,
+                                                const SliceBlocks& blocks, int c0,
+                                                float4 (&sum)[kChunk]) {
+  constexpr int kTileVecs = C::kAccFloats / 4;  // float4s of one tile
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) sum[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  SumPartials<kChunk, kBlocksInFlight>(
+      blocks,
+      [&](int slot, int i) {
+        const int v = c0 + i;
+        return FinishesGroup<C>(p, role, v % kTileVecs)
+                   ? __ldcg(PartialAt<C>(p, slot, role, v / kTileVecs, v % kTileVecs))
+                   : make_float4(0.f, 0.f, 0.f, 0.f);
+      },
+      [&](int i, float4 v) { AddFloat4(sum[i], v); });
 }
 
 // Consumers of the block that sums `slice`, after WaitForSlice: sums every block's partial of it
@@ -209,34 +274,50 @@ template <typename C>
 __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
                                          const ConsumerRole& role) {
   const SliceBlocks blocks(p, slice);
-  constexpr int kTileVecs = C::kAccFloats / 4;  // float4s of one tile
-  constexpr int kVecs = C::kWgTiles * kTileVecs;
+  constexpr int kVecs = C::kWgTiles * C::kAccFloats / 4;
   constexpr int kChunk = LargestDivisorUpTo(kVecs, 8);
+  constexpr int kLoadsInFlight = C::kConsumers > 2 ? 8 : kVecs <= 16 ? 32 : 16;
+  const OutputSlice<C> out(p, slice);
 #pragma unroll 1  // one copy of the chunk's code (see ConsumeStages): registers are not indexed
   for (int c0 = 0; c0 < kVecs; c0 += kChunk) {
     float4 sum[kChunk];
-#pragma unroll
-    for (int i = 0; i < kChunk; ++i) sum[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-    constexpr int kLoadsInFlight = C::kConsumers > 2 ? 8 : kVecs <= 16 ? 32 : 16;
-    SumPartials<kChunk, kLoadsInFlight / kChunk>(
-        blocks,
-        [&](int slot, int i) {
-          const int v = c0 + i;
-          return FinishesGroup<C>(p, role, v % kTileVecs)
-                     ? __ldcg(PartialAt<C>(p, slot, role, v / kTileVecs, v % kTileVecs))
-                     : make_float4(0.f, 0.f, 0.f, 0.f);
-        },
-        [&](int i, float4 v) {
-          sum[i].x += v.x;
-          sum[i].y += v.y;
-          sum[i].z += v.z;
-          sum[i].w += v.w;
-        });
+    SumPartialChunk<C, kChunk, kLoadsInFlight / kChunk>(p, role, blocks, c0, sum);
+    StoreGroups<C, kChunk>(out, role, c0, sum);
+  }
+}
+
+// Whether a block of configuration C that sums a split slice whose final stages were the last it
+// multiplied keeps its own partial in its accumulators (SumHeldSlice) instead of writing it and
+// reading it back: where the accumulators, a chunk of sums and one block's loads fit a consumer's
+// registers beside each other: two consumer warpgroups up to 128 rows of one tile, three up to
+// 32 rows (more spilled).
+template <typename C>
+inline constexpr bool kSumsHeldPartial = (C::kConsumers == 2 || C::kBatch <= 32) &&
+                                         sizeof(HopperAccumulators<C>) <= 64 * sizeof(float);
+
+// Consumers of the block that sums `slice`, after WaitForSlice, where `acc` still holds the
+// block's partial of it (kSumsHeldPartial): sums the other blocks' partials in k order, then its
+// own, the additions of SumSlice in the same order (the same bits), and stores the result.
+template <typename C>
+__device__ __forceinline__ void SumHeldSlice(const HopperParams& p, int slice,
+                                             const ConsumerRole& role,
+                                             const HopperAccumulators<C>& acc) {
+  SliceBlocks others(p, slice);
+  --others.last;  // this block holds the slice's final stages: the others come before it
+  constexpr int kTileVecs = C::kAccFloats / 4;
+  constexpr int kVecs = C::kWgTiles * kTileVecs;
+  constexpr int kChunk = LargestDivisorUpTo(kVecs, 8);
+  constexpr int kBlocksInFlight = kVecs <= 4 ? 4 : kVecs <= 8 ? 2 : 1;
+  const OutputSlice<C> out(p, slice);
+#pragma unroll  // the accumulators are registers: every chunk's code is its own
+  for (int c0 = 0; c0 < kVecs; c0 += kChunk) {
+    float4 sum[kChunk];
+    SumPartialChunk<C, kChunk, kBlocksInFlight>(p, role, others, c0, sum);
 #pragma unroll
     for (int i = 0; i < kChunk; ++i) {
-      const int v = c0 + i;
-      StoreGroup<C>(p, role, slice, v / kTileVecs, v % kTileVecs, sum[i]);
+      AddFloat4(sum[i], GroupOf<C>(acc, (c0 + i) / kTileVecs, (c0 + i) % kTileVecs));
     }
+    StoreGroups<C, kChunk>(out, role, c0, sum);
   }
 }
 
@@ -302,6 +383,7 @@ __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slic
                                                  const ConsumerRole& role, int rank,
                                                  uint32_t ring) {
   const ClusterShare<C> share(p.cluster_ranks);
+  const OutputSlice<C> out(p, slice);
 #pragma unroll 1
   for (int j = 0; j < C::kWgTiles; ++j) {
 #pragma unroll 1
@@ -309,7 +391,7 @@ __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slic
       const int r4 = rank + index * p.cluster_ranks;
       if (r4 >= C::kAccFloats / 4) break;
       float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (FinishesGroup<C>(p, role, r4)) {  // else nobody wrote it: StoreGroup skips the rows
+      if (FinishesGroup<C>(p, role, r4)) {  // else nobody wrote it: StoreGroups skips the rows
         const uint32_t at = ring + share.Offset(0, j, index, role.thread);
 #pragma unroll 1
         for (int q = 0; q < p.cluster_ranks; ++q) {
@@ -320,7 +402,8 @@ __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slic
           sum.w += __uint_as_float(part.w);
         }
       }
-      StoreGroup<C>(p, role, slice, j, r4, sum);  // by the whole warp
+      const float4 one[1] = {sum};
+      StoreGroups<C, 1>(out, role, j * (C::kAccFloats / 4) + r4, one);  // by the whole warp
     }
   }
 }

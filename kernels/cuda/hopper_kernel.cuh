@@ -298,6 +298,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
   // loop, the split slices whose final stages it holds (its first segment, when it ends before
   // the block's range, always does); for the others it signals the block that does.
   int first_split = -1, last_split = -1;
+  int held_split = -1;  // the split slice whose partial the accumulators keep (SumHeldSlice)
   HopperAccumulators<C> acc;
   ZeroAccumulators<C>(acc);
   int slot = 0;
@@ -499,8 +500,19 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
         break;
       }
     }
-    FinishSegment<C>(p, block, begin, last, role, acc);
-    if (!OwnsWholeSlice(p, begin, last)) {
+    const bool split = !OwnsWholeSlice(p, begin, last);
+    // This block sums a split slice whose final stages it holds: its first segment when that ends
+    // before the block's range, or a last one that ends on the slice's end.
+    const bool sums = split && (segment_end != end || last.stage + 1 == p.stages_per_slice);
+    // Whether no segment follows this one, so the accumulators keep its partial.
+    const bool final_segment = segment_end == range_end &&
+                               !(C::kLastSegmentFirst && range_end == end && order.mid != begin);
+    if (kSumsHeldPartial<C> && sums && final_segment) {
+      held_split = slice;
+    } else {
+      FinishSegment<C>(p, block, begin, last, role, acc);
+    }
+    if (split) {
       if (segment_end != end) {
         first_split = slice;
       } else if (last.stage + 1 == p.stages_per_slice) {
@@ -517,13 +529,20 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
       }
     }
   }
-  // Both sums in one loop, so the summing code exists once: it runs once a call, from a cold
+  // The held slice first: the accumulators are free for the other sum's loads once it is stored.
+  if constexpr (kSumsHeldPartial<C>) {
+    if (held_split >= 0) {
+      WaitForSlice<C>(p, held_split, role);
+      SumHeldSlice<C>(p, held_split, role, acc);
+    }
+  }
+  // Both other sums in one loop, so the summing code exists once: it runs once a call, from a cold
   // instruction cache (Nsight Compute, L8B.qkv striped at 256 rows: most of the epilogue's stall
   // samples were instruction fetches).
 #pragma unroll 1
   for (int k = 0; k < 2; ++k) {
     const int split = k == 0 ? first_split : last_split;
-    if (split < 0) continue;
+    if (split < 0 || split == held_split) continue;
     WaitForSlice<C>(p, split, role);
     SumSlice<C>(p, split, role);
   }

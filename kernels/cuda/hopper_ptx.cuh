@@ -157,6 +157,19 @@ __device__ __forceinline__ void StoreShared16(uint32_t smem, float4 v) {
                : "memory");
 }
 
+// st.global.v2.b32 of (lo, hi) at `gmem` where `pred` holds, predicated instead of branched
+// around: a branch per store kept ptxas from overlapping one store's transposes with another's.
+__device__ __forceinline__ void StoreGlobal8If(bool pred, void* gmem, uint32_t lo, uint32_t hi) {
+  asm volatile(
+      "{\n"
+      " .reg .pred p;\n"
+      " setp.ne.b32 p, %0, 0;\n"
+      " @p st.global.v2.b32 [%1], {%2, %3};\n"
+      "}\n" ::"r"(static_cast<uint32_t>(pred)),
+      "l"(gmem), "r"(lo), "r"(hi)
+      : "memory");
+}
+
 // %cluster_ctarank: this block's rank within its thread-block cluster.
 __device__ __forceinline__ uint32_t ClusterRank() {
   uint32_t rank;
