@@ -6,7 +6,8 @@
 //
 //   ExchangeKHalves<C>(role, exchange_smem, acc);        // split-k configurations only
 //   FinishSegment<C>(p, block, begin, last, role, acc);  // striped partition, then
-//   SignalSlice<C>(p, slice, role);  or  WaitForSlice<C>(p, slice, role); SumSlice<C>(...);
+//   PartialWritten(written);  or  WaitForSlice<C>(p, slice, role); SumSlice<C>(...);  // then
+//   SignalSlice(p, begin, end, written);                  // by a producer thread
 //   ScatterPartials<C>(p, role, rank, ring, shares, acc);  // cluster split, every rank, then
 //   ClusterBarrierWait(shares, 0); SumOwnedPartials<C>(p, slice, role, rank, ring);
 #ifndef MARLIN_KERNELS_CUDA_HOPPER_EPILOGUE_CUH_
@@ -209,14 +210,31 @@ __device__ __forceinline__ void FinishSegment(const HopperParams& p, int block, 
   }
 }
 
-// Consumers of a block that does not sum split `slice` (it lacks the slice's final stages), once
-// their partial of it is written (FinishSegment): tells the block that sums it. The barrier orders
-// every consumer thread's writes before thread 0's release; nobody waits for the signal to land.
-template <typename C>
-__device__ __forceinline__ void SignalSlice(const HopperParams& p, int slice,
-                                            const ConsumerRole& role) {
-  ptx::NamedBarrier(kConsumerBarrier, C::kConsumerThreads);
-  if (role.thread == 0) ptx::ReleaseAdd(&p.counters[SliceBlocks(p, slice).last], 1);
+// Whether the block of the striped partition whose iterations are [begin, end) signals a split
+// slice: the one holding its last iteration, where that ends inside the slice (a later block holds
+// the slice's final stages and sums it). Its consumers write their partial of it (FinishSegment)
+// and arrive on the block's `written` barrier (PartialWritten); one producer thread then tells the
+// summing block (SignalSlice).
+__device__ __forceinline__ bool SignalsSlice(const HopperParams& p, int begin, int end) {
+  return p.cluster_ranks == 0 && end > begin && end % p.stages_per_slice != 0;
+}
+
+// Consumers, once their partial of the slice the block signals is written: each thread's arrival
+// releases its stores to the signalling thread (SignalSlice), and the consumers go on at once.
+__device__ __forceinline__ void PartialWritten(uint32_t written) { ptx::BarrierArrive(written); }
+
+// One producer thread of a block that signals a split slice (SignalsSlice): once every consumer
+// thread has written its partial of it (PartialWritten), tells the block that sums it. The release
+// waits for the partial's stores to reach L2 (a 128-row block's 64 KB: about 2.3 us on an H200,
+// session 33); on the consumers, where it was before, that held up their main loop wherever the
+// block multiplies the slice's segment first (kLastSegmentFirst). Nobody waits for the signal to
+// land.
+__device__ __forceinline__ void SignalSlice(const HopperParams& p, int begin, int end,
+                                            uint32_t written) {
+  if (!SignalsSlice(p, begin, end)) return;
+  ptx::BarrierWait(written, 0);
+  ptx::GridDependencyWait();  // the counters are this call's once the previous call is done
+  ptx::ReleaseAdd(&p.counters[SliceBlocks(p, (end - 1) / p.stages_per_slice).last], 1);
 }
 
 // Consumers of the block that sums split `slice` (the one holding its final stages, the slice's

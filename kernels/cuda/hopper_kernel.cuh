@@ -259,6 +259,7 @@ struct BlockSync {
   uint32_t ring;         // the first slot
   uint32_t full, empty;  // kStages mbarriers each, 8 bytes apart
   uint32_t shares;       // cluster split: completes once every rank's shares have landed here
+  uint32_t written;      // striped: completes once the partial the block signals is written
 };
 
 // Consumers, cluster split, after the block's one segment: once every rank's consumers are past
@@ -296,7 +297,8 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
   const uint32_t full = sync.full, empty = sync.empty;
   // A block splits at most its first and its last slice with other blocks. It sums, after its main
   // loop, the split slices whose final stages it holds (its first segment, when it ends before
-  // the block's range, always does); for the others it signals the block that does.
+  // the block's range, always does); for the other, a producer thread signals the block that does
+  // (SignalSlice).
   int first_split = -1, last_split = -1;
   int held_split = -1;  // the split slice whose partial the accumulators keep (SumHeldSlice)
   HopperAccumulators<C> acc;
@@ -518,7 +520,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
       } else if (last.stage + 1 == p.stages_per_slice) {
         last_split = slice;
       } else {
-        SignalSlice<C>(p, slice, role);
+        PartialWritten(sync.written);  // a producer thread signals it (SignalSlice)
       }
     }
     segment_begin = segment_end;
@@ -557,11 +559,13 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
   __shared__ __align__(8) uint64_t full_bars[C::kStages];
   __shared__ __align__(8) uint64_t empty_bars[C::kStages];
   __shared__ __align__(8) uint64_t shares_bar;
+  __shared__ __align__(8) uint64_t written_bar;
   // TMA's 128-byte swizzle repeats every 1024 bytes: the ring starts on such a boundary.
   const BlockSync sync{.ring = (ptx::SharedAddress(smem) + 1023) & ~1023u,
                        .full = ptx::SharedAddress(full_bars),
                        .empty = ptx::SharedAddress(empty_bars),
-                       .shares = ptx::SharedAddress(&shares_bar)};
+                       .shares = ptx::SharedAddress(&shares_bar),
+                       .written = ptx::SharedAddress(&written_bar)};
   const BlockOrder<C> order(p, FirstIteration(p, block), FirstIteration(p, block + 1));
   constexpr bool kClusters = ClusterRanksOf<C>() > 1;  // whether C runs the cluster split's sums
 
@@ -570,6 +574,7 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
       ptx::BarrierInit(sync.full + 8 * s, 2);                   // StageCopies' two arrivals
       ptx::BarrierInit(sync.empty + 8 * s, C::kConsumers * 4);  // one arrival per consumer warp
     }
+    ptx::BarrierInit(sync.written, C::kConsumerThreads);  // PartialWritten's arrivals
     if (kClusters && p.cluster_ranks > 1) {
       ptx::BarrierInit(sync.shares, SharesArrivals<C>(p.cluster_ranks));
     }
@@ -599,11 +604,13 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
     constexpr StageCopies kFirst = C::kSplitK ? StageCopies::kBoth : StageCopies::kWeights;
     if (threadIdx.x == 0) {
       ProduceStages<C, kFirst>(maps, x_map, p, order, sync.ring, sync.full, sync.empty);
-    } else if constexpr (!C::kSplitK) {
-      if (threadIdx.x == 32) {
+    } else if (threadIdx.x == 32) {
+      if constexpr (!C::kSplitK) {
         ProduceStages<C, StageCopies::kActivations>(maps, x_map, p, order, sync.ring, sync.full,
                                                     sync.empty);
       }
+    } else if (threadIdx.x == 64) {
+      SignalSlice(p, order.begin, order.end, sync.written);
     }
     if (kClusters && p.cluster_ranks > 1) ptx::ClusterWait();
   } else {
