@@ -414,10 +414,8 @@ __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slic
 #pragma unroll 1
         for (int q = 0; q < p.cluster_ranks; ++q) {
           const uint4 part = ptx::LoadShared16(at + q * share.bytes);
-          sum.x += __uint_as_float(part.x);
-          sum.y += __uint_as_float(part.y);
-          sum.z += __uint_as_float(part.z);
-          sum.w += __uint_as_float(part.w);
+          AddFloat4(sum, make_float4(__uint_as_float(part.x), __uint_as_float(part.y),
+                                     __uint_as_float(part.z), __uint_as_float(part.w)));
         }
       }
       const float4 one[1] = {sum};
