@@ -61,25 +61,26 @@ struct OutputSlice {
   }
 };
 
-// Stores kCount of this thread's float4s where their rows exist: v[i] is float4 first + i of its
-// tiles in tile-major order (float4 r4 of tile j is number j kTileVecs + r4). Float4 r4 of a tile
-// holds rows R and R + 1 (R = 8 r4 + 2 (lane % 4)) of columns c and c + 8 (see AccRow); a warp's
-// 8-row group is two 8 x 8 blocks of (column, row), which two transposes (movmatrix) turn into
-// (row, column): lane l then holds row 8 r4 + l / 4 at columns 2 q, 2 q + 1 and 8 + 2 q, 8 + 2 q +
-// 1 of the warp's 16 (q = l % 4). One exchange with the neighbouring lane leaves each lane four
-// adjacent columns, so one 8-byte store per lane writes the warp's 8 rows x 32 bytes: whole
-// sectors (one FP16 per lane and store wrote half of each: Nsight Compute, L8B.qkv at 256 rows,
-// 50% of the store sectors wasted). Every float4's transposes and exchange come before any store,
-// and the stores are predicated, not branched around: a group at a time, each store behind a
-// branch, serialized the groups (H200, session 33: a 128-row block's whole-slice stores took ~2
-// us). Every lane of the warp calls it (movmatrix and the shuffle are warp-collective), without a
-// branch before it: the one around a warp-collective instruction made ptxas give up the uniform
-// datapath in the main loop (R2UR and WARPSYNC on every stage, +7% on L8B.gate/up at 64 rows on
-// the H100).
+// Stores kCount of this thread's float4s where their rows exist: v[i] is float4 number vecs[i] of
+// its tiles in tile-major order (float4 r4 of tile j is number j kTileVecs + r4; a number past the
+// last stores nothing). Float4 r4 of a tile holds rows R and R + 1 (R = 8 r4 + 2 (lane % 4)) of
+// columns c and c + 8 (see AccRow); a warp's 8-row group is two 8 x 8 blocks of (column, row),
+// which two transposes (movmatrix) turn into (row, column): lane l then holds row 8 r4 + l / 4 at
+// columns 2 q, 2 q + 1 and 8 + 2 q, 8 + 2 q + 1 of the warp's 16 (q = l % 4). One exchange with the
+// neighbouring lane leaves each lane four adjacent columns, so one 8-byte store per lane writes the
+// warp's 8 rows x 32 bytes: whole sectors (one FP16 per lane and store wrote half of each: Nsight
+// Compute, L8B.qkv at 256 rows, 50% of the store sectors wasted). Every float4's transposes and
+// exchange come before any store, and the stores are predicated, not branched around: a group at a
+// time, each store behind a branch, serialized the groups (H200, session 33: a 128-row block's
+// whole-slice stores took ~2 us). Every lane of the warp calls it (movmatrix and the shuffle are
+// warp-collective), without a branch before it: the one around a warp-collective instruction made
+// ptxas give up the uniform datapath in the main loop (R2UR and WARPSYNC on every stage, +7% on
+// L8B.gate/up at 64 rows on the H100).
 template <typename C, int kCount>
 __device__ __forceinline__ void StoreGroups(const OutputSlice<C>& out, const ConsumerRole& role,
-                                            int first, const float4 (&v)[kCount]) {
+                                            const int (&vecs)[kCount], const float4 (&v)[kCount]) {
   constexpr int kTileVecs = C::kAccFloats / 4;
+  constexpr int kVecs = C::kWgTiles * kTileVecs;
   const int q = role.lane % 4;
   const bool odd = q % 2 == 1;  // takes columns 8 + 2 (q - 1) .. + 3, else 2 q .. 2 q + 3
   uint32_t low[kCount], high[kCount], neighbour[kCount];
@@ -94,14 +95,25 @@ __device__ __forceinline__ void StoreGroups(const OutputSlice<C>& out, const Con
   }
 #pragma unroll
   for (int i = 0; i < kCount; ++i) {
-    const int j = (first + i) / kTileVecs, r4 = (first + i) % kTileVecs;
+    const int j = vecs[i] / kTileVecs, r4 = vecs[i] % kTileVecs;
     const int tile = out.tile0 + TileOf<C>(role, j);
     const int row = out.row0 + 8 * r4 + role.lane / 4;
     const int col = tile * 64 + 16 * role.warp + (odd ? 6 + 2 * q : 2 * q);
-    ptx::StoreGlobal8If(OwnsGroup<C>(role, r4) && tile < out.n_tiles && row < out.m_rows,
-                        out.y + static_cast<int64_t>(row) * out.n + col,
-                        odd ? neighbour[i] : low[i], odd ? high[i] : neighbour[i]);
+    ptx::StoreGlobal8If(
+        vecs[i] < kVecs && OwnsGroup<C>(role, r4) && tile < out.n_tiles && row < out.m_rows,
+        out.y + static_cast<int64_t>(row) * out.n + col, odd ? neighbour[i] : low[i],
+        odd ? high[i] : neighbour[i]);
   }
+}
+
+// StoreGroups of float4s first .. first + kCount - 1.
+template <typename C, int kCount>
+__device__ __forceinline__ void StoreGroups(const OutputSlice<C>& out, const ConsumerRole& role,
+                                            int first, const float4 (&v)[kCount]) {
+  int vecs[kCount];
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) vecs[i] = first + i;
+  StoreGroups<C, kCount>(out, role, vecs, v);
 }
 
 template <typename C>
@@ -393,33 +405,42 @@ __host__ __device__ constexpr uint32_t SharesArrivals(int ranks) {
 }
 
 // Consumers, cluster split, once every rank's shares of this rank's float4s have landed (the
-// `shares` barrier): sums those shares in rank order (deterministic) and stores them. Loops, not
-// unrolled code: the registers they use are not indexed, and the code runs once a call from a
-// cold instruction cache.
+// `shares` barrier): sums those shares in rank order (deterministic) and stores them through
+// StoreGroups up to 4 float4s at a time, so their transposes and exchanges overlap (stored one at
+// a time, each waited on the previous one's store). Loops, not unrolled code: the registers they
+// use are not indexed, and the code runs once a call from a cold instruction cache.
 template <typename C>
 __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slice,
                                                  const ConsumerRole& role, int rank,
                                                  uint32_t ring) {
+  constexpr int kTileVecs = C::kAccFloats / 4;
+  constexpr int kChunk = kTileVecs < 4 ? kTileVecs : 4;  // float4s stored together (StoreGroups)
   const ClusterShare<C> share(p.cluster_ranks);
   const OutputSlice<C> out(p, slice);
 #pragma unroll 1
   for (int j = 0; j < C::kWgTiles; ++j) {
 #pragma unroll 1
-    for (int index = 0; index < share.vecs; ++index) {
-      const int r4 = rank + index * p.cluster_ranks;
-      if (r4 >= C::kAccFloats / 4) break;
-      float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (FinishesGroup<C>(p, role, r4)) {  // else nobody wrote it: StoreGroups skips the rows
-        const uint32_t at = ring + share.Offset(0, j, index, role.thread);
+    for (int index0 = 0; index0 < share.vecs; index0 += kChunk) {
+      float4 sum[kChunk];
+      int vecs[kChunk];  // tile-major float4 numbers; C::kWgTiles kTileVecs: none
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) {
+        const int index = index0 + i;
+        const int r4 = rank + index * p.cluster_ranks;
+        const bool owned = index < share.vecs && r4 < kTileVecs;
+        vecs[i] = owned ? j * kTileVecs + r4 : C::kWgTiles * kTileVecs;
+        sum[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (owned && FinishesGroup<C>(p, role, r4)) {  // else nobody wrote it
+          const uint32_t at = ring + share.Offset(0, j, index, role.thread);
 #pragma unroll 1
-        for (int q = 0; q < p.cluster_ranks; ++q) {
-          const uint4 part = ptx::LoadShared16(at + q * share.bytes);
-          AddFloat4(sum, make_float4(__uint_as_float(part.x), __uint_as_float(part.y),
-                                     __uint_as_float(part.z), __uint_as_float(part.w)));
+          for (int q = 0; q < p.cluster_ranks; ++q) {
+            const uint4 part = ptx::LoadShared16(at + q * share.bytes);
+            AddFloat4(sum[i], make_float4(__uint_as_float(part.x), __uint_as_float(part.y),
+                                          __uint_as_float(part.z), __uint_as_float(part.w)));
+          }
         }
       }
-      const float4 one[1] = {sum};
-      StoreGroups<C, 1>(out, role, j * (C::kAccFloats / 4) + r4, one);  // by the whole warp
+      StoreGroups<C, kChunk>(out, role, vecs, sum);  // by the whole warp
     }
   }
 }
