@@ -4,10 +4,12 @@
 // replays divided by the call count, cuBLAS measured in the same run.
 //
 //   marlin-bench [--m 1,4,16,32,64,128,256] [--layers L8B,L70B,big] [--json FILE]
+//   marlin-bench --profile-layer L70B.qkv --profile-m 16 [--trace]  # one layer's launches only
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -26,6 +28,7 @@
 #include "kernels/cuda/cuda_resources.h"
 #include "kernels/cuda/dequant_cublas.h"
 #include "kernels/cuda/gemm_dispatch.h"
+#include "kernels/cuda/hopper_trace.h"
 #include "kernels/cuda/marlin_gemm.h"
 #include "nlohmann/json.hpp"
 
@@ -154,6 +157,54 @@ double TimePerCallUs(cudaStream_t stream, int calls, int replays,
   return TimeSideBySide(stream, replays, {{calls, record}}).front();
 }
 
+// Back-to-back calls whose last one --trace reports: the earlier ones set the scene that the
+// benchmark's graphs give a call (the previous call still draining, the caches warm).
+constexpr int kTraceCalls = 20;
+
+// Prints the Hopper kernel's timeline of the last traced call (hopper_trace.h): for each slot, how
+// many blocks reached it and the earliest, median and latest stamp, in us from the moment the
+// previous call ended (the earliest block past the grid dependency; blocks that found an idle SM
+// start before it); then every block's stamps ("-": not reached).
+void PrintTrace(const std::vector<uint64_t>& ns) {
+  using cuda::hopper::kTraceSlots;
+  auto stamp = [&](int block, int slot) { return ns[size_t{1} * block * kTraceSlots + slot]; };
+  std::vector<int> blocks;
+  uint64_t t0 = UINT64_MAX;
+  for (int b = 0; b < cuda::hopper::kTraceBlocks; ++b) {
+    if (stamp(b, cuda::hopper::kTraceDependencyMet) == 0) continue;
+    blocks.push_back(b);
+    t0 = std::min(t0, stamp(b, cuda::hopper::kTraceDependencyMet));
+  }
+  auto us = [&](uint64_t t) { return (static_cast<double>(t) - static_cast<double>(t0)) / 1e3; };
+  std::printf("trace: the last of %d calls, %zu blocks, us from the previous call's end\n\n",
+              kTraceCalls, blocks.size());
+  std::printf("| point | blocks | earliest | median | latest |\n|---|---|---|---|---|\n");
+  for (int slot = 0; slot < kTraceSlots; ++slot) {
+    std::vector<double> t;
+    for (int b : blocks) {
+      if (stamp(b, slot) != 0) t.push_back(us(stamp(b, slot)));
+    }
+    if (t.empty()) continue;
+    std::sort(t.begin(), t.end());
+    std::printf("| %s | %zu | %.2f | %.2f | %.2f |\n", cuda::hopper::TraceSlotName(slot), t.size(),
+                t.front(), t[t.size() / 2], t.back());
+  }
+  std::printf("\nblock");
+  for (int slot = 0; slot < kTraceSlots; ++slot) std::printf(" %d", slot);
+  std::printf("\n");
+  for (int b : blocks) {
+    std::printf("%d", b);
+    for (int slot = 0; slot < kTraceSlots; ++slot) {
+      if (stamp(b, slot) == 0) {
+        std::printf(" -");
+      } else {
+        std::printf(" %.2f", us(stamp(b, slot)));
+      }
+    }
+    std::printf("\n");
+  }
+}
+
 struct Row {
   std::string model, layer;
   int64_t k, n, m;
@@ -227,6 +278,10 @@ int Main(int argc, char** argv) {
   app.add_option("--profile-layer", profile_layer,
                  "only launch the kernel 3 times on this layer, outside graphs (for ncu)");
   app.add_option("--profile-m", profile_m, "rows for --profile-layer");
+  bool trace = false;
+  app.add_flag("--trace", trace,
+               "with --profile-layer: print the Hopper kernel's per-block timeline of the last of "
+               "20 back-to-back calls (a build with -DMARLIN_HOPPER_TRACE=ON)");
   std::string path_list = "auto";
   app.add_option("--paths", path_list,
                  "kernel paths to time side by side: auto (the dispatch table), ampere, hopper, "
@@ -311,11 +366,14 @@ int Main(int argc, char** argv) {
       paths.front().Force();
       const cuda::DeviceWeight w{q.get(), sc.as<__half>(), shape,
                                  paths.front().Layout(fastest_layout)};
-      for (int i = 0; i < 3; ++i) {
+      BENCH_CHECK(stream.Synchronize());
+      if (trace) BENCH_CHECK(cuda::hopper::ClearTrace());
+      for (int i = 0; i < (trace ? kTraceCalls : 3); ++i) {
         BENCH_CHECK(
             cuda::Gemm(x.as<__half>(), profile_m, w, y.as<__half>(), workspace, stream.get()));
       }
       BENCH_CHECK(stream.Synchronize());
+      if (trace) PrintTrace(Check(cuda::hopper::ReadTrace()));
       return 0;
     }
     std::fprintf(stderr, "marlin-bench: unknown layer %s\n", profile_layer.c_str());

@@ -4,16 +4,19 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_resources.h"
 #include "kernels/cuda/gemm_dispatch.h"
 #include "kernels/cuda/hopper_kernel.cuh"
+#include "kernels/cuda/hopper_trace.h"
 #include "kernels/cuda/tensor_map.h"
 
 namespace marlin::cuda::hopper {
@@ -903,5 +906,44 @@ absl::Status LaunchGemm(const __half* x, int64_t m, const DeviceWeight& w, __hal
   }
   return absl::OkStatus();
 }
+
+const char* TraceSlotName(int slot) {
+  static constexpr const char* kNames[] = {
+      "consumers start",    "grid dependency met",    "segment 0 start",
+      "segment 0 loop end", "segment 0 end",          "segment 1 start",
+      "segment 1 loop end", "segment 1 end",          "segment 2 start",
+      "segment 2 loop end", "segment 2 end",          "cluster: rings free",
+      "cluster: scattered", "cluster: shares landed", "held sum: others signalled",
+      "held sum stored",    "sum: others signalled",  "sum stored",
+      "consumers end"};
+  static_assert(std::size(kNames) == kTraceSlots && kTraceSegments == 3);
+  return slot >= 0 && slot < kTraceSlots ? kNames[slot] : "?";
+}
+
+#ifdef MARLIN_HOPPER_TRACE
+bool TraceBuilt() { return true; }
+
+absl::Status ClearTrace() {
+  const std::vector<uint64_t> zeros(size_t{kTraceBlocks} * kTraceSlots, 0);
+  MARLIN_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyToSymbol(g_trace_ns, zeros.data(), zeros.size() * sizeof(uint64_t)));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint64_t>> ReadTrace() {
+  std::vector<uint64_t> ns(size_t{kTraceBlocks} * kTraceSlots);
+  MARLIN_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyFromSymbol(ns.data(), g_trace_ns, ns.size() * sizeof(uint64_t)));
+  return ns;
+}
+#else
+bool TraceBuilt() { return false; }
+
+absl::Status ClearTrace() {
+  return absl::FailedPreconditionError("built without the trace (cmake -DMARLIN_HOPPER_TRACE=ON)");
+}
+
+absl::StatusOr<std::vector<uint64_t>> ReadTrace() { return ClearTrace(); }
+#endif
 
 }  // namespace marlin::cuda::hopper

@@ -39,6 +39,7 @@
 #include "kernels/cuda/hopper_dequant.cuh"
 #include "kernels/cuda/hopper_epilogue.cuh"
 #include "kernels/cuda/hopper_ptx.cuh"
+#include "kernels/cuda/hopper_trace.cuh"
 #include "kernels/cuda/ptx_helpers.cuh"
 #include "kernels/cuda/striped_partition.cuh"
 #include "kernels/cuda/wgmma_ops.cuh"
@@ -278,8 +279,11 @@ __device__ __forceinline__ void FinishClusterSlice(const HopperParams& p, int sl
   const int rank = static_cast<int>(ptx::ClusterRank());
   ptx::ClusterArriveRelaxed();  // this block's consumers are past the ring
   ptx::ClusterWait();
+  TraceAt(kTraceClusterRingsFree);
   ScatterPartials<C>(p, role, rank, sync.ring, sync.shares, acc);
+  TraceAt(kTraceClusterScattered);
   ptx::ClusterBarrierWait(sync.shares, 0);
+  TraceAt(kTraceClusterSharesLanded);
   SumOwnedPartials<C>(p, slice, role, rank, sync.ring);
 }
 
@@ -314,7 +318,9 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
   // for every wgmma group at the loop's back edge (C7517; the SASS had a full
   // WARPGROUP.DEPBAR on every iteration, so no two groups were ever in flight).
   int range_end = end;  // [mid, end), then [begin, mid) (BlockOrder)
-  for (int segment_begin = order.mid; segment_begin < range_end;) {
+  int segment = 0;      // the segment's number in this block, for the trace (TraceSegment)
+  for (int segment_begin = order.mid; segment_begin < range_end; ++segment) {
+    TraceSegment(segment, 0);
     const int slice = segment_begin / p.stages_per_slice;
     const int segment_end = min(range_end, (slice + 1) * p.stages_per_slice);
     int in_flight = -1;  // the slot whose wgmma group may still be reading it
@@ -492,6 +498,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
       AddScaled<C>(product, scales, acc);
     }
     if constexpr (C::kProducts != 2) release(in_flight);  // that branch released its slots
+    TraceSegment(segment, 1);
     if constexpr (C::kSplitK) {
       ExchangeKHalves<C>(role, sync.ring + C::kStages * C::kStageBytes, acc);
     }
@@ -499,6 +506,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
     if constexpr (ClusterRanksOf<C>() > 1) {
       if (p.cluster_ranks > 1) {  // one segment
         FinishClusterSlice<C>(p, slice, role, sync, acc);
+        TraceSegment(segment, 2);
         break;
       }
     }
@@ -523,6 +531,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
         PartialWritten(sync.written);  // a producer thread signals it (SignalSlice)
       }
     }
+    TraceSegment(segment, 2);
     segment_begin = segment_end;
     if constexpr (C::kLastSegmentFirst) {
       if (segment_begin == end && order.mid != begin) {
@@ -535,7 +544,9 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
   if constexpr (kSumsHeldPartial<C>) {
     if (held_split >= 0) {
       WaitForSlice<C>(p, held_split, role);
+      TraceAt(kTraceHeldSumWaited);
       SumHeldSlice<C>(p, held_split, role, acc);
+      TraceAt(kTraceHeldSumDone);
     }
   }
   // Both other sums in one loop, so the summing code exists once: it runs once a call, from a cold
@@ -546,7 +557,9 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
     const int split = k == 0 ? first_split : last_split;
     if (split < 0 || split == held_split) continue;
     WaitForSlice<C>(p, split, role);
+    TraceAt(kTraceSumWaited);
     SumSlice<C>(p, split, role);
+    TraceAt(kTraceSumDone);
   }
 }
 
@@ -615,8 +628,11 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
     if (kClusters && p.cluster_ranks > 1) ptx::ClusterWait();
   } else {
     ptx::RaiseRegisterBudget<C::kConsumerRegisters>();
+    TraceAt(kTraceConsumersStart);
     ptx::GridDependencyWait();  // before the workspace and y, which the previous call used
+    TraceAt(kTraceDependencyMet);
     ConsumeStages<C>(p, block, order, sync);
+    TraceAt(kTraceConsumersEnd);
   }
 }
 
