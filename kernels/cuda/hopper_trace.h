@@ -3,12 +3,13 @@
 // -DMARLIN_HOPPER_TRACE=ON, the first consumer thread of each block stores %globaltimer at each
 // TraceSlot it passes (hopper_trace.cuh); the host clears and reads the stamps here, and
 // `marlin-bench --profile-layer L --profile-m M --trace` prints them. Without the option the
-// kernels carry no trace code and the functions below return FailedPrecondition.
+// kernels carry no trace code and the functions below return FailedPrecondition. They are defined
+// in hopper_gemm.cu, the one translation unit that holds the kernels and their stamps.
 //
 //   RETURN_IF_ERROR(hopper::ClearTrace());
 //   ... launch calls on the stream, synchronize ...
-//   ASSIGN_OR_RETURN(std::vector<uint64_t> ns, hopper::ReadTrace());  // ns[block * kTraceSlots +
-//   slot]
+//   ASSIGN_OR_RETURN(std::vector<uint64_t> ns, hopper::ReadTrace());
+//   ns[block * kTraceSlots + slot];  // ns, 0 where the block did not pass the slot
 //
 // The stores cost a call 0.2-1.1 us (H100, session 23): compare a traced build's figures only
 // with another traced build's.
