@@ -419,8 +419,10 @@ __host__ __device__ constexpr uint32_t SharesArrivals(int ranks) {
 // Consumers, cluster split, once every rank's shares of this rank's float4s have landed (the
 // `shares` barrier): sums those shares in rank order (deterministic) and stores them through
 // StoreGroups up to 4 float4s at a time, so their transposes and exchanges overlap (stored one at
-// a time, each waited on the previous one's store). Loops, not unrolled code: the registers they
-// use are not indexed, and the code runs once a call from a cold instruction cache.
+// a time, each waited on the previous one's store). A chunk's loads of one rank's share go out
+// together, so a chunk waits out `ranks` load latencies, not kChunk times as many. Loops over ranks
+// and chunks, not unrolled code: the registers they use are not indexed, and the code runs once a
+// call from a cold instruction cache.
 template <typename C>
 __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slice,
                                                  const ConsumerRole& role, int rank,
@@ -434,21 +436,31 @@ __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slic
 #pragma unroll 1
     for (int index0 = 0; index0 < share.vecs; index0 += kChunk) {
       float4 sum[kChunk];
-      int vecs[kChunk];  // tile-major float4 numbers; C::kWgTiles kTileVecs: none
+      int vecs[kChunk];     // tile-major float4 numbers; C::kWgTiles kTileVecs: none
+      bool summed[kChunk];  // written by every rank (else nobody wrote it)
 #pragma unroll
       for (int i = 0; i < kChunk; ++i) {
         const int index = index0 + i;
         const int r4 = rank + index * p.cluster_ranks;
         const bool owned = index < share.vecs && r4 < kTileVecs;
         vecs[i] = owned ? j * kTileVecs + r4 : C::kWgTiles * kTileVecs;
+        summed[i] = owned && FinishesGroup<C>(p, role, r4);
         sum[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (owned && FinishesGroup<C>(p, role, r4)) {  // else nobody wrote it
-          const uint32_t at = ring + share.Offset(0, j, index, role.thread);
+      }
 #pragma unroll 1
-          for (int q = 0; q < p.cluster_ranks; ++q) {
-            const uint4 part = ptx::LoadShared16(at + q * share.bytes);
-            AddFloat4(sum[i], make_float4(__uint_as_float(part.x), __uint_as_float(part.y),
-                                          __uint_as_float(part.z), __uint_as_float(part.w)));
+      for (int q = 0; q < p.cluster_ranks; ++q) {
+        uint4 part[kChunk];
+#pragma unroll
+        for (int i = 0; i < kChunk; ++i) {
+          if (summed[i]) {
+            part[i] = ptx::LoadShared16(ring + share.Offset(q, j, index0 + i, role.thread));
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < kChunk; ++i) {
+          if (summed[i]) {
+            AddFloat4(sum[i], make_float4(__uint_as_float(part[i].x), __uint_as_float(part[i].y),
+                                          __uint_as_float(part[i].z), __uint_as_float(part[i].w)));
           }
         }
       }
