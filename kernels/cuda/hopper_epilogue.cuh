@@ -6,7 +6,7 @@
 //
 //   ExchangeKHalves<C>(role, exchange_smem, acc);        // split-k configurations only
 //   FinishSegment<C>(p, block, begin, last, role, acc);  // striped partition, then
-//   PartialWritten(written);  or  WaitForSlice<C>(p, slice, role); SumSlice<C>(...);  // then
+//   PartialWritten(written);  or  WaitForSlice<C>(p, blocks, role); SumSlice<C>(...);  // then
 //   SignalSlice(p, begin, end, written);                  // by a producer thread
 //   ScatterPartials<C>(p, role, rank, ring, shares, acc);  // cluster split, every rank, then
 //   ClusterBarrierWait(shares, 0); SumOwnedPartials<C>(p, slice, role, rank, ring);
@@ -249,16 +249,16 @@ __device__ __forceinline__ void SignalSlice(const HopperParams& p, int begin, in
   ptx::ReleaseAdd(&p.counters[SliceBlocks(p, (end - 1) / p.stages_per_slice).last], 1);
 }
 
-// Consumers of the block that sums split `slice` (the one holding its final stages, the slice's
-// last block in index order): waits until every other block of the slice has signalled
-// (SignalSlice), after which their partials are visible, and leaves the counter at zero for the
-// next call. The blocks it waits for have lower indices, so the hardware, which starts a grid's
-// blocks in index order, has started them before it; they never wait themselves.
+// Consumers of the block that sums a split slice (the one holding its final stages, the slice's
+// last block in index order), whose `blocks` every consumer thread computed before (so that their
+// divisions overlap the wait, not the sum): waits until every other block of the slice has
+// signalled (SignalSlice), after which their partials are visible, and leaves the counter at zero
+// for the next call. The blocks it waits for have lower indices, so the hardware, which starts a
+// grid's blocks in index order, has started them before it; they never wait themselves.
 template <typename C>
-__device__ __forceinline__ void WaitForSlice(const HopperParams& p, int slice,
+__device__ __forceinline__ void WaitForSlice(const HopperParams& p, const SliceBlocks& blocks,
                                              const ConsumerRole& role) {
   if (role.thread == 0) {
-    const SliceBlocks blocks(p, slice);
     int* const counter = &p.counters[blocks.last];
     while (ptx::LoadAcquire(counter) != blocks.last - blocks.first) {
     }
@@ -295,15 +295,14 @@ __device__ __forceinline__ void SumPartialChunk(const HopperParams& p, const Con
       [&](int i, float4 v) { AddFloat4(sum[i], v); });
 }
 
-// Consumers of the block that sums `slice`, after WaitForSlice: sums every block's partial of it
-// (its own included, which it wrote itself) in k order (deterministic) and stores the result. The
-// thread's float4s of all its tiles go in equal chunks of at most 8, with 32 loads in flight up to
-// 64 rows and 16 beyond (more would spill the taller configurations), 8 with three or four consumer
-// warpgroups (128 or 96 registers a thread).
+// Consumers of the block that sums `slice` (its `blocks`), after WaitForSlice: sums every block's
+// partial of it (its own included, which it wrote itself) in k order (deterministic) and stores the
+// result. The thread's float4s of all its tiles go in equal chunks of at most 8, with 32 loads in
+// flight up to 64 rows and 16 beyond (more would spill the taller configurations), 8 with three or
+// four consumer warpgroups (128 or 96 registers a thread).
 template <typename C>
 __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
-                                         const ConsumerRole& role) {
-  const SliceBlocks blocks(p, slice);
+                                         const SliceBlocks& blocks, const ConsumerRole& role) {
   constexpr int kVecs = C::kWgTiles * C::kAccFloats / 4;
   constexpr int kChunk = LargestDivisorUpTo(kVecs, 8);
   constexpr int kLoadsInFlight = C::kConsumers > 2 ? 8 : kVecs <= 16 ? 32 : 16;
@@ -325,14 +324,14 @@ template <typename C>
 inline constexpr bool kSumsHeldPartial = (C::kConsumers == 2 || C::kBatch <= 32) &&
                                          sizeof(HopperAccumulators<C>) <= 64 * sizeof(float);
 
-// Consumers of the block that sums `slice`, after WaitForSlice, where `acc` still holds the
-// block's partial of it (kSumsHeldPartial): sums the other blocks' partials in k order, then its
-// own, the additions of SumSlice in the same order (the same bits), and stores the result.
+// Consumers of the block that sums `slice` (its `blocks`), after WaitForSlice, where `acc` holds
+// the block's partial of it (kSumsHeldPartial): sums the other blocks' partials in k order, then
+// its own, the additions of SumSlice in the same order (the same bits), and stores the result.
 template <typename C>
 __device__ __forceinline__ void SumHeldSlice(const HopperParams& p, int slice,
-                                             const ConsumerRole& role,
+                                             const SliceBlocks& blocks, const ConsumerRole& role,
                                              const HopperAccumulators<C>& acc) {
-  SliceBlocks others(p, slice);
+  SliceBlocks others = blocks;
   --others.last;  // this block holds the slice's final stages: the others come before it
   constexpr int kTileVecs = C::kAccFloats / 4;
   constexpr int kVecs = C::kWgTiles * kTileVecs;

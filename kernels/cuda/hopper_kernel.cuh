@@ -543,9 +543,10 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
   // The held slice first: the accumulators are free for the other sum's loads once it is stored.
   if constexpr (kSumsHeldPartial<C>) {
     if (held_split >= 0) {
-      WaitForSlice<C>(p, held_split, role);
+      const SliceBlocks blocks(p, held_split);
+      WaitForSlice<C>(p, blocks, role);
       TraceAt(kTraceHeldSumWaited);
-      SumHeldSlice<C>(p, held_split, role, acc);
+      SumHeldSlice<C>(p, held_split, blocks, role, acc);
       TraceAt(kTraceHeldSumDone);
     }
   }
@@ -556,9 +557,10 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
   for (int k = 0; k < 2; ++k) {
     const int split = k == 0 ? first_split : last_split;
     if (split < 0 || split == held_split) continue;
-    WaitForSlice<C>(p, split, role);
+    const SliceBlocks blocks(p, split);
+    WaitForSlice<C>(p, blocks, role);
     TraceAt(kTraceSumWaited);
-    SumSlice<C>(p, split, role);
+    SumSlice<C>(p, split, blocks, role);
     TraceAt(kTraceSumDone);
   }
 }
