@@ -126,10 +126,16 @@ struct HopperConfig {
   // narrow configurations and the 8-row wide one), multiplied into in turn so that a group is
   // issued before the previous one has joined the sum (ConsumeStages); else one, which every
   // group's first stage waits on in full (wgmma.wait_group 0) before the group can be issued,
-  // emptying the wgmma queue once a group. Split-k configurations keep one: with two, their 1-8-row
-  // calls were 4-6% slower (H200, session 30, each build twice in one call: L70B.o 12.5 -> 13.2
-  // us at 1-8 rows, L8B.down 11.7 -> 12.2), level at 16-32 rows.
-  static constexpr int kProducts = !kScalesInFp32 ? 0 : (kStagesPerGroup == 1 && !kSplitK ? 2 : 1);
+  // emptying the wgmma queue once a group. Split-k configurations keep one up to 16 rows: with
+  // two, their 1-8-row calls were 4-6% slower (H200, session 30, each build twice in one call:
+  // L70B.o 12.5 -> 13.2 us at 1-8 rows, L8B.down 11.7 -> 12.2), level at 16-32 rows; in session
+  // 35 (likewise) 1-3% slower at 1-8 rows (L70B.o 12.4 -> 12.6, L8B.o 5.6 -> 5.7), level at 16,
+  // and 4% faster at 32 (L70B.o 15.1, 15.1 -> 14.5, 14.6; L8B.qkv 8.3, 8.4 -> 8.0, 8.0; L8B.down
+  // 13.9, 14.0 -> 13.4, 13.4), so the 32-row one takes two. In the SASS of the one-product loop
+  // every stage dequantizes only after the previous group has retired: ptxas gives its A
+  // fragments that group's registers.
+  static constexpr int kProducts =
+      !kScalesInFp32 ? 0 : (kStagesPerGroup == 1 && (!kSplitK || kBatch == 32) ? 2 : 1);
   static constexpr int kAccSets = 1 + kProducts;  // the sum and the products
   // Where a split-k warpgroup leaves the float4s the other one owns (ExchangeKHalves).
   static constexpr int kExchangeBytes = kSplitK ? kWgTiles * kAccFloats * 4 * kWarpgroupThreads : 0;
