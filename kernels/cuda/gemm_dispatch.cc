@@ -280,4 +280,21 @@ bool ThreeConsumerWavesPay(const ChosenTallLaunch& chosen, int64_t rows, int tri
   return false;
 }
 
+// Three consumer warpgroups at 128 rows on a cluster split, measured on an H200 (session 36:
+// marlin-bench --paths auto --layers L8B, each build in turn, two and three rounds in two calls).
+// Where a tall plan's waves fill one wave badly because the weight's 128-column slices are too few
+// for the SMs and too many to split further, 192-column slices split over more ranks fill it:
+// L8B.qkv at 256 rows (2 x 48 units, one block each, 96 of 132 SMs; as 2 x 32 units on two-block
+// clusters, 128 blocks of 3/4 the MACs) 27.2-28.6 -> 26.0-27.4 us in all five rounds, L8B.o at 384
+// (3 x 32 units, 96 blocks; as 3 x 22 on two-block clusters, 132) 25.7-26.6 -> 24.1-25.4. On
+// L8B.qkv a block of theirs multiplied about a fifth slower than a narrow one (50.3M MACs in ~26
+// us against 67.1M in ~27.6; 64-k stages against 128-k ones, and cluster sums), so it takes at
+// least 1.3x the blocks.
+bool ClusteredThreeConsumersPay(int64_t chosen_blocks, int64_t trio_units, int trio_ranks,
+                                int sm_count) {
+  if (trio_ranks < 2 || chosen_blocks > sm_count) return false;
+  const int64_t trio_blocks = trio_units * trio_ranks;
+  return FillsOneWave(trio_blocks, sm_count) && 10 * trio_blocks >= 13 * chosen_blocks;
+}
+
 }  // namespace marlin::cuda

@@ -132,6 +132,15 @@ bool RunsPay(const ChosenTallLaunch& chosen, int64_t x_bytes, int sm_count, int6
 bool ThreeConsumerWavesPay(const ChosenTallLaunch& chosen, int64_t rows, int trio_slices,
                            int sm_count);
 
+// The measured rule (docs/perf/kernel-h100.md, session 36) for whether a tall product of whole
+// 128-row parts runs, instead of `chosen_blocks` blocks in waves (one wave), as waves of the Hopper
+// path's three-consumer configuration on a cluster split of `trio_ranks` >= 2 blocks for each of
+// its `trio_units` units (128-row part x 192-column slice) on a device of `sm_count` SMs: where
+// those clusters fill at least 90% of the SMs in one wave on at least 1.3x the blocks, so each
+// block multiplies at most 10/13 of what a block of the plan it replaces does.
+bool ClusteredThreeConsumersPay(int64_t chosen_blocks, int64_t trio_units, int trio_ranks,
+                                int sm_count);
+
 }  // namespace marlin::cuda
 
 #endif  // MARLIN_KERNELS_CUDA_GEMM_DISPATCH_H_

@@ -332,6 +332,34 @@ TEST(GemmDispatchTest, ThreeConsumerWavesFollowTheMeasurements) {
   }
 }
 
+// The clustered three-consumer rule (gemm_dispatch.cc) on 132 SMs: the blocks of the tall plan it
+// would replace, the three-consumer configuration's units and its cluster ranks.
+TEST(GemmDispatchTest, ClusteredThreeConsumersFillOneWave) {
+  constexpr int kSms = 132;
+  struct Case {
+    const char* product;
+    int64_t chosen_blocks, trio_units;
+    int trio_ranks;
+    bool pays;
+  };
+  const Case cases[] = {
+      {"L8B.qkv at 256 rows: 96 blocks, or 2 x 32 units on two-block clusters", 96, 64, 2, true},
+      {"L8B.o at 384 rows: 96 blocks, or 3 x 22 units on two-block clusters", 96, 66, 2, true},
+      {"L8B.o at 256 rows: 128 blocks already", 128, 44, 3, false},
+      {"96 blocks, or 32 units on three-block clusters", 96, 32, 3, false},
+      {"one block per unit", 100, 120, 1, false},
+      {"clusters over one wave", 96, 68, 2, false},
+      {"a plan of two waves", 200, 64, 2, false},
+      {"118 blocks, or 120 in clusters: too little to gain", 118, 60, 2, false},
+      {"92 blocks, or 120 in clusters", 92, 60, 2, true},
+      {"93 blocks, or 120 in clusters: too little to gain", 93, 60, 2, false},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(ClusteredThreeConsumersPay(c.chosen_blocks, c.trio_units, c.trio_ranks, kSms), c.pays)
+        << c.product;
+  }
+}
+
 TEST(GemmDispatchTest, ForcedTallPartRowsRoundTrip) {
   EXPECT_EQ(ForcedTallPartRows(), 0);
   ForceTallPartRowsForTesting(128);

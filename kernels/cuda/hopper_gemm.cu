@@ -102,9 +102,11 @@ using Rows128Narrow = TallRowsConfig<128>;
 using Rows256Narrow = TallRowsConfig<256>;
 // Three consumer warpgroups of one tile each at 128 rows: 192-column slices, whose units (128-row
 // part x slice) fill whole waves on weights where the 128-column ones leave a wave part-empty
-// (ThreeConsumerWavesPay in gemm_dispatch.h). Only tall launches in waves. No group stages: with
-// them the 64 accumulators and two stages' fragments would not fit the 128 registers a thread of
-// 512 threads launches with. ptxas: 128 registers, 16 bytes of spill stores and loads.
+// (ThreeConsumerWavesPay in gemm_dispatch.h), or on a cluster split where a narrow plan's blocks
+// leave a quarter of the SMs idle (ClusteredThreeConsumersPay). Only tall launches in waves. No
+// group stages: with them the 64 accumulators and two stages' fragments would not fit the 128
+// registers a thread of 512 threads launches with. ptxas: 128 registers, 16 bytes of spill stores
+// and loads.
 using Rows128Trio = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/false,
                                  /*kPartSlices=*/false, /*kConsumers=*/3>;
 
@@ -277,6 +279,17 @@ absl::StatusOr<HopperMaps> EncodeMaps(const __half* x, int rows, int parts, bool
 // The fewest k stages a block of the cluster split takes; shorter runs are all pipeline fill.
 constexpr int kMinStagesPerRank = 4;
 
+// The kernel whose co-resident clusters are asked for: C's one-part pass, or its only one
+// (kOnlyTallLaunches).
+template <typename C>
+constexpr auto OccupancyKernel() {
+  if constexpr (kOnlyTallLaunches<C>) {
+    return HopperGemmKernel<C, RowSplit::kTall>;
+  } else {
+    return HopperGemmKernel<C, RowSplit::kOnePart>;
+  }
+}
+
 // Co-resident clusters of configuration C on a device, by blocks per cluster (index r, 1 <= r <=
 // kMaxClusterRanks; 0 where clusters of r blocks cannot launch).
 using ClusterCapacities = std::array<int, kMaxClusterRanks + 1>;
@@ -304,9 +317,8 @@ absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
   return PerDevice<C, ClusterCapacities>([sm_count](int) -> absl::StatusOr<ClusterCapacities> {
     // The driver answers for the kernel's current shared-memory limit: raise it first (a pass may
     // ask before any launch of C, or after launching only C's row-part kernel).
-    MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(HopperGemmKernel<C, RowSplit::kOnePart>,
-                                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                     C::kSmemBytes));
+    MARLIN_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+        OccupancyKernel<C>(), cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
     ClusterCapacities capacities{};
     capacities[1] = sm_count;  // one block per SM, no cluster launched
     for (int ranks = 2; ranks <= kMaxClusterRanks; ++ranks) {
@@ -321,9 +333,8 @@ absl::StatusOr<ClusterCapacities> DeviceClusterCapacities(int sm_count) {
       config.dynamicSmemBytes = C::kSmemBytes;
       config.attrs = &cluster;
       config.numAttrs = 1;
-      if (cudaOccupancyMaxActiveClusters(&capacities[ranks],
-                                         HopperGemmKernel<C, RowSplit::kOnePart>,
-                                         &config) != cudaSuccess) {
+      if (cudaOccupancyMaxActiveClusters(&capacities[ranks], OccupancyKernel<C>(), &config) !=
+          cudaSuccess) {
         (void)cudaGetLastError();  // a cluster size this device refuses: none of that size
         capacities[ranks] = 0;
       }
@@ -758,7 +769,7 @@ struct TallPlan {
   int parts;
   int ranks;
   TallLaunch launch;
-  bool three_consumers = false;  // waves of Rows128Trio (part_rows 128, ranks 1)
+  bool three_consumers = false;  // waves of Rows128Trio (part_rows 128)
 };
 
 // The parts of a tall launch of `rows` rows in the height class `height` (128: as many parts as
@@ -828,9 +839,10 @@ std::optional<TallPlan> OneWavePlan(int64_t rows, int slices, int sm_count) {
 // How a product of kMinTallRows <= rows <= kMaxTallLaunchRows rows starts: the measured rules'
 // tall launch (MeasuredTallPlan) or pass; where that leaves the SMs under-filled, one wave of
 // fitted parts (OneWavePlan, OneWavePays); else, where 192-column slices fill whole waves, fewer
-// than it takes, waves of the three-consumer configuration (ThreeConsumerWavesPay); where it runs
-// several full waves, the same units as runs of whole units (RunsPay). A forced partition or part
-// height keeps the first.
+// than it takes, waves of the three-consumer configuration (ThreeConsumerWavesPay); where its
+// waves fill one wave badly, those units on a cluster split that fills it
+// (ClusteredThreeConsumersPay); where it runs several full waves, the same units as runs of whole
+// units (RunsPay). A forced partition or part height keeps the first.
 absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int sm_count) {
   const absl::StatusOr<TallPlan> measured = MeasuredTallPlan(w, rows, sm_count);
   if (!measured.ok() || ForcedTallPartRows() != 0 ||
@@ -854,6 +866,22 @@ absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int
                     1,
                     TallLaunch::kWaves,
                     /*three_consumers=*/true};
+  }
+  if (chosen.launch == TallLaunch::kWaves && rows % kMinTallPartRows == 0) {
+    const int parts = static_cast<int>(rows / kMinTallPartRows);
+    const PassShape<Rows128Trio> trio(w);
+    const absl::StatusOr<int> trio_ranks =
+        BestClusterRanks<Rows128Trio>(trio.slices, trio.stages_per_slice, parts, sm_count);
+    if (!trio_ranks.ok()) return trio_ranks.status();
+    if (ClusteredThreeConsumersPay(chosen.units * chosen.ranks, int64_t{1} * parts * trio.slices,
+                                   *trio_ranks, sm_count)) {
+      return TallPlan{rows,
+                      static_cast<int>(kMinTallPartRows),
+                      parts,
+                      *trio_ranks,
+                      TallLaunch::kWaves,
+                      /*three_consumers=*/true};
+    }
   }
   const absl::StatusOr<int64_t> l2_bytes = DeviceL2Bytes();
   if (!l2_bytes.ok()) return l2_bytes.status();

@@ -294,6 +294,10 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape) {
   CheckShape(520, 512, 192, 128);
   ForceTallPartRowsForTesting(256);
   CheckShape(520, 512, 192, 128);
+  ForceTallPartRowsForTesting(0);
+  // Dispatched on 132 SMs: two 128-row parts of three consumer warpgroups on two-block clusters
+  // (ClusteredThreeConsumersPay).
+  CheckShape(256, 512, 6144, 128);
 }
 
 // Tall launches on the Hopper path (hopper_gemm.h: all rows in one grid, in parts of 128-256 rows
@@ -319,6 +323,10 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_TallLaunches_RowPartsAndRemainder) {
     // columns, the last slice one tile), per channel with K not a multiple of a stage too.
     CheckShape(1536, 1024, 4096, 128, /*sampled_columns=*/24);
     CheckShape(1536, 1040, 4096, kPerChannel, /*sampled_columns=*/24);
+    // Measured on 132 SMs: two 128-row parts of the three-consumer configuration, 2 x 32 units on
+    // two-block clusters, where the narrow plan's 96 blocks leave a quarter of the SMs idle.
+    CheckShape(256, 1024, 6144, 128, /*sampled_columns=*/24);
+    CheckShape(256, 1040, 6144, kPerChannel, /*sampled_columns=*/24);
   }
 }
 
