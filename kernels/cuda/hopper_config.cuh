@@ -147,14 +147,22 @@ struct HopperConfig {
   static constexpr int kSmemBytes = kStages * kStageBytes + kExchangeBytes + 1024;
   // Stages whose weights a block requests before the grid waits for the previous kernel
   // (ProduceStages); their activation boxes all go out as soon as it has. Measured on the H100
-  // (each alternated four times with 12 in one call): a split-k block, whose stage carries 2-4x
-  // the activation bytes of a wide or narrow one and whose call mostly ends with every block at
-  // once, starts its loop sooner with fewer: at 4, L8B.o 7.5 -> 7.2 us at 1-8 rows, 7.9 -> 7.3
-  // at 16 and 8.7 -> 7.8 at 32; L8B.down 15.6 -> 14.8 at 16; L70B.o 15.1 -> 14.7 at 16 and 16.9
-  // -> 16.0 at 32 (6, 8 and 10 fell in between; 3 was no better). The other configurations lost
-  // with 8 (L70B.qkv 19.0 -> 19.5-20.5 us at 1 row, L70B.gate/up 88.1 -> 89.3), and with deeper
-  // rings (24 stages at most: L70B.qkv 18.9 -> 20.6 us at 1 row).
-  static constexpr int kEarlyStages = kSplitK && kStages > 4 ? 4 : kStages;
+  // (session 13, each alternated four times with 12 in one call): a split-k block, whose stage
+  // carries 2-4x the activation bytes of a wide or narrow one and whose call mostly ends with
+  // every block at once, started its loop sooner with fewer (at 4, L8B.o 7.9 -> 7.3 us at 16 rows,
+  // L70B.o 16.9 -> 16.0 at 32; 3 was no better); the other configurations, whose one producer
+  // thread then issued both kinds of copy, lost with 8 (L70B.qkv 19.0 -> 19.5-20.5 us at 1 row).
+  // Since session 25 two threads issue them. On an H200 (session 36, three rounds of each build
+  // in turn in each of two calls; us, best round) 2 and 8 won: split-k L8B.o 5.5 -> 5.3 at 1 row,
+  // 6.5 -> 6.3 at 32, 8.1 -> 7.7 at 64, L8B.qkv 10.3 -> 10.0 at 64 (7.0 -> 7.1 at 1-8), L70B.o
+  // 12.3 -> 12.2 at 1 row; the others L70B.qkv 16.2 -> 15.9 at 16 rows, L70B.gate/up 66.6 ->
+  // 65.4, 16384^2 37.7 -> 37.4; the 70B block 1.2-1.5% faster at 8-16 rows. A ring's worth (12)
+  // everywhere was 4-14% slower on the split-k layers (L8B.o 5.5 -> 6.2 at 8 rows). From 64 rows
+  // the other configurations keep theirs (their rings hold 5-9 stages; 16384^2 read 67.4 -> 68.6
+  // at 64 rows with 8).
+  static constexpr int kEarlyStages = kSplitK        ? (kStages > 2 ? 2 : kStages)
+                                      : kBatch <= 32 ? (kStages > 8 ? 8 : kStages)
+                                                     : kStages;
   // Two stages' wgmma groups are in flight: the accumulators and two stages' A fragments must fit
   // the registers ptxas allocates, the launch's (two tiles at 128 rows did not; ptxas serialized
   // the groups, C7512).

@@ -132,11 +132,11 @@ enum class StageCopies { kWeights, kActivations, kBoth };
 
 // Warpgroup 0, one thread (or two, one for each half of StageCopies): fills the ring for the
 // block's iterations, in BlockOrder. Weights and scales never change under a call, so the first
-// C::kEarlyStages stages of them (a ring's worth, or fewer) are requested before the grid waits for
-// the previous kernel on the stream (programmatic dependent launch): their streaming overlaps that
-// kernel's last blocks. Activations (of the block's row part: `x_map`), which the previous kernel
-// may have written, come after; so does the rest of the ring, whose slots are still fresh (a wait
-// for the parity before a fresh barrier's first phase returns at once).
+// C::kEarlyStages stages of them (2, 8 or a ring's worth) are requested before the grid waits
+// for the previous kernel on the stream (programmatic dependent launch): their streaming overlaps
+// that kernel's last blocks. Activations (of the block's row part: `x_map`), which the previous
+// kernel may have written, come after; so does the rest of the ring, whose slots are still fresh (a
+// wait for the parity before a fresh barrier's first phase returns at once).
 template <typename C, StageCopies kCopies>
 __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const CUtensorMap* x_map,
                                               const HopperParams& p, const BlockOrder<C>& order,
