@@ -36,12 +36,23 @@ __device__ __forceinline__ uint32_t HalfPairBits(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-// The largest divisor of `n` that is at most `most`.
-constexpr int LargestDivisorUpTo(int n, int most) {
-  int d = most < n ? most : n;
-  while (n % d != 0) --d;
-  return d;
-}
+// How a thread's kVecs float4s of a slice go in chunks, whose loads are in flight together and
+// whose stores issue together: as few chunks of at most 8 as hold them, kWhole of kSize float4s and
+// then, where kSize does not divide kVecs, one of kRest. At 136 rows (17 float4s) that is 6, 6 and
+// 5; chunks of equal size had to be of one float4 there, each waiting out its own loads (the
+// 136-row configuration's striped sums lost 4-5% that way, H200, session 36).
+template <int kVecs>
+struct Float4Chunks {
+  static constexpr int kSize = (kVecs + (kVecs + 7) / 8 - 1) / ((kVecs + 7) / 8);
+  static constexpr int kWhole = kVecs / kSize;
+  static constexpr int kRest = kVecs % kSize;
+};
+static_assert(Float4Chunks<17>::kSize == 6 && Float4Chunks<17>::kWhole == 2 &&
+              Float4Chunks<17>::kRest == 5);
+static_assert(Float4Chunks<32>::kSize == 8 && Float4Chunks<32>::kWhole == 4 &&
+              Float4Chunks<32>::kRest == 0);
+static_assert(Float4Chunks<2>::kSize == 2 && Float4Chunks<2>::kWhole == 1 &&
+              Float4Chunks<2>::kRest == 0);
 
 // Where a slice's output goes, read from the kernel's parameters once per slice: a launch of row
 // parts keeps them in shared memory (RowPart), and every store to y made ptxas read them again.
@@ -177,6 +188,18 @@ __device__ __forceinline__ void ExchangeKHalves(const ConsumerRole& role, uint32
     }
 }
 
+// Stores this thread's float4s c0 .. c0 + kCount - 1 of its tiles from its accumulators.
+template <typename C, int kCount>
+__device__ __forceinline__ void StoreHeldChunk(const OutputSlice<C>& out, const ConsumerRole& role,
+                                               const HopperAccumulators<C>& acc, int c0) {
+  constexpr int kTileVecs = C::kAccFloats / 4;
+  float4 v[kCount];
+#pragma unroll
+  for (int i = 0; i < kCount; ++i)
+    v[i] = GroupOf<C>(acc, (c0 + i) / kTileVecs, (c0 + i) % kTileVecs);
+  StoreGroups<C, kCount>(out, role, c0, v);
+}
+
 // Whether the segment of `at.slice` ending at `at` covers the whole slice (else it is split
 // between blocks and summed by the reducers).
 template <typename P>
@@ -198,16 +221,14 @@ __device__ __forceinline__ void FinishSegment(const HopperParams& p, int block, 
   if (OwnsWholeSlice(p, begin, at)) {
     constexpr int kTileVecs = C::kAccFloats / 4;
     constexpr int kVecs = C::kWgTiles * kTileVecs;
-    constexpr int kChunk = LargestDivisorUpTo(kVecs, 8);  // float4s stored together
+    using Chunks = Float4Chunks<kVecs>;
     const OutputSlice<C> out(p, at.slice);
 #pragma unroll
-    for (int c0 = 0; c0 < kVecs; c0 += kChunk) {
-      float4 v[kChunk];
-#pragma unroll
-      for (int i = 0; i < kChunk; ++i) {
-        v[i] = GroupOf<C>(acc, (c0 + i) / kTileVecs, (c0 + i) % kTileVecs);
-      }
-      StoreGroups<C, kChunk>(out, role, c0, v);
+    for (int c0 = 0; c0 < Chunks::kWhole * Chunks::kSize; c0 += Chunks::kSize) {
+      StoreHeldChunk<C, Chunks::kSize>(out, role, acc, c0);
+    }
+    if constexpr (Chunks::kRest > 0) {
+      StoreHeldChunk<C, Chunks::kRest>(out, role, acc, Chunks::kWhole * Chunks::kSize);
     }
   } else {
     const int slot = SlotOf(p, block, at.slice);
@@ -295,23 +316,51 @@ __device__ __forceinline__ void SumPartialChunk(const HopperParams& p, const Con
       [&](int i, float4 v) { AddFloat4(sum[i], v); });
 }
 
+// SumPartialChunk over `blocks`, then stores the sums.
+template <typename C, int kCount, int kBlocksInFlight>
+__device__ __forceinline__ void SumChunk(const HopperParams& p, const ConsumerRole& role,
+                                         const SliceBlocks& blocks, const OutputSlice<C>& out,
+                                         int c0) {
+  float4 sum[kCount];
+  SumPartialChunk<C, kCount, kBlocksInFlight>(p, role, blocks, c0, sum);
+  StoreGroups<C, kCount>(out, role, c0, sum);
+}
+
+// SumPartialChunk over `others`, then adds this block's own partial from its accumulators last and
+// stores the sums.
+template <typename C, int kCount, int kBlocksInFlight>
+__device__ __forceinline__ void SumHeldChunk(const HopperParams& p, const ConsumerRole& role,
+                                             const SliceBlocks& others, const OutputSlice<C>& out,
+                                             const HopperAccumulators<C>& acc, int c0) {
+  constexpr int kTileVecs = C::kAccFloats / 4;
+  float4 sum[kCount];
+  SumPartialChunk<C, kCount, kBlocksInFlight>(p, role, others, c0, sum);
+#pragma unroll
+  for (int i = 0; i < kCount; ++i) {
+    AddFloat4(sum[i], GroupOf<C>(acc, (c0 + i) / kTileVecs, (c0 + i) % kTileVecs));
+  }
+  StoreGroups<C, kCount>(out, role, c0, sum);
+}
+
 // Consumers of the block that sums `slice` (its `blocks`), after WaitForSlice: sums every block's
 // partial of it (its own included, which it wrote itself) in k order (deterministic) and stores the
-// result. The thread's float4s of all its tiles go in equal chunks of at most 8, with 32 loads in
-// flight up to 64 rows and 16 beyond (more would spill the taller configurations), 8 with three or
-// four consumer warpgroups (128 or 96 registers a thread).
+// result. The thread's float4s of all its tiles go in chunks of at most 8 (Float4Chunks), with 32
+// loads in flight up to 64 rows and 16 beyond (more would spill the taller configurations), 8 with
+// three or four consumer warpgroups (128 or 96 registers a thread).
 template <typename C>
 __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
                                          const SliceBlocks& blocks, const ConsumerRole& role) {
   constexpr int kVecs = C::kWgTiles * C::kAccFloats / 4;
-  constexpr int kChunk = LargestDivisorUpTo(kVecs, 8);
   constexpr int kLoadsInFlight = C::kConsumers > 2 ? 8 : kVecs <= 16 ? 32 : 16;
+  using Chunks = Float4Chunks<kVecs>;
   const OutputSlice<C> out(p, slice);
 #pragma unroll 1  // one copy of the chunk's code (see ConsumeStages): registers are not indexed
-  for (int c0 = 0; c0 < kVecs; c0 += kChunk) {
-    float4 sum[kChunk];
-    SumPartialChunk<C, kChunk, kLoadsInFlight / kChunk>(p, role, blocks, c0, sum);
-    StoreGroups<C, kChunk>(out, role, c0, sum);
+  for (int c0 = 0; c0 < Chunks::kWhole * Chunks::kSize; c0 += Chunks::kSize) {
+    SumChunk<C, Chunks::kSize, kLoadsInFlight / Chunks::kSize>(p, role, blocks, out, c0);
+  }
+  if constexpr (Chunks::kRest > 0) {
+    SumChunk<C, Chunks::kRest, kLoadsInFlight / Chunks::kRest>(p, role, blocks, out,
+                                                               Chunks::kWhole * Chunks::kSize);
   }
 }
 
@@ -335,18 +384,16 @@ __device__ __forceinline__ void SumHeldSlice(const HopperParams& p, int slice,
   --others.last;  // this block holds the slice's final stages: the others come before it
   constexpr int kTileVecs = C::kAccFloats / 4;
   constexpr int kVecs = C::kWgTiles * kTileVecs;
-  constexpr int kChunk = LargestDivisorUpTo(kVecs, 8);
   constexpr int kBlocksInFlight = kVecs <= 4 ? 4 : kVecs <= 8 ? 2 : 1;
+  using Chunks = Float4Chunks<kVecs>;
   const OutputSlice<C> out(p, slice);
 #pragma unroll  // the accumulators are registers: every chunk's code is its own
-  for (int c0 = 0; c0 < kVecs; c0 += kChunk) {
-    float4 sum[kChunk];
-    SumPartialChunk<C, kChunk, kBlocksInFlight>(p, role, others, c0, sum);
-#pragma unroll
-    for (int i = 0; i < kChunk; ++i) {
-      AddFloat4(sum[i], GroupOf<C>(acc, (c0 + i) / kTileVecs, (c0 + i) % kTileVecs));
-    }
-    StoreGroups<C, kChunk>(out, role, c0, sum);
+  for (int c0 = 0; c0 < Chunks::kWhole * Chunks::kSize; c0 += Chunks::kSize) {
+    SumHeldChunk<C, Chunks::kSize, kBlocksInFlight>(p, role, others, out, acc, c0);
+  }
+  if constexpr (Chunks::kRest > 0) {
+    SumHeldChunk<C, Chunks::kRest, kBlocksInFlight>(p, role, others, out, acc,
+                                                    Chunks::kWhole * Chunks::kSize);
   }
 }
 

@@ -79,7 +79,7 @@ using Rows64Quad = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/false
                                 /*kPartSlices=*/false, /*kConsumers=*/4>;
 // Configurations of 80-256 rows: one tile per consumer warpgroup, with group stages where the
 // accumulators and two group stages' fragments fit the launch's registers (up to 192 rows). Besides
-// 128 and 256 rows, parts of 144-224 rows fit the rows of a pass or of a tall launch's parts (a
+// 128 and 256 rows, parts of 136-224 rows fit the rows of a pass or of a tall launch's parts (a
 // product's rows spread evenly over its parts, FittedPartRows) instead of rounding them up to 256
 // or leaving a remainder to a pass that streams the weight again. With kPartSlices, the striped
 // tall launches' configurations. Measured on the H100 (session 20, each build twice in one call,
@@ -94,7 +94,14 @@ using Rows64Quad = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/false
 // in one call, per-model speedups over cuBLAS FP16, 128 -> fitted (with the fused scales in
 // both): L70B 1.35 -> 1.70 at 80 rows, 1.18 -> 1.41 at 96, 1.23 -> 1.35 at
 // 112; 16384^2 1.11 -> 1.47 at 80, 1.17 -> 1.40 at 96; L8B 1.15 -> 1.37 at 80 (L8B.o, in two
-// 64-row parts, unchanged). ptxas: 168 registers, 8 bytes of spill stores.
+// 64-row parts, unchanged). ptxas: 168 registers, 8 bytes of spill stores. The 136-row one
+// (129-136 rows a part; 144 before) measured on the H200 (session 37, both builds twice in one
+// call, best, us): at 136 rows 16384^2 123.2 -> 117.6, L70B.qkv 49.4 -> 46.8, L70B.gate/up 225.2
+// -> 213.4, L8B.gate/up 65.0 -> 62.2; at 257 rows (two parts) 16384^2 245.5 -> 229.2, L70B.gate/up
+// 437.2 -> 418.8, L70B.down 202.0 -> 193.0, L8B.gate/up 119.2 -> 112.3; at 129-136 and 257-272
+// rows every layer 2-6% faster or level. ptxas: 168 registers, no stack; its 17 float4s a thread
+// go in uneven chunks (Float4Chunks in hopper_epilogue.cuh), which at 160 rows (7, 7, 6 for
+// 5 x 4) dropped 8 bytes of stack and moved layers by -2.6% to +2.6% at 150-160 and 300-320 rows.
 template <int kRows, bool kPartSlices = false>
 using TallRowsConfig =
     HopperConfig<kRows, 1, /*kSplitK=*/false, /*kGroupStages=*/kRows <= 192, kPartSlices>;
@@ -111,7 +118,7 @@ using Rows128Trio = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/fal
                                  /*kPartSlices=*/false, /*kConsumers=*/3>;
 
 // The rows of the configurations above, fewest first.
-constexpr std::array<int, 6> kFittedPartRows = {128, 144, 160, 192, 224, 256};
+constexpr std::array<int, 7> kFittedPartRows = {128, 136, 144, 160, 192, 224, 256};
 
 // The fewest rows of a configuration above that hold `rows` <= kMaxPassRows rows.
 int FittedPartRows(int rows) {
@@ -128,6 +135,8 @@ R WithPartRows(int part_rows, F&& f) {
   switch (part_rows) {
     case 128:
       return f.template operator()<TallRowsConfig<128>, TallRowsConfig<128, true>>();
+    case 136:
+      return f.template operator()<TallRowsConfig<136>, TallRowsConfig<136, true>>();
     case 144:
       return f.template operator()<TallRowsConfig<144>, TallRowsConfig<144, true>>();
     case 160:
@@ -836,6 +845,16 @@ std::optional<TallPlan> OneWavePlan(int64_t rows, int slices, int sm_count) {
   return std::nullopt;
 }
 
+// Waves of Rows128Trio over `rows` rows of whole 128-row parts, `ranks` blocks a unit.
+TallPlan ThreeConsumerWaves(int64_t rows, int ranks) {
+  return TallPlan{.rows = rows,
+                  .part_rows = static_cast<int>(kMinTallPartRows),
+                  .parts = static_cast<int>(rows / kMinTallPartRows),
+                  .ranks = ranks,
+                  .launch = TallLaunch::kWaves,
+                  .three_consumers = true};
+}
+
 // How a product of kMinTallRows <= rows <= kMaxTallLaunchRows rows starts: the measured rules'
 // tall launch (MeasuredTallPlan) or pass; where that leaves the SMs under-filled, one wave of
 // fitted parts (OneWavePlan, OneWavePays); else, where 192-column slices fill whole waves, fewer
@@ -860,12 +879,7 @@ absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int
     }
   }
   if (ThreeConsumerWavesPay(chosen, rows, PassShape<Rows128Trio>(w).slices, sm_count)) {
-    return TallPlan{rows,
-                    static_cast<int>(kMinTallPartRows),
-                    static_cast<int>(rows / kMinTallPartRows),
-                    1,
-                    TallLaunch::kWaves,
-                    /*three_consumers=*/true};
+    return ThreeConsumerWaves(rows, /*ranks=*/1);
   }
   if (chosen.launch == TallLaunch::kWaves && rows % kMinTallPartRows == 0) {
     const int parts = static_cast<int>(rows / kMinTallPartRows);
@@ -875,12 +889,7 @@ absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int
     if (!trio_ranks.ok()) return trio_ranks.status();
     if (ClusteredThreeConsumersPay(chosen.units * chosen.ranks, int64_t{1} * parts * trio.slices,
                                    *trio_ranks, sm_count)) {
-      return TallPlan{rows,
-                      static_cast<int>(kMinTallPartRows),
-                      parts,
-                      *trio_ranks,
-                      TallLaunch::kWaves,
-                      /*three_consumers=*/true};
+      return ThreeConsumerWaves(rows, *trio_ranks);
     }
   }
   const absl::StatusOr<int64_t> l2_bytes = DeviceL2Bytes();
