@@ -216,6 +216,17 @@ bool OneWavePays(const ChosenTallLaunch& chosen, int sm_count) {
   return false;
 }
 
+// Padding, measured on the H200 (session 37, marlin-bench --paths auto --layers L8B at 384-512
+// rows, both builds twice in one call, best, us). One wave of four 128-row parts (512 rows) in
+// place of three parts of 136 (408 rows) lost: with the rule, L8B.down at 385 / 400 / 408 rows
+// 93.8 / 89.4 / 94.6 -> 80.0 / 82.3 / 86.3 (striped), L8B.o at 385 / 400 30.4 / 28.8 -> 26.9 / 26.4
+// (cluster split); at 416 / 432 rows (three parts of 144, 432 rows) L8B.down 88.6 / 90.3 -> 86.9 /
+// 87.3; elsewhere level. The one waves that won in session 21 multiplied at most 7% more rows than
+// the plans they replaced (L8B.o at 448 rows: four parts of 128 against three of 160).
+bool OneWavePadsLittle(int64_t plan_rows, int64_t one_wave_rows) {
+  return 10 * one_wave_rows <= 11 * plan_rows;
+}
+
 // Runs of whole units, measured on the H100 (session 21: marlin-bench --paths auto at 512-4096
 // rows, each build twice in one call, the rule switched on by the environment; speedups over
 // cuBLAS FP16, waves -> runs). A block that takes consecutive units streams from one to the next

@@ -117,6 +117,11 @@ bool FillsOneWave(int64_t units, int sm_count);
 // launch of few units, waves that keep under 90% of the SMs busy).
 bool OneWavePays(const ChosenTallLaunch& chosen, int sm_count);
 
+// The measured rule (docs/perf/kernel-h100.md, session 37) for whether that one wave, whose parts
+// multiply `one_wave_rows` rows (padding included), may replace a plan that multiplies
+// `plan_rows`: where it adds at most a tenth to them.
+bool OneWavePadsLittle(int64_t plan_rows, int64_t one_wave_rows);
+
 // The measured rule (docs/perf/kernel-h100.md, session 21) for whether `chosen`, waves of one
 // block per unit, runs instead as runs of whole units (TallLaunch::kRuns: as many blocks as units
 // per wave, each taking as many consecutive units as there are waves, back to back), on a device

@@ -201,6 +201,26 @@ TEST(GemmDispatchTest, OneWaveFollowsTheH100Measurements) {
   }
 }
 
+// The one-wave padding rule (gemm_dispatch.cc) at the shapes measured on the H200 in session 37 and
+// the H100 in session 21: the rows the plan and the one wave multiply.
+TEST(GemmDispatchTest, OneWavePaddingFollowsTheMeasurements) {
+  struct Case {
+    const char* product;
+    int64_t plan_rows, one_wave_rows;
+    bool pays;
+  };
+  const Case cases[] = {
+      {"L8B.down at 385-408 rows: 3 x 136 rows striped, or 4 x 128", 408, 512, false},
+      {"L8B.down at 385 rows, before 136-row parts: 3 x 144 rows, or 4 x 128", 432, 512, false},
+      {"L8B.o at 448 rows: 3 x 160 rows in waves, or 4 x 128", 480, 512, true},
+      {"L70B.o at 384 rows: 3 x 128 rows striped, or 2 x 192", 384, 384, true},
+      {"L8B.o at 768 rows: 6 x 128 rows striped, or 4 x 192", 768, 768, true},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(OneWavePadsLittle(c.plan_rows, c.one_wave_rows), c.pays) << c.product;
+  }
+}
+
 // The runs rule (gemm_dispatch.cc) at session 21's measured shapes on the H100's 132 SMs and 50 MiB
 // of L2: the launch the rules above chose and the product's activations.
 TEST(GemmDispatchTest, RunsFollowTheH100Measurements) {

@@ -845,6 +845,12 @@ std::optional<TallPlan> OneWavePlan(int64_t rows, int slices, int sm_count) {
   return std::nullopt;
 }
 
+// The rows a plan for a product of `rows` rows multiplies, padding included: its parts', and those
+// it leaves to passes.
+int64_t WorkRows(const TallPlan& plan, int64_t rows) {
+  return int64_t{1} * plan.parts * plan.part_rows + (rows - plan.rows);
+}
+
 // Waves of Rows128Trio over `rows` rows of whole 128-row parts, `ranks` blocks a unit.
 TallPlan ThreeConsumerWaves(int64_t rows, int ranks) {
   return TallPlan{.rows = rows,
@@ -857,11 +863,11 @@ TallPlan ThreeConsumerWaves(int64_t rows, int ranks) {
 
 // How a product of kMinTallRows <= rows <= kMaxTallLaunchRows rows starts: the measured rules'
 // tall launch (MeasuredTallPlan) or pass; where that leaves the SMs under-filled, one wave of
-// fitted parts (OneWavePlan, OneWavePays); else, where 192-column slices fill whole waves, fewer
-// than it takes, waves of the three-consumer configuration (ThreeConsumerWavesPay); where its
-// waves fill one wave badly, those units on a cluster split that fills it
-// (ClusteredThreeConsumersPay); where it runs several full waves, the same units as runs of whole
-// units (RunsPay). A forced partition or part height keeps the first.
+// fitted parts (OneWavePlan, OneWavePays) that pads few more rows (OneWavePadsLittle); else, where
+// 192-column slices fill whole waves, fewer than it takes, waves of the three-consumer
+// configuration (ThreeConsumerWavesPay); where its waves fill one wave badly, those units on a
+// cluster split that fills it (ClusteredThreeConsumersPay); where it runs several full waves, the
+// same units as runs of whole units (RunsPay). A forced partition or part height keeps the first.
 absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int sm_count) {
   const absl::StatusOr<TallPlan> measured = MeasuredTallPlan(w, rows, sm_count);
   if (!measured.ok() || ForcedTallPartRows() != 0 ||
@@ -874,7 +880,8 @@ absl::StatusOr<TallPlan> ChooseTallPlan(const DeviceWeight& w, int64_t rows, int
                                 .ranks = measured->ranks,
                                 .part_rows = measured->part_rows};
   if (OneWavePays(chosen, sm_count)) {
-    if (const std::optional<TallPlan> one_wave = OneWavePlan(rows, slices, sm_count)) {
+    const std::optional<TallPlan> one_wave = OneWavePlan(rows, slices, sm_count);
+    if (one_wave && OneWavePadsLittle(WorkRows(*measured, rows), WorkRows(*one_wave, rows))) {
       return *one_wave;
     }
   }

@@ -319,6 +319,8 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_TallLaunches_RowPartsAndRemainder) {
     CheckShape(2304, 1024, 8192, 128, /*sampled_columns=*/24);  // 9 or 18 parts x 64 slices
     CheckShape(768, 1024, 4096, 128, /*sampled_columns=*/24);   // measured: 4 parts of 192 rows
     CheckShape(2048, 1024, 4096, 128, /*sampled_columns=*/24);  // measured: runs of two units
+    // Measured on 132 SMs: three 136-row parts (one wave of four 128-row ones pads too many rows).
+    CheckShape(400, 4096, 4096, 128, /*sampled_columns=*/24);
     // Measured on 132 SMs: two waves of 12 x 22 units of the three-consumer configuration (192
     // columns, the last slice one tile), per channel with K not a multiple of a stage too.
     CheckShape(1536, 1024, 4096, 128, /*sampled_columns=*/24);
