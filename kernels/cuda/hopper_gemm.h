@@ -24,10 +24,10 @@ inline constexpr int64_t kMaxPassRows = 256;
 // column slice), in waves where they outnumber the SMs, or the striped partition over every part's
 // slices. A height class of 128 or 256 rows (the measured rule, MeasuredTallPartRows in
 // gemm_dispatch.h) sets the number of parts; their rows are spread evenly and fitted to a
-// configuration (144, 160, 192 or 224 rows besides 128 and 256), the last part short. Where that
-// leaves the SMs under-filled, one wave of fitted parts runs instead; where it runs several full
-// waves, runs of whole units (OneWavePays, RunsPay in gemm_dispatch.h). Shorter products take a
-// pass.
+// configuration (136, 144, 160, 192 or 224 rows besides 128 and 256), the last part short. Where
+// that leaves the SMs under-filled, one wave of fitted parts runs instead unless it pads more rows;
+// where it runs several full waves, runs of whole units (OneWavePays, OneWavePadsLittle, RunsPay in
+// gemm_dispatch.h). Shorter products take a pass.
 inline constexpr int64_t kMinTallPartRows = 128;
 inline constexpr int64_t kMinTallRows = 2 * kMinTallPartRows;
 
