@@ -8,7 +8,7 @@ list; writing them by hand invites typos. Run from the repository root after cha
 """
 
 # wgmma N: the batch rows one Hopper pass multiplies.
-SHAPES = [8, 16, 32, 64, 80, 96, 112, 128, 136, 144, 160, 192, 224, 256]
+SHAPES = [8, 16, 32, 64, 80, 96, 112, 128, 136, 144, 160, 176, 192, 208, 224, 240, 256]
 
 
 def wrapper(n: int) -> str:

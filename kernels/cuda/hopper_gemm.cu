@@ -79,7 +79,7 @@ using Rows64Quad = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/false
                                 /*kPartSlices=*/false, /*kConsumers=*/4>;
 // Configurations of 80-256 rows: one tile per consumer warpgroup, with group stages where the
 // accumulators and two group stages' fragments fit the launch's registers (up to 192 rows). Besides
-// 128 and 256 rows, parts of 136-224 rows fit the rows of a pass or of a tall launch's parts (a
+// 128 and 256 rows, parts of 136-240 rows fit the rows of a pass or of a tall launch's parts (a
 // product's rows spread evenly over its parts, FittedPartRows) instead of rounding them up to 256
 // or leaving a remainder to a pass that streams the weight again. With kPartSlices, the striped
 // tall launches' configurations. Measured on the H100 (session 20, each build twice in one call,
@@ -102,6 +102,12 @@ using Rows64Quad = HopperConfig<64, 1, /*kSplitK=*/false, /*kGroupStages=*/false
 // rows every layer 2-6% faster or level. ptxas: 168 registers, no stack; its 17 float4s a thread
 // go in uneven chunks (Float4Chunks in hopper_epilogue.cuh), which at 160 rows (7, 7, 6 for
 // 5 x 4) dropped 8 bytes of stack and moved layers by -2.6% to +2.6% at 150-160 and 300-320 rows.
+// The 176-, 208- and 240-row ones (the same session, both builds twice in one call, best, us):
+// 16384^2 at 170 / 200 / 235 rows 166.5 / 187.6 / 212.2 -> 152.5 / 173.2 / 198.6, L70B.gate/up
+// 289.3 / 331.4 / 381.3 -> 264.1 / 309.4 / 357.5, L70B.qkv at 170 66.1 -> 58.9; at 340 rows (two
+// parts of 176) L70B.gate/up 558.8 -> 500.6, L8B.down 76.3 -> 70.0; at 500 (three of 176)
+// L70B.gate/up 856.7 -> 769.3, L8B.gate/up 220.8 -> 196.1; the layers whose plans did not change
+// level. ptxas: 168 registers, no stack.
 template <int kRows, bool kPartSlices = false>
 using TallRowsConfig =
     HopperConfig<kRows, 1, /*kSplitK=*/false, /*kGroupStages=*/kRows <= 192, kPartSlices>;
@@ -118,7 +124,7 @@ using Rows128Trio = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/fal
                                  /*kPartSlices=*/false, /*kConsumers=*/3>;
 
 // The rows of the configurations above, fewest first.
-constexpr std::array<int, 7> kFittedPartRows = {128, 136, 144, 160, 192, 224, 256};
+constexpr std::array<int, 10> kFittedPartRows = {128, 136, 144, 160, 176, 192, 208, 224, 240, 256};
 
 // The fewest rows of a configuration above that hold `rows` <= kMaxPassRows rows.
 int FittedPartRows(int rows) {
@@ -141,10 +147,16 @@ R WithPartRows(int part_rows, F&& f) {
       return f.template operator()<TallRowsConfig<144>, TallRowsConfig<144, true>>();
     case 160:
       return f.template operator()<TallRowsConfig<160>, TallRowsConfig<160, true>>();
+    case 176:
+      return f.template operator()<TallRowsConfig<176>, TallRowsConfig<176, true>>();
     case 192:
       return f.template operator()<TallRowsConfig<192>, TallRowsConfig<192, true>>();
+    case 208:
+      return f.template operator()<TallRowsConfig<208>, TallRowsConfig<208, true>>();
     case 224:
       return f.template operator()<TallRowsConfig<224>, TallRowsConfig<224, true>>();
+    case 240:
+      return f.template operator()<TallRowsConfig<240>, TallRowsConfig<240, true>>();
     case 256:
       return f.template operator()<TallRowsConfig<256>, TallRowsConfig<256, true>>();
     default:

@@ -24,7 +24,7 @@ inline constexpr int64_t kMaxPassRows = 256;
 // column slice), in waves where they outnumber the SMs, or the striped partition over every part's
 // slices. A height class of 128 or 256 rows (the measured rule, MeasuredTallPartRows in
 // gemm_dispatch.h) sets the number of parts; their rows are spread evenly and fitted to a
-// configuration (136, 144, 160, 192 or 224 rows besides 128 and 256), the last part short. Where
+// configuration (136-240 rows in steps of 8 or 16, besides 128 and 256), the last part short. Where
 // that leaves the SMs under-filled, one wave of fitted parts runs instead unless it pads more rows;
 // where it runs several full waves, runs of whole units (OneWavePays, OneWavePadsLittle, RunsPay in
 // gemm_dispatch.h). Shorter products take a pass.

@@ -290,7 +290,7 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SanitizerShape) {
   // (TakesThreeConsumers).
   CheckShape(20, 256, 10240, 128);
   // The Hopper path's tall launches (under the forced partitions) of four 136-row parts and of
-  // three 192-row parts, the last one short (112 and 136 rows).
+  // three 176-row parts, the last one short (112 and 168 rows).
   CheckShape(520, 512, 192, 128);
   ForceTallPartRowsForTesting(256);
   CheckShape(520, 512, 192, 128);
@@ -383,16 +383,16 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_BenchmarkLayers_Group128_SampledColumns
 }
 
 // Passes of 129-256 rows over a weight of more than 2^26 elements, which run in one row part of a
-// configuration fitted to the rows (136, 144, 160, 192, 224 or 256), and tall launches of 257-383
-// rows in two fitted parts (the second one short), striped or in waves; per channel with K not a
-// multiple of a stage.
+// configuration fitted to the rows (136, 144, 160, 176, 192, 208, 224, 240 or 256), and tall
+// launches of 257-383 rows in two fitted parts (the second one short), striped or in waves; per
+// channel with K not a multiple of a stage.
 TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_FittedRowParts_129To383Rows_SampledColumns) {
   for (const int32_t group : {128, kPerChannel}) {
     const int64_t k = group == kPerChannel ? 4160 : 4096;
     SCOPED_TRACE(absl::StrCat("K=", k, " group=", group));
     const QuantizedWeight w = RandomWeight(WeightShape{k, 16896, group}, rng_);
     CheckSampledRowCounts(w, Upload(ValueOrDie(Pack(w)), GetParam().layout),
-                          {129, 140, 150, 161, 200, 240, 257, 280, 300, 383});
+                          {129, 140, 150, 161, 180, 200, 215, 235, 250, 257, 280, 300, 340, 383});
   }
 }
 
