@@ -184,8 +184,9 @@ __device__ __forceinline__ void ProduceStages(const HopperMaps& maps, const CUte
 // Each k-tile's descriptor is the stage's plus one 64-bit add, from a base whose bits the
 // compiler cannot see (HideValue): where the descriptor is warp-uniform, ptxas then steps the
 // uniform register pair each wgmma reads with one UIADD3.64, where it had rebuilt both words of
-// the pair for every wgmma. Split-k's descriptors are not warp-uniform (a warpgroup's half of the
-// stage): they keep the low-word add (a 64-bit add there cost two instructions a wgmma more).
+// the pair for every wgmma. Split-k's descriptors start at its warpgroup's half of the stage, an
+// offset made warp-uniform to ptxas (WarpUniform in ConsumeStages): before that they kept a
+// low-word add, and each wgmma took two R2UR and a rebuilt high word (session 38).
 // ptxas 13.0, the innermost loop's SASS, before -> after: 8-row narrow 582 -> 537 instructions a
 // four-stage trip, 16-row narrow 598 -> 553, 32-row trio 615 -> 587, 8-row wide 495 -> 469 a
 // two-stage one, 16-row wide 280 -> 275, 64-row trio 552 -> 530, 128-row 545 -> 531, 256-row
@@ -202,8 +203,7 @@ __device__ __forceinline__ void IssueGroup(const StageFragments<C>& a, uint32_t 
 #pragma unroll
   for (int kt = 0; kt < C::kWgKTiles; ++kt) {
     const uint32_t b_bytes = kt / kBoxKTiles * x_box_bytes + kt % kBoxKTiles * 32;
-    const uint64_t b_desc = C::kSplitK ? ptx::DescriptorPlusBytes(x_desc, b_bytes)
-                                       : ptx::DescriptorPlusBytes64(x_desc, b_bytes);
+    const uint64_t b_desc = ptx::DescriptorPlusBytes64(x_desc, b_bytes);
     // Tiles past N multiply zeros (TMA fills them) and are never stored; a branch here would
     // make the compiler serialize the wgmma pipeline.
 #pragma unroll
@@ -298,6 +298,13 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
   const ConsumerRole role(threadIdx.x - kWarpgroupThreads);
   const uint32_t word_offset = TileWordOffset(role, p.word_major_tiles);
   const uint32_t x_box_bytes = XBoxStride<C>(p.box_rows, p.k_tiles);
+  // Where this warpgroup's activations start in a stage's boxes (split-k: its k half). The value
+  // is the same across a warp, but derived from threadIdx ptxas cannot tell: taken from lane 0
+  // (WarpUniform), it and the wgmma descriptors built on it stay in uniform registers. That took
+  // the split-k loops from 314 to 277 instructions a two-stage trip at 8 rows, 322 -> 286 at 16,
+  // 692 -> 592 (four stages) at 32 and 582 -> 533 at 64: two R2UR and a rebuilt high word a wgmma
+  // gone (ptxas 13.0, session 38).
+  const uint32_t x_offset = ptx::WarpUniform(FirstKTileOf<C>(role) / kBoxKTiles * x_box_bytes);
   const uint32_t full = sync.full, empty = sync.empty;
   // A block splits at most its first and its last slice with other blocks. It sums, after its main
   // loop, the split slices whose final stages it holds (its first segment, when it ends before
@@ -332,8 +339,7 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
     auto wait_stage = [&] {
       ptx::BarrierWait(full + 8 * slot, phase);
       const StageSmem<C> smem(sync.ring, slot);
-      return Stage{LoadStageWords<C>(role, word_offset, smem),
-                   smem.x + FirstKTileOf<C>(role) / kBoxKTiles * x_box_bytes};
+      return Stage{LoadStageWords<C>(role, word_offset, smem), smem.x + x_offset};
     };
     // Once the group that read the in-flight slot is done: that slot goes back to the producer,
     // the current one is in flight, the ring moves on.

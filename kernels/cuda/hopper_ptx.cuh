@@ -107,6 +107,13 @@ __device__ __forceinline__ void WgmmaWait() {
 __device__ __forceinline__ void PinRegister(float& v) { asm volatile("" : "+f"(v)::"memory"); }
 __device__ __forceinline__ void PinRegister(uint32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
 
+// Lane 0's `v` in every lane (shfl.sync.idx): for a value the same across the warp that the
+// compiler cannot prove so (one derived from threadIdx), so that ptxas keeps it, and what is
+// derived from it, in uniform registers. Every lane of the warp must call it.
+__device__ __forceinline__ uint32_t WarpUniform(uint32_t v) {
+  return __shfl_sync(0xffffffffu, v, 0);
+}
+
 // Hides `v`'s value from the compiler (an empty asm that may change it) without ordering anything:
 // what it knew of the bits, it can no longer fold into the arithmetic that follows.
 __device__ __forceinline__ void HideValue(uint64_t& v) { asm volatile("" : "+l"(v)); }
@@ -253,18 +260,11 @@ __device__ __forceinline__ uint64_t Swizzle128KMajorDescriptor(uint32_t smem) {
 }
 
 // `desc` (Swizzle128KMajorDescriptor) of the operand `bytes` (a multiple of 16) further on: only
-// the 14-bit start-address field grows, by bytes / 16. Shared-memory addresses stay below 2^18, so
-// it never carries into the next field, and one 32-bit add on the low word does it (deriving each
-// k-tile's descriptor afresh took four instructions).
-__device__ __forceinline__ uint64_t DescriptorPlusBytes(uint64_t desc, uint32_t bytes) {
-  const uint32_t low = static_cast<uint32_t>(desc) + (bytes >> 4);
-  return (desc & 0xffffffff00000000ull) | low;
-}
-
-// DescriptorPlusBytes as one 64-bit add (the same value: the start-address field never carries).
+// the 14-bit start-address field grows, by bytes / 16 (shared-memory addresses stay below 2^18,
+// so it never carries into the next field), so one 64-bit add does it.
 // Where the descriptor is warp-uniform, ptxas steps the uniform register pair it passes to each
-// wgmma with one UIADD3.64; from the low-word add it rebuilds the pair, high word included, for
-// every wgmma (two uniform instructions).
+// wgmma with one UIADD3.64; from an add on the low word alone it rebuilt the pair, high word
+// included, for every wgmma (two uniform instructions).
 __device__ __forceinline__ uint64_t DescriptorPlusBytes64(uint64_t desc, uint32_t bytes) {
   return desc + (bytes >> 4);
 }
