@@ -123,19 +123,17 @@ struct HopperConfig {
   static constexpr bool kLastSegmentFirst =
       (kBatch <= 32 && kWgTiles == 1 && !kSplitK) || kBatch >= 128;
   // Products a consumer keeps under kScalesInFp32: two where a scale group is one stage (the
-  // narrow configurations and the 8-row wide one), multiplied into in turn so that a group is
-  // issued before the previous one has joined the sum (ConsumeStages); else one, which every
-  // group's first stage waits on in full (wgmma.wait_group 0) before the group can be issued,
-  // emptying the wgmma queue once a group. Split-k configurations keep one up to 16 rows: with
-  // two, their 1-8-row calls were 4-6% slower (H200, session 30, each build twice in one call:
-  // L70B.o 12.5 -> 13.2 us at 1-8 rows, L8B.down 11.7 -> 12.2), level at 16-32 rows; in session
-  // 35 (likewise) 1-3% slower at 1-8 rows (L70B.o 12.4 -> 12.6, L8B.o 5.6 -> 5.7), level at 16,
-  // and 4% faster at 32 (L70B.o 15.1, 15.1 -> 14.5, 14.6; L8B.qkv 8.3, 8.4 -> 8.0, 8.0; L8B.down
-  // 13.9, 14.0 -> 13.4, 13.4), so the 32-row one takes two. In the SASS of the one-product loop
-  // every stage dequantizes only after the previous group has retired: ptxas gives its A
-  // fragments that group's registers.
-  static constexpr int kProducts =
-      !kScalesInFp32 ? 0 : (kStagesPerGroup == 1 && (!kSplitK || kBatch == 32) ? 2 : 1);
+  // narrow and split-k configurations and the 8-row wide one), multiplied into in turn so that a
+  // group is issued before the previous one has joined the sum (ConsumeStages); else one, which
+  // every group's first stage waits on in full (wgmma.wait_group 0) before the group can be
+  // issued, emptying the wgmma queue once a group. In the SASS of the one-product loop every
+  // stage dequantizes only after the previous group has retired: ptxas gives its A fragments that
+  // group's registers. Split-k kept one up to 16 rows while each of its wgmmas rebuilt its
+  // descriptor (two made its 1-8-row calls 1-6% slower on an H200, sessions 30 and 35, and 4%
+  // faster at 32 rows, which took two). With the descriptors on the uniform datapath (session 38,
+  // H200, each build three times in turn in one call, us): L8B.down 10.9 (x3) -> 10.7 (x3) at 1-4
+  // rows, L8B.qkv 6.8 -> 6.7, L70B.o 11.5-11.6 -> 11.4-11.5 at 1-8, level at 12-16 rows.
+  static constexpr int kProducts = !kScalesInFp32 ? 0 : (kStagesPerGroup == 1 ? 2 : 1);
   static constexpr int kAccSets = 1 + kProducts;  // the sum and the products
   // Where a split-k warpgroup leaves the float4s the other one owns (ExchangeKHalves).
   static constexpr int kExchangeBytes = kSplitK ? kWgTiles * kAccFloats * 4 * kWarpgroupThreads : 0;

@@ -451,13 +451,13 @@ __device__ __forceinline__ void ConsumeStages(const HopperParams& p, int block,
         retire(product_a, ready.scales);
       }
     } else {
-      // Each scale group (one split-k stage, two wide stages) is multiplied into one product. A
-      // group's first stage overwrites it once the previous group's product, all wgmmas done, has
-      // joined the sum — after this stage's dequantization, before its issue: a read of
-      // accumulators while a group that may write them is in flight made ptxas serialize every
-      // wgmma (C7514). A wide group's second stage adds to the product behind the first. A wide
-      // segment starting mid-group starts with that group's second stage, which then overwrites
-      // the product.
+      // Each scale group (two stages of the 16- and 32-row wide configurations; the branch takes
+      // one-stage groups too) is multiplied into one product. A group's first stage overwrites it
+      // once the previous group's product, all wgmmas done, has joined the sum — after this
+      // stage's dequantization, before its issue: a read of accumulators while a group that may
+      // write them is in flight made ptxas serialize every wgmma (C7514). A wide group's second
+      // stage adds to the product behind the first. A wide segment starting mid-group starts with
+      // that group's second stage, which then overwrites the product.
       static_assert(C::kStagesPerGroup == 1 || C::kStagesPerGroup == 2, "groups of 1-2 stages");
       HopperAccumulators<C> product;  // the open group's unscaled product
       StageScales<C> scales{};        // the open group's scales
