@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -123,8 +124,15 @@ using Rows256Narrow = TallRowsConfig<256>;
 using Rows128Trio = HopperConfig<128, 1, /*kSplitK=*/false, /*kGroupStages=*/false,
                                  /*kPartSlices=*/false, /*kConsumers=*/3>;
 
-// The rows of the configurations above, fewest first.
-constexpr std::array<int, 10> kFittedPartRows = {128, 136, 144, 160, 176, 192, 208, 224, 240, 256};
+// The rows of the configurations above, fewest first: the one list that both FittedPartRows and
+// WithPartRows read.
+using FittedPartRowsList =
+    std::integer_sequence<int, 128, 136, 144, 160, 176, 192, 208, 224, 240, 256>;
+template <int... kRows>
+constexpr std::array<int, sizeof...(kRows)> RowsArray(std::integer_sequence<int, kRows...>) {
+  return {kRows...};
+}
+constexpr auto kFittedPartRows = RowsArray(FittedPartRowsList{});
 
 // The fewest rows of a configuration above that hold `rows` <= kMaxPassRows rows.
 int FittedPartRows(int rows) {
@@ -134,34 +142,23 @@ int FittedPartRows(int rows) {
   return static_cast<int>(kMaxPassRows);
 }
 
+// WithPartRows over the row counts kRows.
+template <typename R, typename F, int... kRows>
+R WithPartRowsOf(int part_rows, F& f, std::integer_sequence<int, kRows...>) {
+  std::optional<R> result;
+  (void)((part_rows == kRows &&
+          (result = f.template operator()<TallRowsConfig<kRows>, TallRowsConfig<kRows, true>>(),
+           true)) ||
+         ...);
+  if (result.has_value()) return *std::move(result);
+  return absl::InternalError(absl::StrCat("no configuration of ", part_rows, " rows"));
+}
+
 // Returns f.template operator()<Waves, Striped>() for the configurations of `part_rows` rows (one
 // of kFittedPartRows): Waves runs passes and tall launches in waves, Striped striped tall launches.
 template <typename R, typename F>
 R WithPartRows(int part_rows, F&& f) {
-  switch (part_rows) {
-    case 128:
-      return f.template operator()<TallRowsConfig<128>, TallRowsConfig<128, true>>();
-    case 136:
-      return f.template operator()<TallRowsConfig<136>, TallRowsConfig<136, true>>();
-    case 144:
-      return f.template operator()<TallRowsConfig<144>, TallRowsConfig<144, true>>();
-    case 160:
-      return f.template operator()<TallRowsConfig<160>, TallRowsConfig<160, true>>();
-    case 176:
-      return f.template operator()<TallRowsConfig<176>, TallRowsConfig<176, true>>();
-    case 192:
-      return f.template operator()<TallRowsConfig<192>, TallRowsConfig<192, true>>();
-    case 208:
-      return f.template operator()<TallRowsConfig<208>, TallRowsConfig<208, true>>();
-    case 224:
-      return f.template operator()<TallRowsConfig<224>, TallRowsConfig<224, true>>();
-    case 240:
-      return f.template operator()<TallRowsConfig<240>, TallRowsConfig<240, true>>();
-    case 256:
-      return f.template operator()<TallRowsConfig<256>, TallRowsConfig<256, true>>();
-    default:
-      return absl::InternalError(absl::StrCat("no configuration of ", part_rows, " rows"));
-  }
+  return WithPartRowsOf<R>(part_rows, f, FittedPartRowsList{});
 }
 
 // Whether a pass of `rows` over a k x n weight takes the split-k configuration. Measured with
