@@ -54,31 +54,51 @@ static_assert(Float4Chunks<32>::kSize == 8 && Float4Chunks<32>::kWhole == 4 &&
 static_assert(Float4Chunks<2>::kSize == 2 && Float4Chunks<2>::kWhole == 1 &&
               Float4Chunks<2>::kRest == 0);
 
-// Where a slice's output goes, read from the kernel's parameters once per slice: a launch of row
-// parts keeps them in shared memory (RowPart), and every store to y made ptxas read them again.
+// Column of a tile where this lane's four adjacent outputs go after the transposes of
+// StoreFloat4s: its warp's 16 columns, 2 (lane % 4) or, on an odd lane, 8 + 2 (lane % 4 - 1).
+__device__ __forceinline__ int StoreColumn(const ConsumerRole& role) {
+  const int q = role.lane % 4;
+  return 16 * role.warp + (q % 2 == 1 ? 6 + 2 * q : 2 * q);
+}
+
+// Where this thread's outputs of a slice go, read from the kernel's parameters once per slice (a
+// launch of row parts keeps them in shared memory, RowPart, and every store to y made ptxas read
+// them again) and reduced to one address and two bounds, so that a store's address is the lane's
+// plus a tile and row offset (session 39: the owned sums of a cluster split spent ~490
+// instructions a warp on 8 float4s, most of them each store's row, column and bounds). After the
+// transposes of StoreFloat4s, float4 r4 of the thread's tile j holds four adjacent columns of
+// slice row 8 r4 + lane / 4: At(role, j, r4).
 template <typename C>
 struct OutputSlice {
-  __half* y;
-  int n;
-  int m_rows;
-  int n_tiles;
-  int row0;   // y row of the slice's row 0 (its row part's first)
-  int tile0;  // the slice's first 64-column tile
-  __device__ __forceinline__ OutputSlice(const HopperParams& p, int slice)
-      : y(p.y), n(p.n), m_rows(p.m_rows), n_tiles(p.n_tiles) {
+  __half* lane_y;        // float4 0 of the slice's first tile
+  int64_t group_stride;  // elements from a float4 to the next: 8 rows of y
+  int rows_left;         // rows of y from lane_y's on: float4 r4 has its row where 8 r4 < rows_left
+  int tiles_left;        // 64-column tiles of y from the slice's first on
+  __device__ __forceinline__ OutputSlice(const HopperParams& p, int slice,
+                                         const ConsumerRole& role) {
     const SliceCoords at = SliceCoordsOf<C>(p, slice);
-    row0 = at.part * C::kBatch;
-    tile0 = at.column_slice * C::kBlockNTiles;
+    const int row = at.part * C::kBatch + role.lane / 4;
+    const int tile0 = at.column_slice * C::kBlockNTiles;
+    lane_y = p.y + static_cast<int64_t>(row) * p.n + tile0 * 64 + StoreColumn(role);
+    group_stride = int64_t{8} * p.n;
+    rows_left = p.m_rows - row;
+    tiles_left = p.n_tiles - tile0;
+  }
+  __device__ __forceinline__ __half* At(const ConsumerRole& role, int j, int r4) const {
+    return lane_y + TileOf<C>(role, j) * 64 + r4 * group_stride;
+  }
+  // Whether float4 r4 of tile j lies in y (its tile and row exist).
+  __device__ __forceinline__ bool Holds(const ConsumerRole& role, int j, int r4) const {
+    return TileOf<C>(role, j) < tiles_left && 8 * r4 < rows_left;
   }
 };
 
-// Stores kCount of this thread's float4s where their rows exist: v[i] is float4 number vecs[i] of
-// its tiles in tile-major order (float4 r4 of tile j is number j kTileVecs + r4; a number past the
-// last stores nothing). Float4 r4 of a tile holds rows R and R + 1 (R = 8 r4 + 2 (lane % 4)) of
-// columns c and c + 8 (see AccRow); a warp's 8-row group is two 8 x 8 blocks of (column, row),
-// which two transposes (movmatrix) turn into (row, column): lane l then holds row 8 r4 + l / 4 at
-// columns 2 q, 2 q + 1 and 8 + 2 q, 8 + 2 q + 1 of the warp's 16 (q = l % 4). One exchange with the
-// neighbouring lane leaves each lane four adjacent columns, so one 8-byte store per lane writes the
+// Stores this thread's kCount float4s v[i] as FP16 at at[i] (OutputSlice::At) where stores[i].
+// Float4 r4 of a tile holds rows R and R + 1 (R = 8 r4 + 2 (lane % 4)) of columns c and c + 8 (see
+// AccRow); a warp's 8-row group is two 8 x 8 blocks of (column, row), which two transposes
+// (movmatrix) turn into (row, column): lane l then holds row 8 r4 + l / 4 at columns 2 q, 2 q + 1
+// and 8 + 2 q, 8 + 2 q + 1 of the warp's 16 (q = l % 4). One exchange with the neighbouring lane
+// leaves each lane four adjacent columns (StoreColumn), so one 8-byte store per lane writes the
 // warp's 8 rows x 32 bytes: whole sectors (one FP16 per lane and store wrote half of each: Nsight
 // Compute, L8B.qkv at 256 rows, 50% of the store sectors wasted). Every float4's transposes and
 // exchange come before any store, and the stores are predicated, not branched around: a group at a
@@ -87,13 +107,11 @@ struct OutputSlice {
 // warp-collective), without a branch before it: the one around a warp-collective instruction made
 // ptxas give up the uniform datapath in the main loop (R2UR and WARPSYNC on every stage, +7% on
 // L8B.gate/up at 64 rows on the H100).
-template <typename C, int kCount>
-__device__ __forceinline__ void StoreGroups(const OutputSlice<C>& out, const ConsumerRole& role,
-                                            const int (&vecs)[kCount], const float4 (&v)[kCount]) {
-  constexpr int kTileVecs = C::kAccFloats / 4;
-  constexpr int kVecs = C::kWgTiles * kTileVecs;
-  const int q = role.lane % 4;
-  const bool odd = q % 2 == 1;  // takes columns 8 + 2 (q - 1) .. + 3, else 2 q .. 2 q + 3
+template <int kCount>
+__device__ __forceinline__ void StoreFloat4s(const ConsumerRole& role, const float4 (&v)[kCount],
+                                             __half* const (&at)[kCount],
+                                             const bool (&stores)[kCount]) {
+  const bool odd = role.lane % 2 == 1;  // takes columns 8 + 2 (q - 1) .. + 3, else 2 q .. 2 q + 3
   uint32_t low[kCount], high[kCount], neighbour[kCount];
 #pragma unroll
   for (int i = 0; i < kCount; ++i) {
@@ -106,25 +124,28 @@ __device__ __forceinline__ void StoreGroups(const OutputSlice<C>& out, const Con
   }
 #pragma unroll
   for (int i = 0; i < kCount; ++i) {
-    const int j = vecs[i] / kTileVecs, r4 = vecs[i] % kTileVecs;
-    const int tile = out.tile0 + TileOf<C>(role, j);
-    const int row = out.row0 + 8 * r4 + role.lane / 4;
-    const int col = tile * 64 + 16 * role.warp + (odd ? 6 + 2 * q : 2 * q);
-    ptx::StoreGlobal8If(
-        vecs[i] < kVecs && OwnsGroup<C>(role, r4) && tile < out.n_tiles && row < out.m_rows,
-        out.y + static_cast<int64_t>(row) * out.n + col, odd ? neighbour[i] : low[i],
-        odd ? high[i] : neighbour[i]);
+    ptx::StoreGlobal8If(stores[i], at[i], odd ? neighbour[i] : low[i],
+                        odd ? high[i] : neighbour[i]);
   }
 }
 
-// StoreGroups of float4s first .. first + kCount - 1.
+// Stores this thread's float4s first .. first + kCount - 1 of its tiles in tile-major order
+// (float4 r4 of tile j is number j kTileVecs + r4; a number past the last stores nothing) where
+// their rows exist.
 template <typename C, int kCount>
 __device__ __forceinline__ void StoreGroups(const OutputSlice<C>& out, const ConsumerRole& role,
                                             int first, const float4 (&v)[kCount]) {
-  int vecs[kCount];
+  constexpr int kTileVecs = C::kAccFloats / 4;
+  constexpr int kVecs = C::kWgTiles * kTileVecs;
+  __half* at[kCount];
+  bool stores[kCount];
 #pragma unroll
-  for (int i = 0; i < kCount; ++i) vecs[i] = first + i;
-  StoreGroups<C, kCount>(out, role, vecs, v);
+  for (int i = 0; i < kCount; ++i) {
+    const int j = (first + i) / kTileVecs, r4 = (first + i) % kTileVecs;
+    at[i] = out.At(role, j, r4);
+    stores[i] = first + i < kVecs && OwnsGroup<C>(role, r4) && out.Holds(role, j, r4);
+  }
+  StoreFloat4s<kCount>(role, v, at, stores);
 }
 
 template <typename C>
@@ -222,7 +243,7 @@ __device__ __forceinline__ void FinishSegment(const HopperParams& p, int block, 
     constexpr int kTileVecs = C::kAccFloats / 4;
     constexpr int kVecs = C::kWgTiles * kTileVecs;
     using Chunks = Float4Chunks<kVecs>;
-    const OutputSlice<C> out(p, at.slice);
+    const OutputSlice<C> out(p, at.slice, role);
 #pragma unroll
     for (int c0 = 0; c0 < Chunks::kWhole * Chunks::kSize; c0 += Chunks::kSize) {
       StoreHeldChunk<C, Chunks::kSize>(out, role, acc, c0);
@@ -353,7 +374,7 @@ __device__ __forceinline__ void SumSlice(const HopperParams& p, int slice,
   constexpr int kVecs = C::kWgTiles * C::kAccFloats / 4;
   constexpr int kLoadsInFlight = C::kConsumers > 2 ? 8 : kVecs <= 16 ? 32 : 16;
   using Chunks = Float4Chunks<kVecs>;
-  const OutputSlice<C> out(p, slice);
+  const OutputSlice<C> out(p, slice, role);
 #pragma unroll 1  // one copy of the chunk's code (see ConsumeStages): registers are not indexed
   for (int c0 = 0; c0 < Chunks::kWhole * Chunks::kSize; c0 += Chunks::kSize) {
     SumChunk<C, Chunks::kSize, kLoadsInFlight / Chunks::kSize>(p, role, blocks, out, c0);
@@ -386,7 +407,7 @@ __device__ __forceinline__ void SumHeldSlice(const HopperParams& p, int slice,
   constexpr int kVecs = C::kWgTiles * kTileVecs;
   constexpr int kBlocksInFlight = kVecs <= 4 ? 4 : kVecs <= 8 ? 2 : 1;
   using Chunks = Float4Chunks<kVecs>;
-  const OutputSlice<C> out(p, slice);
+  const OutputSlice<C> out(p, slice, role);
 #pragma unroll  // the accumulators are registers: every chunk's code is its own
   for (int c0 = 0; c0 < Chunks::kWhole * Chunks::kSize; c0 += Chunks::kSize) {
     SumHeldChunk<C, Chunks::kSize, kBlocksInFlight>(p, role, others, out, acc, c0);
@@ -419,14 +440,18 @@ template <typename C>
 __device__ __forceinline__ void ScatterPartials(const HopperParams& p, const ConsumerRole& role,
                                                 int rank, uint32_t ring, uint32_t shares,
                                                 const HopperAccumulators<C>& acc) {
-  const ClusterShare<C> share(p.cluster_ranks);
+  // In registers: the asm statements below clobber memory, so a launch of row parts, whose
+  // parameters are in shared memory (RowPart), read these again for every float4.
+  const int ranks = p.cluster_ranks;
+  const int partial_rows = p.m_rows - 2 * (role.lane % 4);  // FinishesGroup: 8 r4 < partial_rows
+  const ClusterShare<C> share(ranks);
   const uint32_t from = ring + share.Offset(rank, 0, 0, role.thread);
 #pragma unroll
   for (int j = 0; j < C::kWgTiles; ++j) {
     int owner = 0, index = 0;  // r4 % ranks and r4 / ranks, without divisions
 #pragma unroll
     for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
-      if (FinishesGroup<C>(p, role, r4)) {
+      if (OwnsGroup<C>(role, r4) && 8 * r4 < partial_rows) {
         const uint32_t to = from + share.Offset(0, j, index, 0);
         if (owner == rank) {  // its own share: a plain store, published by the arrival below
           ptx::StoreShared16(to, GroupOf<C>(acc, j, r4));
@@ -439,14 +464,14 @@ __device__ __forceinline__ void ScatterPartials(const HopperParams& p, const Con
                                          owner_shares);
         }
       }
-      if (++owner == p.cluster_ranks) {
+      if (++owner == ranks) {
         owner = 0;
         ++index;
       }
     }
   }
 #pragma unroll 1
-  for (int owner = 0; owner < p.cluster_ranks; ++owner) {
+  for (int owner = 0; owner < ranks; ++owner) {
     if (owner == rank) {
       ptx::BarrierArrive(shares);  // release: the owner's threads see this thread's plain stores
     } else {
@@ -463,44 +488,54 @@ __host__ __device__ constexpr uint32_t SharesArrivals(int ranks) {
 }
 
 // Consumers, cluster split, once every rank's shares of this rank's float4s have landed (the
-// `shares` barrier): sums those shares in rank order (deterministic) and stores them through
-// StoreGroups up to 4 float4s at a time, so their transposes and exchanges overlap (stored one at
-// a time, each waited on the previous one's store). A chunk's loads of one rank's share go out
-// together, so a chunk waits out `ranks` load latencies, not kChunk times as many. Loops over ranks
-// and chunks, not unrolled code: the registers they use are not indexed, and the code runs once a
-// call from a cold instruction cache.
+// `shares` barrier): sums those shares in rank order (deterministic) and stores them (StoreFloat4s)
+// up to 4 float4s at a time, so their transposes and exchanges overlap. A chunk's loads of one
+// rank's share go out together, so a chunk waits out `ranks` load latencies, not kChunk times as
+// many. The owned float4s lie `ranks` apart, so their addresses in the share and in y are one
+// chunk address plus constants. Loops over ranks and chunks, not unrolled code: the registers they
+// use are not indexed, and the code runs once a call from a cold instruction cache.
 template <typename C>
 __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slice,
                                                  const ConsumerRole& role, int rank,
                                                  uint32_t ring) {
   constexpr int kTileVecs = C::kAccFloats / 4;
-  constexpr int kChunk = kTileVecs < 4 ? kTileVecs : 4;  // float4s stored together (StoreGroups)
-  const ClusterShare<C> share(p.cluster_ranks);
-  const OutputSlice<C> out(p, slice);
+  // Float4s stored together: at most 4 (a chunk's stores then overlap the next chunk's loads; 8
+  // took 0.25-0.5 us longer at 128 rows, H200, session 39), and no more than two ranks leave each
+  // (more than a rank owns would transpose and exchange float4s that nobody stores).
+  constexpr int kChunk = (kTileVecs + 1) / 2 < 4 ? (kTileVecs + 1) / 2 : 4;
+  constexpr uint32_t kVecBytes = C::kConsumerThreads * 16;  // from a float4 of a share to the next
+  const int ranks = p.cluster_ranks;
+  const ClusterShare<C> share(ranks);
+  const OutputSlice<C> out(p, slice, role);
+  const int64_t owned_stride = ranks * out.group_stride;    // from an owned float4's y to the next
+  const int partial_rows = p.m_rows - 2 * (role.lane % 4);  // FinishesGroup: 8 r4 < partial_rows
 #pragma unroll 1
   for (int j = 0; j < C::kWgTiles; ++j) {
 #pragma unroll 1
     for (int index0 = 0; index0 < share.vecs; index0 += kChunk) {
+      const int first_r4 = rank + index0 * ranks;
+      __half* const chunk_y = out.At(role, j, first_r4);
+      const uint32_t chunk_share = ring + share.Offset(0, j, index0, role.thread);
       float4 sum[kChunk];
-      int vecs[kChunk];     // tile-major float4 numbers; C::kWgTiles kTileVecs: none
       bool summed[kChunk];  // written by every rank (else nobody wrote it)
+      bool stores[kChunk];
+      __half* at[kChunk];
 #pragma unroll
       for (int i = 0; i < kChunk; ++i) {
-        const int index = index0 + i;
-        const int r4 = rank + index * p.cluster_ranks;
-        const bool owned = index < share.vecs && r4 < kTileVecs;
-        vecs[i] = owned ? j * kTileVecs + r4 : C::kWgTiles * kTileVecs;
-        summed[i] = owned && FinishesGroup<C>(p, role, r4);
+        const int r4 = first_r4 + i * ranks;
+        const bool owned = index0 + i < share.vecs && r4 < kTileVecs && OwnsGroup<C>(role, r4);
+        summed[i] = owned && 8 * r4 < partial_rows;
+        stores[i] = owned && out.Holds(role, j, r4);
+        at[i] = chunk_y + i * owned_stride;
         sum[i] = make_float4(0.f, 0.f, 0.f, 0.f);
       }
 #pragma unroll 1
-      for (int q = 0; q < p.cluster_ranks; ++q) {
+      for (int q = 0; q < ranks; ++q) {
+        const uint32_t from = chunk_share + q * share.bytes;
         uint4 part[kChunk];
 #pragma unroll
         for (int i = 0; i < kChunk; ++i) {
-          if (summed[i]) {
-            part[i] = ptx::LoadShared16(ring + share.Offset(q, j, index0 + i, role.thread));
-          }
+          if (summed[i]) part[i] = ptx::LoadShared16(from + i * kVecBytes);
         }
 #pragma unroll
         for (int i = 0; i < kChunk; ++i) {
@@ -510,7 +545,7 @@ __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slic
           }
         }
       }
-      StoreGroups<C, kChunk>(out, role, vecs, sum);  // by the whole warp
+      StoreFloat4s<kChunk>(role, sum, at, stores);  // by the whole warp
     }
   }
 }
