@@ -180,13 +180,25 @@ struct HopperConfig {
 // ScatterPartials): one share per rank, in rank order, each the float4s of every tile that the
 // owner owns (float4 r4 of a tile belongs to rank r4 % ranks), thread-minor, so a warp's stores
 // and loads cover 512 contiguous bytes.
+// The shares complete on two barriers of the owner's (`shares`, hopper_kernel.cuh): float4s r4 <
+// kEarlyGroups of tile 0 on the first, the rest on the second, so that the owner sums the first
+// while the rest are still on their way (SumOwnedPartials).
 template <typename C>
 struct ClusterShare {
+  // Float4s an owner sums and stores together: at most 4 (a chunk's stores then overlap the next
+  // chunk's loads; 8 took 0.25-0.5 us longer at 128 rows, H200, session 39), and no more than two
+  // ranks leave each (more than a rank owns would transpose and exchange float4s nobody stores).
+  static constexpr int kChunk = (C::kAccFloats / 4 + 1) / 2 < 4 ? (C::kAccFloats / 4 + 1) / 2 : 4;
+  static constexpr int kEarlyGroups = C::kAccFloats / 8;  // the first half of tile 0's float4s
   int vecs;        // float4s of a tile that one rank owns, at most
   uint32_t bytes;  // one rank's share
   __host__ __device__ constexpr explicit ClusterShare(int ranks)
       : vecs((C::kAccFloats / 4 + ranks - 1) / ranks),
         bytes(static_cast<uint32_t>(C::kWgTiles * vecs * C::kConsumerThreads * 16)) {}
+  // Which of the owner's two barriers float4 r4 of tile j completes on.
+  static __device__ __forceinline__ int BarrierOf(int j, int r4) {
+    return j == 0 && r4 < kEarlyGroups ? 0 : 1;
+  }
   // Byte offset of rank `from`'s share of float4 `index` (of those the owner owns) of tile j,
   // consumer thread `thread`.
   __device__ __forceinline__ uint32_t Offset(int from, int j, int index, int thread) const {

@@ -429,13 +429,28 @@ __device__ __forceinline__ void SumHeldSlice(const HopperParams& p, int slice,
 // alone, not for a cluster barrier whose release arrival would order the stores (about 0.8 us a
 // call longer on the H100, docs/perf/kernel-h100.md, "Session 23").
 
+// One arrival on barrier `shares` of every rank of the cluster (ScatterPartials): a release on its
+// own, which publishes its plain stores to its threads; relaxed on the others', whose data
+// completes on the barriers themselves.
+__device__ __forceinline__ void ArriveOnShares(int rank, int ranks, uint32_t shares) {
+#pragma unroll 1
+  for (int owner = 0; owner < ranks; ++owner) {
+    if (owner == rank) {
+      ptx::BarrierArrive(shares);
+    } else {
+      ptx::ClusterBarrierArrive(ptx::MapToClusterRank(shares, owner));
+    }
+  }
+}
+
 // Consumers, cluster split, once every rank's consumers are past their ring: writes this thread's
 // float4s that hold rows of the pass (FinishesGroup) into their owners' rings, at this rank's
-// share, each announced to and completed on the owner's `shares` barrier, then arrives on every
-// rank's barrier (SharesArrivals). Its own rank's share goes by plain shared-memory stores, which
-// its arrival (release) publishes: through the cluster path (st.async to its own block) the
-// scatter took 2.6-2.8 us at 128-256 rows, with plain stores 1.3-1.8 (H200, session 34,
-// marlin-bench --trace, L8B.qkv at 128 rows and L8B.o at 256).
+// share, each announced to and completed on the owner's `shares` barrier for it
+// (ClusterShare::BarrierOf), and arrives on every rank's first barrier once it has written the
+// float4s that complete on it, on every second one at the end (SharesArrivals each). Its own rank's
+// share goes by plain shared-memory stores, which its arrivals (release) publish: through the
+// cluster path (st.async to its own block) the scatter took 2.6-2.8 us at 128-256 rows, with plain
+// stores 1.3-1.8 (H200, session 34, marlin-bench --trace, L8B.qkv at 128 rows and L8B.o at 256).
 template <typename C>
 __device__ __forceinline__ void ScatterPartials(const HopperParams& p, const ConsumerRole& role,
                                                 int rank, uint32_t ring, uint32_t shares,
@@ -446,6 +461,7 @@ __device__ __forceinline__ void ScatterPartials(const HopperParams& p, const Con
   const int partial_rows = p.m_rows - 2 * (role.lane % 4);  // FinishesGroup: 8 r4 < partial_rows
   const ClusterShare<C> share(ranks);
   const uint32_t from = ring + share.Offset(rank, 0, 0, role.thread);
+  if constexpr (ClusterShare<C>::kEarlyGroups == 0) ArriveOnShares(rank, ranks, shares);
 #pragma unroll
   for (int j = 0; j < C::kWgTiles; ++j) {
     int owner = 0, index = 0;  // r4 % ranks and r4 / ranks, without divisions
@@ -453,12 +469,13 @@ __device__ __forceinline__ void ScatterPartials(const HopperParams& p, const Con
     for (int r4 = 0; r4 < C::kAccFloats / 4; ++r4) {
       if (OwnsGroup<C>(role, r4) && 8 * r4 < partial_rows) {
         const uint32_t to = from + share.Offset(0, j, index, 0);
-        if (owner == rank) {  // its own share: a plain store, published by the arrival below
+        if (owner == rank) {  // its own share: a plain store, published by an arrival below
           ptx::StoreShared16(to, GroupOf<C>(acc, j, r4));
         } else {
           // The bytes are announced before they can land, so the phase cannot complete without
           // them.
-          const uint32_t owner_shares = ptx::MapToClusterRank(shares, owner);
+          const uint32_t owner_shares =
+              ptx::MapToClusterRank(shares + 8 * ClusterShare<C>::BarrierOf(j, r4), owner);
           ptx::ClusterBarrierExpectBytes(owner_shares, 16);
           ptx::StoreClusterSharedAsync16(ptx::MapToClusterRank(to, owner), GroupOf<C>(acc, j, r4),
                                          owner_shares);
@@ -468,52 +485,51 @@ __device__ __forceinline__ void ScatterPartials(const HopperParams& p, const Con
         owner = 0;
         ++index;
       }
+      if (j == 0 && r4 + 1 == ClusterShare<C>::kEarlyGroups) ArriveOnShares(rank, ranks, shares);
     }
   }
-#pragma unroll 1
-  for (int owner = 0; owner < ranks; ++owner) {
-    if (owner == rank) {
-      ptx::BarrierArrive(shares);  // release: the owner's threads see this thread's plain stores
-    } else {
-      ptx::ClusterBarrierArrive(ptx::MapToClusterRank(shares, owner));
-    }
-  }
+  ArriveOnShares(rank, ranks, shares + 8);
 }
 
-// The arrivals that complete a rank's `shares` barrier (ScatterPartials): one per consumer thread
-// of every rank.
+// The arrivals that complete each of a rank's two `shares` barriers (ScatterPartials): one per
+// consumer thread of every rank.
 template <typename C>
 __host__ __device__ constexpr uint32_t SharesArrivals(int ranks) {
   return static_cast<uint32_t>(ranks * C::kConsumerThreads);
 }
 
-// Consumers, cluster split, once every rank's shares of this rank's float4s have landed (the
-// `shares` barrier): sums those shares in rank order (deterministic) and stores them (StoreFloat4s)
-// up to 4 float4s at a time, so their transposes and exchanges overlap. A chunk's loads of one
-// rank's share go out together, so a chunk waits out `ranks` load latencies, not kChunk times as
-// many. The owned float4s lie `ranks` apart, so their addresses in the share and in y are one
-// chunk address plus constants. Loops over ranks and chunks, not unrolled code: the registers they
-// use are not indexed, and the code runs once a call from a cold instruction cache.
+// Consumers, cluster split, once the first of this rank's two `shares` barriers has completed
+// (ClusterShare): sums every rank's shares of this rank's float4s in rank order (deterministic)
+// and stores them (StoreFloat4s) ClusterShare::kChunk float4s at a time, so their transposes and
+// exchanges overlap; the chunks whose shares complete on the first barrier go while the rest still
+// land, and the first chunk with a float4 of the rest waits for the second barrier
+// (`late_shares`). A chunk's loads of one rank's share go out together, so a chunk waits
+// out `ranks` load latencies, not kChunk times as many. The owned float4s lie `ranks` apart, so
+// their addresses in the share and in y are one chunk address plus constants. Loops over ranks and
+// chunks, not unrolled code: the registers they use are not indexed, and the code runs once a call
+// from a cold instruction cache.
 template <typename C>
 __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slice,
-                                                 const ConsumerRole& role, int rank,
-                                                 uint32_t ring) {
+                                                 const ConsumerRole& role, int rank, uint32_t ring,
+                                                 uint32_t late_shares) {
   constexpr int kTileVecs = C::kAccFloats / 4;
-  // Float4s stored together: at most 4 (a chunk's stores then overlap the next chunk's loads; 8
-  // took 0.25-0.5 us longer at 128 rows, H200, session 39), and no more than two ranks leave each
-  // (more than a rank owns would transpose and exchange float4s that nobody stores).
-  constexpr int kChunk = (kTileVecs + 1) / 2 < 4 ? (kTileVecs + 1) / 2 : 4;
+  constexpr int kChunk = ClusterShare<C>::kChunk;
   constexpr uint32_t kVecBytes = C::kConsumerThreads * 16;  // from a float4 of a share to the next
   const int ranks = p.cluster_ranks;
   const ClusterShare<C> share(ranks);
   const OutputSlice<C> out(p, slice, role);
   const int64_t owned_stride = ranks * out.group_stride;    // from an owned float4's y to the next
   const int partial_rows = p.m_rows - 2 * (role.lane % 4);  // FinishesGroup: 8 r4 < partial_rows
+  bool all_landed = false;                                  // late_shares has completed
 #pragma unroll 1
   for (int j = 0; j < C::kWgTiles; ++j) {
 #pragma unroll 1
     for (int index0 = 0; index0 < share.vecs; index0 += kChunk) {
       const int first_r4 = rank + index0 * ranks;
+      if (!all_landed && ClusterShare<C>::BarrierOf(j, first_r4 + (kChunk - 1) * ranks) == 1) {
+        ptx::ClusterBarrierWait(late_shares, 0);
+        all_landed = true;
+      }
       __half* const chunk_y = out.At(role, j, first_r4);
       const uint32_t chunk_share = ring + share.Offset(0, j, index0, role.thread);
       float4 sum[kChunk];
@@ -548,6 +564,8 @@ __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slic
       StoreFloat4s<kChunk>(role, sum, at, stores);  // by the whole warp
     }
   }
+  // Every rank arrives on both barriers: none may reach this block once it has exited.
+  if (!all_landed) ptx::ClusterBarrierWait(late_shares, 0);
 }
 
 }  // namespace marlin::cuda::hopper

@@ -259,18 +259,19 @@ __device__ __forceinline__ void AddScaled(const HopperAccumulators<C>& product,
 struct BlockSync {
   uint32_t ring;         // the first slot
   uint32_t full, empty;  // kStages mbarriers each, 8 bytes apart
-  uint32_t shares;       // cluster split: completes once every rank's shares have landed here
+  uint32_t shares;       // cluster split: two barriers (ClusterShare) that complete as every
+                         // rank's shares land here
   uint32_t written;      // striped: completes once the partial the block signals is written
 };
 
 // Consumers, cluster split, after the block's one segment: once every rank's consumers are past
-// their ring, each rank scatters its partial to the float4s' owners, and once its `shares` barrier
-// says every rank's shares of its float4s have landed, sums and stores them
-// (hopper_epilogue.cuh). Both cluster barriers arrive relaxed. The first only says the barriers
-// are initialized: the fence before it (RunBlock) publishes them. The second only says the ring's
-// readers are done: every wgmma group has retired and every load of the ring has returned, so
-// nothing of the ring is read after the arrival. A block receives nothing once its barrier has
-// completed and sends nothing after that, so every block may exit.
+// their ring, each rank scatters its partial to the float4s' owners, and as its two `shares`
+// barriers say every rank's shares of its first float4s, then of the rest, have landed, sums and
+// stores them (hopper_epilogue.cuh). Both cluster barriers arrive relaxed. The first only says the
+// barriers are initialized: the fence before it (RunBlock) publishes them. The second only says
+// the ring's readers are done: every wgmma group has retired and every load of the ring has
+// returned, so nothing of the ring is read after the arrival. A block receives nothing once both
+// its `shares` barriers have completed and sends nothing after that, so every block may exit.
 template <typename C>
 __device__ __forceinline__ void FinishClusterSlice(const HopperParams& p, int slice,
                                                    const ConsumerRole& role, const BlockSync& sync,
@@ -282,9 +283,9 @@ __device__ __forceinline__ void FinishClusterSlice(const HopperParams& p, int sl
   TraceAt(kTraceClusterRingsFree);
   ScatterPartials<C>(p, role, rank, sync.ring, sync.shares, acc);
   TraceAt(kTraceClusterScattered);
-  ptx::ClusterBarrierWait(sync.shares, 0);
+  ptx::ClusterBarrierWait(sync.shares, 0);  // the first float4s' shares (ClusterShare)
   TraceAt(kTraceClusterSharesLanded);
-  SumOwnedPartials<C>(p, slice, role, rank, sync.ring);
+  SumOwnedPartials<C>(p, slice, role, rank, sync.ring, sync.shares + 8);
 }
 
 // Warpgroups 1..C::kConsumers: multiply every ring slot, release it, finish slices. Two stages'
@@ -579,13 +580,13 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
   extern __shared__ __align__(1024) uint8_t smem[];
   __shared__ __align__(8) uint64_t full_bars[C::kStages];
   __shared__ __align__(8) uint64_t empty_bars[C::kStages];
-  __shared__ __align__(8) uint64_t shares_bar;
+  __shared__ __align__(8) uint64_t shares_bars[2];
   __shared__ __align__(8) uint64_t written_bar;
   // TMA's 128-byte swizzle repeats every 1024 bytes: the ring starts on such a boundary.
   const BlockSync sync{.ring = (ptx::SharedAddress(smem) + 1023) & ~1023u,
                        .full = ptx::SharedAddress(full_bars),
                        .empty = ptx::SharedAddress(empty_bars),
-                       .shares = ptx::SharedAddress(&shares_bar),
+                       .shares = ptx::SharedAddress(shares_bars),
                        .written = ptx::SharedAddress(&written_bar)};
   const BlockOrder<C> order(p, FirstIteration(p, block), FirstIteration(p, block + 1));
   constexpr bool kClusters = ClusterRanksOf<C>() > 1;  // whether C runs the cluster split's sums
@@ -598,6 +599,7 @@ __device__ __forceinline__ void RunBlock(const HopperMaps& maps, const CUtensorM
     ptx::BarrierInit(sync.written, C::kConsumerThreads);  // PartialWritten's arrivals
     if (kClusters && p.cluster_ranks > 1) {
       ptx::BarrierInit(sync.shares, SharesArrivals<C>(p.cluster_ranks));
+      ptx::BarrierInit(sync.shares + 8, SharesArrivals<C>(p.cluster_ranks));
     }
     ptx::FenceBarrierInit();
     ptx::PrefetchTensorMap(x_map);

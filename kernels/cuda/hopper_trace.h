@@ -38,7 +38,7 @@ enum TraceSlot : int {
   // The cluster split's epilogue (FinishClusterSlice), inside its one segment's end.
   kTraceClusterRingsFree = kTraceSegmentStart + 3 * kTraceSegments,  // every rank past its ring
   kTraceClusterScattered,     // this rank's shares sent (ScatterPartials)
-  kTraceClusterSharesLanded,  // every rank's shares of this rank's float4s arrived
+  kTraceClusterSharesLanded,  // every rank's shares of this rank's first float4s arrived
   kTraceHeldSumWaited,        // the other blocks of the held slice have signalled
   kTraceHeldSumDone,          // SumHeldSlice stored the slice
   kTraceSumWaited,            // the last other split slice signalled (WaitForSlice)
