@@ -180,6 +180,7 @@ struct HopperConfig {
 // ScatterPartials): one share per rank, in rank order, each the float4s of every tile that the
 // owner owns (float4 r4 of a tile belongs to rank r4 % ranks), thread-minor, so a warp's stores
 // and loads cover 512 contiguous bytes.
+//
 // The shares complete on two barriers of the owner's (`shares`, hopper_kernel.cuh): float4s r4 <
 // kEarlyGroups of tile 0 on the first, the rest on the second, so that the owner sums the first
 // while the rest are still on their way (SumOwnedPartials).

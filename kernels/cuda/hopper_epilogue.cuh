@@ -168,6 +168,12 @@ __device__ __forceinline__ bool GroupHasRows(const HopperParams& p, const Consum
   return AccRow(role, 4 * r4) < p.m_rows;
 }
 
+// GroupHasRows as a bound read once: float4 r4 holds a row of this pass where 8 r4 is below it
+// (for the cluster split's loops, whose asm stores would make the parameters be read again).
+__device__ __forceinline__ int GroupRowsBound(const HopperParams& p, const ConsumerRole& role) {
+  return p.m_rows - 2 * (role.lane % 4);
+}
+
 // Whether this thread writes (and the reducers read) float4 `r4` of its tiles' partials.
 template <typename C>
 __device__ __forceinline__ bool FinishesGroup(const HopperParams& p, const ConsumerRole& role,
@@ -458,7 +464,7 @@ __device__ __forceinline__ void ScatterPartials(const HopperParams& p, const Con
   // In registers: the asm statements below clobber memory, so a launch of row parts, whose
   // parameters are in shared memory (RowPart), read these again for every float4.
   const int ranks = p.cluster_ranks;
-  const int partial_rows = p.m_rows - 2 * (role.lane % 4);  // FinishesGroup: 8 r4 < partial_rows
+  const int partial_rows = GroupRowsBound(p, role);
   const ClusterShare<C> share(ranks);
   const uint32_t from = ring + share.Offset(rank, 0, 0, role.thread);
   if constexpr (ClusterShare<C>::kEarlyGroups == 0) ArriveOnShares(rank, ranks, shares);
@@ -518,9 +524,9 @@ __device__ __forceinline__ void SumOwnedPartials(const HopperParams& p, int slic
   const int ranks = p.cluster_ranks;
   const ClusterShare<C> share(ranks);
   const OutputSlice<C> out(p, slice, role);
-  const int64_t owned_stride = ranks * out.group_stride;    // from an owned float4's y to the next
-  const int partial_rows = p.m_rows - 2 * (role.lane % 4);  // FinishesGroup: 8 r4 < partial_rows
-  bool all_landed = false;                                  // late_shares has completed
+  const int64_t owned_stride = ranks * out.group_stride;  // from an owned float4's y to the next
+  const int partial_rows = GroupRowsBound(p, role);
+  bool all_landed = false;  // late_shares has completed
 #pragma unroll 1
   for (int j = 0; j < C::kWgTiles; ++j) {
 #pragma unroll 1
