@@ -6,7 +6,9 @@
 # side by side (BENCH_PATHS overrides which: marlin-bench --paths; FULL_BENCH=0 skips it), and
 # tall products (257-4096 rows; TALL_M overrides, TALL_BENCH=0 skips) with the Hopper path, the
 # dequant-cublas path and the dispatch side by side (TALL_PATHS overrides which; bench-tall.md,
-# bench-tall.json). Where COMPARE_REF=... scripts/stage-device.sh staged another build, its kernel
+# bench-tall.json). SUSTAIN_MS=800 adds to both benchmarks each path and cuBLAS timed alone for
+# that long (marlin-bench --sustain-ms: the clock each settles at on a power-limited card; ~4.5 s a
+# layer and row count at 800). Where COMPARE_REF=... scripts/stage-device.sh staged another build, its kernel
 # tests and an A/B of the two benchmarks come first (see below). Logs go to $OUT (or
 # ./device-out): bench.md, bench.json, bench-tall.md, bench-tall.json and kernel-logs.tar.gz (test
 # logs, sanitizer logs, SASS summary, the A/B tables ab-*.md/json).
@@ -37,6 +39,8 @@ if [[ ${GEMM_TESTS:-1} == 1 ]]; then  # GEMM_TESTS=0: run in a call of its own (
   TEST_TIMEOUT=540 run_test gemm-tests marlin_gemm_test
 fi
 run_test device-layout-tests device_layout_test
+run_test bench-timing-tests graph_timing_test
+run_test power-monitor-tests power_monitor_test
 run_test dequantize-tests dequantize_weight_test
 run_test cuda-backend-tests marlin_server_cuda_backend_test
 run_test e2e-cuda env MARLIN_E2E_BACKEND=cuda marlin_e2e_test
@@ -78,9 +82,11 @@ if [[ -d device-bundle/compare ]]; then
     done
   done
 fi
+sustain=()
+[[ -n ${SUSTAIN_MS:-} ]] && sustain=(--sustain-ms "$SUSTAIN_MS")
 if [[ ${FULL_BENCH:-1} == 1 ]]; then
   marlin-bench --paths "${BENCH_PATHS:-ampere,hopper:striped,hopper:cluster,auto}" \
-    --json "$out/bench.json" "$@" >"$out/bench.md"
+    --json "$out/bench.json" "${sustain[@]}" "$@" >"$out/bench.md"
   grep -E '^\| (L8B|L70B|big) \|' "$out/bench.md"
 fi
 # Tall products: the Hopper path (passes, or tall launches from 256 rows) against the
@@ -88,7 +94,7 @@ fi
 if [[ ${TALL_BENCH:-1} == 1 ]]; then
   marlin-bench --paths "${TALL_PATHS:-hopper,dequant-cublas,auto}" \
     --m "${TALL_M:-257,320,384,512,768,1024,2048,4096}" \
-    --json "$out/bench-tall.json" >"$out/bench-tall.md"
+    --json "$out/bench-tall.json" "${sustain[@]}" >"$out/bench-tall.md"
   grep -E '^\| (L8B|L70B|big) \|' "$out/bench-tall.md"
 fi
 tar -czf "$out/kernel-logs.tar.gz" -C "$out" kernel-logs && rm -rf "$logs"

@@ -15,7 +15,7 @@ build=${BUILD_DIR:-build-device}
 jobs=${JOBS:-2}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMARLIN_CUDA=ON >/dev/null
 tests=(marlin_gemm_test device_layout_test dequantize_weight_test marlin_server_cuda_backend_test
-  marlin_e2e_test)
+  marlin_e2e_test graph_timing_test power_monitor_test)
 bins=(marlin-bench marlin-server marlin-cli marlin-loadgen)
 cmake --build "$build" -j "$jobs" --target "${tests[@]}" "${bins[@]}"
 rm -rf device-bundle

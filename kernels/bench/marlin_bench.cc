@@ -24,6 +24,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "kernels/bench/graph_timing.h"
+#include "kernels/bench/power_monitor.h"
 #include "kernels/bench/random_fill.h"
 #include "kernels/cuda/cuda_resources.h"
 #include "kernels/cuda/dequant_cublas.h"
@@ -36,7 +38,6 @@ namespace marlin::bench {
 namespace {
 
 using cuda::DeviceBuffer;
-using cuda::GraphExec;
 using cuda::Stream;
 
 struct Layer {
@@ -86,75 +87,24 @@ struct Cublas {
   }
 };
 
-// One timed variant: a graph of `calls` back-to-back calls of `record(i)`.
-struct Variant {
-  int calls;
-  std::function<absl::Status(int)> record;
-};
-
-// Warm-up of a timing (TimeSideBySide), longer for a layer's first one, which follows the
-// layer's weight fills and the previous layer's largest row count: after 50 ms there (H200,
-// session 32), one row timed first for each layer read L70B.o 15.6-16.8 us and L70B.down
-// 34.8-45.6, against 12.4 and 32.8 when timed after 4 rows.
-constexpr float kWarmUpMs = 50.f;
-constexpr float kLayerWarmUpMs = 500.f;
-
-// Per-call time of each variant in us: the median over `replays` graph replays. The variants'
-// replays take turns (A B C A B C ...), so clock and temperature drift falls on all of them alike:
+// Warm-up of a timing in turns (GraphTimer::TimeInTurns), longer for a layer's first one, which
+// follows the layer's weight fills and the previous layer's largest row count: after 50 ms there
+// (H200, session 32), one row timed first for each layer read L70B.o 15.6-16.8 us and L70B.down
+// 34.8-45.6, against 12.4 and 32.8 when timed after 4 rows. Three launches each were not enough
+// where a layer's calls are short: the first row count timed for L8B read ~4% slower than the same
+// kernels timed after it (H100, --m 1,4,2 against 4,1,2). In turns, not one variant after another:
 // timed one after another, the same kernel read up to 25% slower in third place than in second at
 // M >= 128 (the card heats and slows under the tall products).
-std::vector<double> TimeSideBySide(cudaStream_t stream, int replays,
-                                   const std::vector<Variant>& variants,
-                                   float warm_up_ms = kWarmUpMs) {
-  std::vector<GraphExec> graphs;
-  for (const Variant& v : variants) {
-    graphs.push_back(Check(GraphExec::Capture(stream, [&]() -> absl::Status {
-      for (int i = 0; i < v.calls; ++i) {
-        if (absl::Status s = v.record(i); !s.ok()) return s;
-      }
-      return absl::OkStatus();
-    })));
-  }
-  cuda::Event start = Check(cuda::Event::Create());
-  cuda::Event stop = Check(cuda::Event::Create());
-  // Warm-up, clocks included: rounds of every graph until `warm_up_ms` have passed (at least
-  // three). Three launches each were not enough where a layer's calls are short: the first row
-  // count timed for L8B read ~4% slower than the same kernels timed after it (H100, --m 1,4,2
-  // against 4,1,2).
-  float warm_ms = 0.f;
-  for (int round = 0; round < 3 || warm_ms < warm_up_ms; ++round) {
-    BENCH_CHECK(cuda::CudaStatus(cudaEventRecord(start.get(), stream), "cudaEventRecord"));
-    for (GraphExec& g : graphs) BENCH_CHECK(g.Launch(stream));
-    BENCH_CHECK(cuda::CudaStatus(cudaEventRecord(stop.get(), stream), "cudaEventRecord"));
-    BENCH_CHECK(cuda::CudaStatus(cudaEventSynchronize(stop.get()), "cudaEventSynchronize"));
-    float round_ms = 0.f;
-    BENCH_CHECK(cuda::CudaStatus(cudaEventElapsedTime(&round_ms, start.get(), stop.get()),
-                                 "cudaEventElapsedTime"));
-    warm_ms += round_ms;
-  }
-  std::vector<std::vector<float>> ms(variants.size(), std::vector<float>(replays));
-  for (int r = 0; r < replays; ++r) {
-    for (size_t v = 0; v < graphs.size(); ++v) {
-      BENCH_CHECK(cuda::CudaStatus(cudaEventRecord(start.get(), stream), "cudaEventRecord"));
-      BENCH_CHECK(graphs[v].Launch(stream));
-      BENCH_CHECK(cuda::CudaStatus(cudaEventRecord(stop.get(), stream), "cudaEventRecord"));
-      BENCH_CHECK(cuda::CudaStatus(cudaEventSynchronize(stop.get()), "cudaEventSynchronize"));
-      BENCH_CHECK(cuda::CudaStatus(cudaEventElapsedTime(&ms[v][r], start.get(), stop.get()),
-                                   "cudaEventElapsedTime"));
-    }
-  }
-  std::vector<double> us;
-  for (size_t v = 0; v < variants.size(); ++v) {
-    std::sort(ms[v].begin(), ms[v].end());
-    us.push_back(ms[v][replays / 2] * 1000.0 / variants[v].calls);
-  }
-  return us;
-}
+constexpr float kWarmUpMs = 50.f;
+constexpr float kLayerWarmUpMs = 500.f;
+// Idle time before each sustained window (--sustain-ms): the clock recovers from the last one.
+constexpr float kSustainRestMs = 300.f;
 
 // Median over `replays` of a graph of `calls` back-to-back calls of `record(i)`, per call, in us.
 double TimePerCallUs(cudaStream_t stream, int calls, int replays,
                      const std::function<absl::Status(int)>& record) {
-  return TimeSideBySide(stream, replays, {{calls, record}}).front();
+  std::unique_ptr<GraphTimer> timer = Check(GraphTimer::Create(stream, {{calls, record}}, nullptr));
+  return Check(timer->TimeInTurns(replays, kWarmUpMs)).front().us;
 }
 
 // Back-to-back calls whose last one --trace reports: the earlier ones set the scene that the
@@ -208,10 +158,16 @@ void PrintTrace(const std::vector<uint64_t>& ns) {
 struct Row {
   std::string model, layer;
   int64_t k, n, m;
-  double cublas_us;
-  std::vector<double> path_us;  // one per timed path, in --paths order
+  Timing cublas;              // in turns with the paths
+  std::vector<Timing> paths;  // one per timed path, in --paths order
+  // With --sustain-ms, each alone (GraphTimer::TimeSustained), cuBLAS last; else empty.
+  std::vector<Timing> sustained;
   double ideal_us, compute_floor_us;
-  double best_us() const { return *std::min_element(path_us.begin(), path_us.end()); }
+  double best_us() const {
+    double best = paths.front().us;
+    for (const Timing& t : paths) best = std::min(best, t.us);
+    return best;
+  }
 };
 
 // One timed variant of our kernel: a path and, for the Hopper path, a partition (each forced
@@ -261,6 +217,56 @@ void RestoreDispatch() {
   cuda::ForceHopperPartitionForTesting(cuda::HopperPartition::kAuto);
 }
 
+// The --sustain-ms tables: each path and cuBLAS timed alone, with the SM clock and power each
+// settled at, per layer and per model (sums over a block's layers).
+void PrintSustained(const std::vector<Row>& rows, const std::vector<KernelPath>& paths,
+                    float sustain_ms) {
+  std::printf(
+      "\n## Sustained: each alone, back-to-back for %.0f ms after %.0f ms idle, twice (in order, "
+      "then reversed); the windows' second halves (speedup = cuBLAS FP16 / path)\n\n",
+      sustain_ms, kSustainRestMs);
+  std::printf("| layer | M | cuBLAS FP16 us | MHz | W |");
+  for (const KernelPath& path : paths) {
+    std::printf(" %s us | MHz | W | speedup |", path.name.c_str());
+  }
+  std::printf("\n|---|---|---|---|---|");
+  for (size_t i = 0; i < paths.size(); ++i) std::printf("---|---|---|---|");
+  std::printf("\n");
+  for (const Row& r : rows) {
+    const Timing& blas = r.sustained.back();
+    std::printf("| %s | %ld | %.1f | %d | %.0f |", r.layer.c_str(), r.m, blas.us, blas.sm_clock_mhz,
+                blas.watts);
+    for (size_t i = 0; i < paths.size(); ++i) {
+      const Timing& t = r.sustained[i];
+      std::printf(" %.1f | %d | %.0f | %.2f |", t.us, t.sm_clock_mhz, t.watts, blas.us / t.us);
+    }
+    std::printf("\n");
+  }
+  std::printf("\n| model | M | cuBLAS FP16 us |");
+  for (const KernelPath& path : paths) std::printf(" %s us | speedup |", path.name.c_str());
+  std::printf("\n|---|---|---|");
+  for (size_t i = 0; i < paths.size(); ++i) std::printf("---|---|");
+  std::printf("\n");
+  std::map<std::pair<std::string, int64_t>, std::vector<double>> sums;  // paths', then cuBLAS's
+  std::vector<std::pair<std::string, int64_t>> order;
+  for (const Row& r : rows) {
+    std::vector<double>& sum = sums[{r.model, r.m}];
+    if (sum.empty()) {
+      sum.assign(r.sustained.size(), 0.0);
+      order.push_back({r.model, r.m});
+    }
+    for (size_t i = 0; i < r.sustained.size(); ++i) sum[i] += r.sustained[i].us;
+  }
+  for (const auto& key : order) {
+    const std::vector<double>& sum = sums[key];
+    std::printf("| %s | %ld | %.0f |", key.first.c_str(), key.second, sum.back());
+    for (size_t i = 0; i < paths.size(); ++i) {
+      std::printf(" %.0f | %.2f |", sum[i], sum.back() / sum[i]);
+    }
+    std::printf("\n");
+  }
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"marlin-bench: FP16 x INT4 kernel vs cuBLAS FP16"};
   std::string m_list = "1,4,16,32,64,128,256";
@@ -287,6 +293,10 @@ int Main(int argc, char** argv) {
                  "kernel paths to time side by side: auto (the dispatch table), ampere, hopper, "
                  "hopper:striped, hopper:cluster, hopper:passes (the Hopper path with its "
                  "partition forced), dequant-cublas");
+  float sustain_ms = 0.f;
+  app.add_option("--sustain-ms", sustain_ms,
+                 "also time each path and cuBLAS alone, back-to-back for this long after an idle "
+                 "rest, over the window's second half (the clock each settles at; 0: not)");
   int tall_part_rows = 0;
   app.add_option("--tall-part-rows", tall_part_rows,
                  "rows of the Hopper path's tall parts, 128 or 256, for every path it times "
@@ -313,6 +323,8 @@ int Main(int argc, char** argv) {
   Stream stream = Check(Stream::Create());
   auto cublas = Check(Cublas::Create(stream.get()));
   cuda::GemmWorkspace workspace = Check(cuda::GemmWorkspace::Create(0));
+  absl::StatusOr<std::unique_ptr<PowerMonitor>> nvml = PowerMonitor::Create(0);
+  const PowerMonitor* monitor = nvml.ok() ? nvml->get() : nullptr;
   const cuda::DeviceLayout fastest_layout =
       cuda::FastestDeviceLayout(workspace.compute_capability());
   const size_t rotate_bytes = size_t{4} * prop.l2CacheSize;
@@ -348,6 +360,12 @@ int Main(int argc, char** argv) {
               cuda::DeviceLayoutName(fastest_layout));
   if (tall_part_rows != 0) {
     std::printf("tall parts of the Hopper path: %d rows (forced)\n", tall_part_rows);
+  }
+  if (monitor == nullptr) {
+    std::printf("SM clocks: unknown (%s)\n", nvml.status().ToString().c_str());
+  } else {
+    std::printf("SM clocks and power: NVML; enforced power limit %.0f W\n",
+                Check(monitor->PowerLimitWatts()));
   }
   std::printf("\n");
 
@@ -434,17 +452,21 @@ int Main(int argc, char** argv) {
                                 x.as<__half>(), fweights[i % fp16_copies].as<__half>(), layer.n,
                                 y.as<__half>(), layer.n, m, layer.k, layer.n);
                           }});
-      std::vector<double> path_us =
-          TimeSideBySide(stream.get(), replays, variants, layer_first ? kLayerWarmUpMs : kWarmUpMs);
-      layer_first = false;
+      std::unique_ptr<GraphTimer> timer =
+          Check(GraphTimer::Create(stream.get(), variants, monitor));
       RestoreDispatch();
-      const double cublas_us = path_us.back();
-      path_us.pop_back();
+      std::vector<Timing> turns =
+          Check(timer->TimeInTurns(replays, layer_first ? kLayerWarmUpMs : kWarmUpMs));
+      layer_first = false;
+      std::vector<Timing> sustained;
+      if (sustain_ms > 0.f) sustained = Check(timer->TimeSustained(sustain_ms, kSustainRestMs));
+      const Timing cublas_turns = turns.back();
+      turns.pop_back();
       const double bytes = q_bytes + s_bytes + m * layer.k * 2.0 + m * layer.n * 2.0;
       const double ideal_us = bytes / bandwidth * 1e6;
       const double compute_us = 2.0 * m * layer.k * layer.n / (tflops * 1e12) * 1e6;
-      rows.push_back(
-          {layer.model, layer.name, layer.k, layer.n, m, cublas_us, path_us, ideal_us, compute_us});
+      rows.push_back({layer.model, layer.name, layer.k, layer.n, m, cublas_turns, turns, sustained,
+                      ideal_us, compute_us});
     }
   }
 
@@ -455,20 +477,24 @@ int Main(int argc, char** argv) {
   }
   std::printf("## Every layer (speedup = cuBLAS FP16 / path; floor = best path)\n\n");
   std::printf(
-      "| layer | K | N | M | cuBLAS FP16 us | ideal INT4 us |%s %% of memory floor |\n"
-      "|---|---|---|---|---|---|%s---|\n",
+      "| layer | K | N | M | cuBLAS FP16 us | ideal INT4 us |%s %% of memory floor | SM MHz: "
+      "paths, cuBLAS |\n"
+      "|---|---|---|---|---|---|%s---|---|\n",
       path_heads.c_str(), path_rule.c_str());
   for (const Row& r : rows) {
     std::printf("| %s | %ld | %ld | %ld | %.1f | %.1f |", r.layer.c_str(), r.k, r.n, r.m,
-                r.cublas_us, r.ideal_us);
-    for (double us : r.path_us) std::printf(" %.1f | %.2f |", us, r.cublas_us / us);
-    std::printf(" %.0f%% |\n", 100.0 * r.ideal_us / r.best_us());
+                r.cublas.us, r.ideal_us);
+    for (const Timing& t : r.paths) std::printf(" %.1f | %.2f |", t.us, r.cublas.us / t.us);
+    std::printf(" %.0f%% |", 100.0 * r.ideal_us / r.best_us());
+    for (const Timing& t : r.paths) std::printf(" %d,", t.sm_clock_mhz);
+    std::printf(" %d |\n", r.cublas.sm_clock_mhz);
   }
   std::printf("\n## Per model (sum over the layers of one block)\n\n");
   std::printf("| model | M | cuBLAS FP16 us |%s ideal speedup |\n|---|---|---|%s---|\n",
               path_heads.c_str(), path_rule.c_str());
   nlohmann::json json;
   json["device"] = prop.name;
+  if (monitor != nullptr) json["power_limit_w"] = Check(monitor->PowerLimitWatts());
   json["copy_bandwidth_tbps"] = bandwidth / 1e12;
   json["cublas_fp16_tflops"] = tflops;
   json["hopper_weight_layout"] = cuda::DeviceLayoutName(fastest_layout);
@@ -482,8 +508,8 @@ int Main(int argc, char** argv) {
       for (const Row& r : rows) {
         if (r.model != model || r.m != m) continue;
         any = true;
-        cub += r.cublas_us;
-        for (size_t i = 0; i < paths.size(); ++i) sums[i] += r.path_us[i];
+        cub += r.cublas.us;
+        for (size_t i = 0; i < paths.size(); ++i) sums[i] += r.paths[i].us;
         floor += std::max(r.ideal_us, r.compute_floor_us);
       }
       if (!any) continue;
@@ -504,15 +530,27 @@ int Main(int argc, char** argv) {
                             {"k", r.k},
                             {"n", r.n},
                             {"m", r.m},
-                            {"cublas_us", r.cublas_us},
+                            {"cublas_us", r.cublas.us},
+                            {"cublas_mhz", r.cublas.sm_clock_mhz},
                             {"ideal_us", r.ideal_us},
                             {"compute_floor_us", r.compute_floor_us},
                             {"memory_floor_fraction", r.ideal_us / r.best_us()}};
     for (size_t i = 0; i < paths.size(); ++i) {
-      entry[paths[i].name + "_us"] = r.path_us[i];
+      entry[paths[i].name + "_us"] = r.paths[i].us;
+      entry[paths[i].name + "_mhz"] = r.paths[i].sm_clock_mhz;
+    }
+    if (!r.sustained.empty()) {
+      for (size_t i = 0; i <= paths.size(); ++i) {
+        const std::string name = i < paths.size() ? paths[i].name : "cublas";
+        entry[name + "_sustained_us"] = r.sustained[i].us;
+        entry[name + "_sustained_mhz"] = r.sustained[i].sm_clock_mhz;
+        entry[name + "_sustained_w"] = r.sustained[i].watts;
+      }
     }
     json["layers"].push_back(entry);
   }
+  if (sustain_ms > 0.f) PrintSustained(rows, paths, sustain_ms);
+  json["sustain_ms"] = sustain_ms;
   if (!json_path.empty()) std::ofstream(json_path) << json.dump(2) << "\n";
   return 0;
 }
