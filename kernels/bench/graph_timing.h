@@ -7,7 +7,7 @@
 //    server that runs only it. A card at its power limit sets its clock from its recent draw, so
 //    in turns the variants share clocks that their mixed draw sets.
 // On H200s (docs/perf/kernel-h100.md, session 40) the two agreed on some cards; on others our
-// kernel read up to 11% slower in turns than alone at 128-256 rows while cuBLAS moved 0-3%.
+// kernel read up to 16% slower in turns than alone at 64-256 rows, cuBLAS up to 6%.
 // With a PowerMonitor, every timing carries the SM clock read after its launches, and sustained
 // ones the mean power.
 //
