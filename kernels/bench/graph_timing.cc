@@ -12,6 +12,12 @@ namespace {
 // A sustained window's launches last at least this long, so that the host's wait between them
 // is a negligible gap in the card's load.
 constexpr float kSustainedLaunchMs = 2.f;
+// Launches timed in a sustained window's second half at least: a window goes on past its length
+// until it has them (where a launch is long against the window).
+constexpr size_t kMinSustainedLaunches = 3;
+// The shortest second half whose mean power is reported: NVML's energy counter moves every 20-100
+// ms.
+constexpr int64_t kMinPowerWindowNs = 200'000'000;
 
 template <typename T>
 T Median(std::vector<T> v) {
@@ -123,7 +129,7 @@ absl::StatusOr<Timing> GraphTimer::SustainOne(size_t v, float sustain_ms, float 
   // there and after every launch that follows.
   PowerSample first{}, last{};
   bool started = false;
-  while (NowMs() - begin_ms < sustain_ms) {
+  while (NowMs() - begin_ms < sustain_ms || us.size() < kMinSustainedLaunches) {
     absl::StatusOr<float> ms = LaunchTimed(v, repeats);
     if (!ms.ok()) return ms.status();
     if (NowMs() - begin_ms < sustain_ms / 2) continue;
@@ -142,12 +148,11 @@ absl::StatusOr<Timing> GraphTimer::SustainOne(size_t v, float sustain_ms, float 
     mhz.push_back(now.sm_clock_mhz);
     last = now;
   }
-  if (us.empty()) {
-    return absl::InvalidArgumentError("the sustained window is too short for two launches");
-  }
+  const bool powered =
+      nvml_ != nullptr && last.steady_clock_ns - first.steady_clock_ns >= kMinPowerWindowNs;
   return Timing{.us = Median(us),
                 .sm_clock_mhz = Median(mhz),
-                .watts = nvml_ == nullptr ? 0.0 : AveragePowerWatts(first, last)};
+                .watts = powered ? AveragePowerWatts(first, last) : 0.0};
 }
 
 absl::StatusOr<std::vector<Timing>> GraphTimer::TimeSustained(float sustain_ms, float rest_ms) {

@@ -41,7 +41,9 @@ struct Variant {
 struct Timing {
   double us = 0;         // per call: the median over the timed launches
   int sm_clock_mhz = 0;  // the median of the SM clock read after each timed launch; 0 without NVML
-  double watts = 0;      // the mean power over a sustained window; 0 in turns or without NVML
+  // The mean power over a sustained window's second half; 0 in turns, without NVML, or where
+  // that half was under 200 ms (the energy counter moves every 20-100 ms).
+  double watts = 0;
 };
 
 class GraphTimer {
@@ -58,8 +60,8 @@ class GraphTimer {
 
   // Each variant alone, twice (in order, then in reverse, so that the card's slow heating falls on
   // all alike): `rest_ms` idle, then its graph back-to-back for `sustain_ms`, timed in launches of
-  // at least 2 ms. The figures cover the launches in the window's second half, the two windows
-  // averaged.
+  // at least 2 ms. The figures cover the launches in the window's second half (at least three: a
+  // window lasts longer where it must), the two windows averaged.
   absl::StatusOr<std::vector<Timing>> TimeSustained(float sustain_ms, float rest_ms);
 
  private:

@@ -29,7 +29,7 @@ TEST(GraphTimerTest, RefusesAGraphWithoutCalls) {
 
 // Two variants whose calls fill 16 MB and 128 MB of random bytes: both ways of timing put the
 // larger fill, eight times the bytes of a memory-bound kernel, well above the smaller one, and
-// keep each variant's figures at its own index. A window too short for two launches is refused.
+// keep each variant's figures at its own index. A window shorter than a launch still times three.
 TEST(GraphTimerTest, TimesInTurnsAndSustainedInVariantOrder) {
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
   absl::StatusOr<cuda::Stream> stream = cuda::Stream::Create();
@@ -57,8 +57,9 @@ TEST(GraphTimerTest, TimesInTurnsAndSustainedInVariantOrder) {
   EXPECT_GT((*alone)[0].us, 0.0);
   EXPECT_GT((*alone)[1].us, 3.0 * (*alone)[0].us);
 
-  EXPECT_EQ((*timer)->TimeSustained(0.001f, 0.f).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<std::vector<Timing>> brief = (*timer)->TimeSustained(0.001f, 0.f);
+  ASSERT_TRUE(brief.ok()) << brief.status();
+  EXPECT_GT((*brief)[1].us, 3.0 * (*brief)[0].us);
   EXPECT_EQ((*timer)->TimeInTurns(0, 0.f).status().code(), absl::StatusCode::kInvalidArgument);
 }
 

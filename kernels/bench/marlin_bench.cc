@@ -233,12 +233,15 @@ void PrintSustained(const std::vector<Row>& rows, const std::vector<KernelPath>&
   for (size_t i = 0; i < paths.size(); ++i) std::printf("---|---|---|---|");
   std::printf("\n");
   for (const Row& r : rows) {
+    // "-" where NVML gave no clock or power.
+    auto figure = [](double v) { return v > 0 ? absl::StrFormat("%.0f", v) : std::string("-"); };
     const Timing& blas = r.sustained.back();
-    std::printf("| %s | %ld | %.1f | %d | %.0f |", r.layer.c_str(), r.m, blas.us, blas.sm_clock_mhz,
-                blas.watts);
+    std::printf("| %s | %ld | %.1f | %s | %s |", r.layer.c_str(), r.m, blas.us,
+                figure(blas.sm_clock_mhz).c_str(), figure(blas.watts).c_str());
     for (size_t i = 0; i < paths.size(); ++i) {
       const Timing& t = r.sustained[i];
-      std::printf(" %.1f | %d | %.0f | %.2f |", t.us, t.sm_clock_mhz, t.watts, blas.us / t.us);
+      std::printf(" %.1f | %s | %s | %.2f |", t.us, figure(t.sm_clock_mhz).c_str(),
+                  figure(t.watts).c_str(), blas.us / t.us);
     }
     std::printf("\n");
   }
