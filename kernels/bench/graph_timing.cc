@@ -157,17 +157,22 @@ absl::StatusOr<Timing> GraphTimer::SustainOne(size_t v, float sustain_ms, float 
 
 absl::StatusOr<std::vector<Timing>> GraphTimer::TimeSustained(float sustain_ms, float rest_ms) {
   const size_t n = graphs_.size();
-  std::vector<Timing> sum(n);
+  std::vector<Timing> mean(n);
+  std::vector<int> powered(n, 0);  // windows of variant v with a power figure
   for (size_t pass = 0; pass < 2 * n; ++pass) {
     const size_t v = pass < n ? pass : 2 * n - 1 - pass;
     absl::StatusOr<Timing> t = SustainOne(v, sustain_ms, rest_ms);
     if (!t.ok()) return t.status();
-    sum[v].us += t->us / 2;
-    sum[v].sm_clock_mhz += t->sm_clock_mhz;  // halved below, once both windows are in
-    sum[v].watts += t->watts / 2;
+    mean[v].us += t->us / 2;
+    mean[v].sm_clock_mhz += t->sm_clock_mhz;  // halved below, once both windows are in
+    mean[v].watts += t->watts;
+    powered[v] += t->watts > 0 ? 1 : 0;
   }
-  for (Timing& t : sum) t.sm_clock_mhz /= 2;
-  return sum;
+  for (size_t v = 0; v < n; ++v) {
+    mean[v].sm_clock_mhz /= 2;
+    mean[v].watts = powered[v] > 0 ? mean[v].watts / powered[v] : 0.0;
+  }
+  return mean;
 }
 
 }  // namespace marlin::bench
