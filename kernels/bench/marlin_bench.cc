@@ -170,6 +170,16 @@ struct Row {
   }
 };
 
+// The rows of `model`'s layers at `m` rows (one block of the model), in layer order.
+std::vector<const Row*> BlockRows(const std::vector<Row>& rows, const std::string& model,
+                                  int64_t m) {
+  std::vector<const Row*> block;
+  for (const Row& r : rows) {
+    if (r.model == model && r.m == m) block.push_back(&r);
+  }
+  return block;
+}
+
 // One timed variant of our kernel: a path and, for the Hopper path, a partition (each forced
 // through the dispatch hooks while its graph is captured).
 struct KernelPath {
@@ -220,7 +230,7 @@ void RestoreDispatch() {
 // The --sustain-ms tables: each path and cuBLAS timed alone, with the SM clock and power each
 // settled at, per layer and per model (sums over a block's layers).
 void PrintSustained(const std::vector<Row>& rows, const std::vector<KernelPath>& paths,
-                    float sustain_ms) {
+                    const std::vector<int64_t>& ms, float sustain_ms) {
   std::printf(
       "\n## Sustained: each alone, back-to-back for %.0f ms after %.0f ms idle, twice (in order, "
       "then reversed); the windows' second halves (speedup = cuBLAS FP16 / path)\n\n",
@@ -250,23 +260,20 @@ void PrintSustained(const std::vector<Row>& rows, const std::vector<KernelPath>&
   std::printf("\n|---|---|---|");
   for (size_t i = 0; i < paths.size(); ++i) std::printf("---|---|");
   std::printf("\n");
-  std::map<std::pair<std::string, int64_t>, std::vector<double>> sums;  // paths', then cuBLAS's
-  std::vector<std::pair<std::string, int64_t>> order;
-  for (const Row& r : rows) {
-    std::vector<double>& sum = sums[{r.model, r.m}];
-    if (sum.empty()) {
-      sum.assign(r.sustained.size(), 0.0);
-      order.push_back({r.model, r.m});
+  for (const std::string model : {"L8B", "L70B", "big"}) {
+    for (int64_t m : ms) {
+      const std::vector<const Row*> block = BlockRows(rows, model, m);
+      if (block.empty()) continue;
+      std::vector<double> sum(paths.size() + 1, 0.0);  // the paths', then cuBLAS's
+      for (const Row* r : block) {
+        for (size_t i = 0; i < sum.size(); ++i) sum[i] += r->sustained[i].us;
+      }
+      std::printf("| %s | %ld | %.0f |", model.c_str(), m, sum.back());
+      for (size_t i = 0; i < paths.size(); ++i) {
+        std::printf(" %.0f | %.2f |", sum[i], sum.back() / sum[i]);
+      }
+      std::printf("\n");
     }
-    for (size_t i = 0; i < r.sustained.size(); ++i) sum[i] += r.sustained[i].us;
-  }
-  for (const auto& key : order) {
-    const std::vector<double>& sum = sums[key];
-    std::printf("| %s | %ld | %.0f |", key.first.c_str(), key.second, sum.back());
-    for (size_t i = 0; i < paths.size(); ++i) {
-      std::printf(" %.0f | %.2f |", sum[i], sum.back() / sum[i]);
-    }
-    std::printf("\n");
   }
 }
 
@@ -328,6 +335,7 @@ int Main(int argc, char** argv) {
   cuda::GemmWorkspace workspace = Check(cuda::GemmWorkspace::Create(0));
   absl::StatusOr<std::unique_ptr<PowerMonitor>> nvml = PowerMonitor::Create(0);
   const PowerMonitor* monitor = nvml.ok() ? nvml->get() : nullptr;
+  const double power_limit_w = monitor == nullptr ? 0.0 : Check(monitor->PowerLimitWatts());
   const cuda::DeviceLayout fastest_layout =
       cuda::FastestDeviceLayout(workspace.compute_capability());
   const size_t rotate_bytes = size_t{4} * prop.l2CacheSize;
@@ -367,8 +375,7 @@ int Main(int argc, char** argv) {
   if (monitor == nullptr) {
     std::printf("SM clocks: unknown (%s)\n", nvml.status().ToString().c_str());
   } else {
-    std::printf("SM clocks and power: NVML; enforced power limit %.0f W\n",
-                Check(monitor->PowerLimitWatts()));
+    std::printf("SM clocks and power: NVML; enforced power limit %.0f W\n", power_limit_w);
   }
   std::printf("\n");
 
@@ -497,7 +504,7 @@ int Main(int argc, char** argv) {
               path_heads.c_str(), path_rule.c_str());
   nlohmann::json json;
   json["device"] = prop.name;
-  if (monitor != nullptr) json["power_limit_w"] = Check(monitor->PowerLimitWatts());
+  if (monitor != nullptr) json["power_limit_w"] = power_limit_w;
   json["copy_bandwidth_tbps"] = bandwidth / 1e12;
   json["cublas_fp16_tflops"] = tflops;
   json["hopper_weight_layout"] = cuda::DeviceLayoutName(fastest_layout);
@@ -505,17 +512,15 @@ int Main(int argc, char** argv) {
   for (const KernelPath& path : paths) json["paths"].push_back(path.name);
   for (const std::string model : {"L8B", "L70B", "big"}) {
     for (int64_t m : ms) {
+      const std::vector<const Row*> block = BlockRows(rows, model, m);
+      if (block.empty()) continue;
       double cub = 0, floor = 0;
       std::vector<double> sums(paths.size(), 0.0);
-      bool any = false;
-      for (const Row& r : rows) {
-        if (r.model != model || r.m != m) continue;
-        any = true;
-        cub += r.cublas.us;
-        for (size_t i = 0; i < paths.size(); ++i) sums[i] += r.paths[i].us;
-        floor += std::max(r.ideal_us, r.compute_floor_us);
+      for (const Row* r : block) {
+        cub += r->cublas.us;
+        for (size_t i = 0; i < paths.size(); ++i) sums[i] += r->paths[i].us;
+        floor += std::max(r->ideal_us, r->compute_floor_us);
       }
-      if (!any) continue;
       std::printf("| %s | %ld | %.0f |", model.c_str(), m, cub);
       nlohmann::json entry = {{"model", model}, {"m", m}, {"cublas_us", cub}};
       for (size_t i = 0; i < paths.size(); ++i) {
@@ -552,7 +557,7 @@ int Main(int argc, char** argv) {
     }
     json["layers"].push_back(entry);
   }
-  if (sustain_ms > 0.f) PrintSustained(rows, paths, sustain_ms);
+  if (sustain_ms > 0.f) PrintSustained(rows, paths, ms, sustain_ms);
   json["sustain_ms"] = sustain_ms;
   if (!json_path.empty()) std::ofstream(json_path) << json.dump(2) << "\n";
   return 0;
