@@ -9,6 +9,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -110,6 +111,22 @@ double TimePerCallUs(cudaStream_t stream, int calls, int replays,
 // Back-to-back calls whose last one --trace reports: the earlier ones set the scene that the
 // benchmark's graphs give a call (the previous call still draining, the caches warm).
 constexpr int kTraceCalls = 20;
+// Back-to-back calls before those, so that the card runs at the clock it holds under load. An
+// H200 idles at 345 MHz, and 20 calls end before its clock has come up: without this warm-up the
+// median block ended a third later (session 41: L70B.o at one row 13.3 -> 10.0 us from the
+// previous call's end, L8B.o at one row 5.1 -> 3.8, L8B.qkv at 64 rows 12.3 -> 9.2).
+constexpr double kTraceWarmUpMs = 300.0;
+
+// Launches `call` in batches on `stream` until `ms` have passed on the host clock.
+void WarmUpForTrace(double ms, cudaStream_t stream, const std::function<absl::Status()>& call) {
+  const auto start = std::chrono::steady_clock::now();
+  while (
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() <
+      ms) {
+    for (int i = 0; i < 100; ++i) BENCH_CHECK(call());
+    BENCH_CHECK(cuda::CudaStatus(cudaStreamSynchronize(stream), "cudaStreamSynchronize"));
+  }
+}
 
 // Prints the Hopper kernel's timeline of the last traced call (hopper_trace.h): for each slot, how
 // many blocks reached it and the earliest, median and latest stamp, in us from the moment the
@@ -297,7 +314,8 @@ int Main(int argc, char** argv) {
   bool trace = false;
   app.add_flag("--trace", trace,
                "with --profile-layer: print the Hopper kernel's per-block timeline of the last of "
-               "20 back-to-back calls (a build with -DMARLIN_HOPPER_TRACE=ON)");
+               "20 back-to-back calls, after 300 ms of them to bring the clock up (a build with "
+               "-DMARLIN_HOPPER_TRACE=ON)");
   std::string path_list = "auto";
   app.add_option("--paths", path_list,
                  "kernel paths to time side by side: auto (the dispatch table), ampere, hopper, "
@@ -395,7 +413,12 @@ int Main(int argc, char** argv) {
       const cuda::DeviceWeight w{q.get(), sc.as<__half>(), shape,
                                  paths.front().Layout(fastest_layout)};
       BENCH_CHECK(stream.Synchronize());
-      if (trace) BENCH_CHECK(cuda::hopper::ClearTrace());
+      if (trace) {
+        WarmUpForTrace(kTraceWarmUpMs, stream.get(), [&] {
+          return cuda::Gemm(x.as<__half>(), profile_m, w, y.as<__half>(), workspace, stream.get());
+        });
+        BENCH_CHECK(cuda::hopper::ClearTrace());
+      }
       for (int i = 0; i < (trace ? kTraceCalls : 3); ++i) {
         BENCH_CHECK(
             cuda::Gemm(x.as<__half>(), profile_m, w, y.as<__half>(), workspace, stream.get()));
