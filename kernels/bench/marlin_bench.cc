@@ -120,9 +120,11 @@ constexpr double kTraceWarmUpMs = 300.0;
 // Launches `call` in batches on `stream` until `ms` have passed on the host clock.
 void WarmUpForTrace(double ms, cudaStream_t stream, const std::function<absl::Status()>& call) {
   const auto start = std::chrono::steady_clock::now();
-  while (
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() <
-      ms) {
+  auto elapsed_ms = [&] {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+        .count();
+  };
+  while (elapsed_ms() < ms) {
     for (int i = 0; i < 100; ++i) BENCH_CHECK(call());
     BENCH_CHECK(cuda::CudaStatus(cudaStreamSynchronize(stream), "cudaStreamSynchronize"));
   }
