@@ -362,6 +362,19 @@ TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SegmentsOfOneToFiveStages_1To32Rows) {
   }
 }
 
+// The Hopper path's split-k configurations (weights of at most 6144 columns: both consumer
+// warpgroups multiply one 64-column tile, each half of every 256-k stage) on segments of half a
+// stage to five stages, striped or cluster-split: the 1-32-row ones take two or four stages a loop
+// trip, the 64-row one two.
+TEST_P(MarlinGemmTest, Fp16Int4_RowMajor_SplitKSegmentsOfHalfToFiveStages_1To64Rows) {
+  for (int64_t m : {1, 9, 17, 33, 64}) {
+    for (int64_t k : {128, 256, 384, 512, 768, 1024, 1280}) {
+      CheckShape(m, k, 4096, 128);
+      CheckShape(m, k, 6144, 128);
+    }
+  }
+}
+
 struct Layer {
   const char* name;
   int64_t k, n;
