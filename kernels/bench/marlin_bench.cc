@@ -415,16 +415,14 @@ int Main(int argc, char** argv) {
       const cuda::DeviceWeight w{q.get(), sc.as<__half>(), shape,
                                  paths.front().Layout(fastest_layout)};
       BENCH_CHECK(stream.Synchronize());
+      auto call = [&] {
+        return cuda::Gemm(x.as<__half>(), profile_m, w, y.as<__half>(), workspace, stream.get());
+      };
       if (trace) {
-        WarmUpForTrace(kTraceWarmUpMs, stream.get(), [&] {
-          return cuda::Gemm(x.as<__half>(), profile_m, w, y.as<__half>(), workspace, stream.get());
-        });
+        WarmUpForTrace(kTraceWarmUpMs, stream.get(), call);
         BENCH_CHECK(cuda::hopper::ClearTrace());
       }
-      for (int i = 0; i < (trace ? kTraceCalls : 3); ++i) {
-        BENCH_CHECK(
-            cuda::Gemm(x.as<__half>(), profile_m, w, y.as<__half>(), workspace, stream.get()));
-      }
+      for (int i = 0; i < (trace ? kTraceCalls : 3); ++i) BENCH_CHECK(call());
       BENCH_CHECK(stream.Synchronize());
       if (trace) PrintTrace(Check(cuda::hopper::ReadTrace()));
       return 0;
